@@ -1,0 +1,130 @@
+//! The admin endpoint: `/healthz` (the process is up), `/readyz` (listeners bound and the last
+//! probe of the master succeeded) and `/metrics` (Prometheus text).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use crate::config::AdminConfig;
+use crate::diagnose::CertSummary;
+use crate::proxy::{Shared, State};
+
+/// A probe result is reused for this long, so scrapes cannot hammer the master.
+pub const PROBE_PERIOD: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Probe {
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// Dials the master once through the data path's code with a full handshake (no
+/// resumption), so the result and the expiry gauge reflect the master's current certificate.
+pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
+    let dialed = state.upstream.connect().await.map_err(|e| e.to_string())?;
+    let Some(tls) = &state.tls else {
+        return Ok(());
+    };
+    let cfg = tls
+        .client_config(&[], tls.has_client_cert(), false)
+        .map_err(|e| e.to_string())?;
+    let stream = state
+        .upstream
+        .handshake(dialed.addr, dialed.stream, cfg, tls.name.server_name.clone())
+        .await
+        .map_err(|e| {
+            shared.metrics.upstream_error(e.kind());
+            e.to_string()
+        })?;
+    let (_, conn) = stream.get_ref();
+    if let Some(s) = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| CertSummary::from_der(c))
+    {
+        shared.metrics.master_cert_expiry.set(s.not_after as f64);
+    }
+    let mut stream = stream;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    Ok(())
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn route(req: Request<Incoming>, shared: Arc<Shared>, probe_state: Arc<Probe>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let plain = "text/plain; charset=utf-8";
+    Ok(match (req.method().as_str(), req.uri().path()) {
+        ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "ok\n", plain),
+        ("GET" | "HEAD", "/metrics") => text(
+            StatusCode::OK,
+            shared.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        ("GET" | "HEAD", "/readyz") => {
+            let mut last = probe_state.last.lock().await;
+            let fresh = last.as_ref().is_some_and(|(at, _)| at.elapsed() < PROBE_PERIOD);
+            if !fresh {
+                let state = shared.current();
+                let result = probe(&state, &shared).await;
+                *last = Some((Instant::now(), result));
+            }
+            match last.as_ref().map(|(_, r)| r) {
+                Some(Ok(())) => text(StatusCode::OK, "ready\n", plain),
+                Some(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"), plain),
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", plain),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", plain),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n", plain),
+    })
+}
+
+/// Binds the admin endpoint and serves it in the background.
+pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(listener = "admin", addr = %local, "listening");
+    let allowed = cfg.allowed_clients.clone();
+    let probe_state = Arc::new(Probe::default());
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Some(nets) = &allowed {
+                if !nets.iter().any(|n| n.contains(&peer.ip())) {
+                    tracing::debug!(client = %peer, "admin client not in admin.allowed_clients: closed");
+                    continue;
+                }
+            }
+            let shared = shared.clone();
+            let probe_state = probe_state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| route(req, shared.clone(), probe_state.clone()));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+            });
+        }
+    });
+    Ok(local)
+}

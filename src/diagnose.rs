@@ -1,0 +1,167 @@
+//! Certificate inspection shared by `check`, `trust` and the error messages of `run`: what a
+//! certificate holds (names, IPs, issuer, validity, fingerprint) in an operator's terms.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// What an operator needs to know about one certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertSummary {
+    pub subject: String,
+    pub issuer: String,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    /// Seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub is_ca: bool,
+    pub self_signed: bool,
+    /// SHA-256 of the DER bytes, lowercase hex pairs joined by ':' (as Determined's CLI and
+    /// `openssl x509 -fingerprint -sha256` print it, bar the case).
+    pub sha256: String,
+}
+
+impl CertSummary {
+    pub fn from_der(der: &[u8]) -> Option<CertSummary> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut dns_names = Vec::new();
+        let mut ip_addresses = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            ip_addresses.push(IpAddr::from(a));
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            ip_addresses.push(IpAddr::from(a));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let subject = cert.subject().to_string();
+        let issuer = cert.issuer().to_string();
+        Some(CertSummary {
+            self_signed: subject == issuer,
+            subject,
+            issuer,
+            dns_names,
+            ip_addresses,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            is_ca: cert.is_ca(),
+            sha256: fingerprint(der),
+        })
+    }
+
+    /// Whole days from now until expiry; negative once expired.
+    pub fn days_left(&self) -> i64 {
+        (self.not_after - now_secs()).div_euclid(86_400)
+    }
+
+    pub fn expired(&self) -> bool {
+        now_secs() > self.not_after
+    }
+
+    pub fn not_yet_valid(&self) -> bool {
+        now_secs() < self.not_before
+    }
+
+    /// "DNS names a, b and IPs 10.0.0.5" — or says there are none.
+    pub fn names(&self) -> String {
+        let dns = if self.dns_names.is_empty() {
+            "no DNS names".to_string()
+        } else {
+            format!("DNS names {}", self.dns_names.join(", "))
+        };
+        let ips = if self.ip_addresses.is_empty() {
+            "no IP addresses".to_string()
+        } else {
+            let v: Vec<String> = self.ip_addresses.iter().map(|i| i.to_string()).collect();
+            format!("IP addresses {}", v.join(", "))
+        };
+        format!("{dns} and {ips}")
+    }
+
+    pub fn validity(&self) -> String {
+        format!("valid {} to {}", rfc3339(self.not_before), rfc3339(self.not_after))
+    }
+}
+
+impl fmt::Display for CertSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "subject {}, issuer {}, {}, {}",
+            self.subject,
+            self.issuer,
+            self.names(),
+            self.validity()
+        )
+    }
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub fn rfc3339(secs: i64) -> String {
+    let t = if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    };
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// SHA-256 over `der`, lowercase hex pairs joined by ':'.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let parts: Vec<String> = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
+/// Parses a fingerprint as an operator may paste it: any case, with or without ':' separators,
+/// optionally prefixed `sha256:` or `SHA256 Fingerprint=`. Returns the canonical form.
+pub fn parse_fingerprint(s: &str) -> Option<String> {
+    let mut t = s.trim();
+    for prefix in ["SHA256 Fingerprint=", "sha256 Fingerprint=", "sha256:", "SHA256:"] {
+        if let Some(rest) = t.strip_prefix(prefix) {
+            t = rest.trim();
+        }
+    }
+    let hex: String = t.chars().filter(|c| *c != ':' && *c != ' ').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let lower = hex.to_ascii_lowercase();
+    let pairs: Vec<&str> = (0..32).map(|i| &lower[2 * i..2 * i + 2]).collect();
+    Some(pairs.join(":"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_parser_accepts_common_spellings() {
+        let canon = (0..32).map(|i| format!("{:02x}", i * 7 % 256)).collect::<Vec<_>>().join(":");
+        assert_eq!(parse_fingerprint(&canon).as_deref(), Some(canon.as_str()));
+        assert_eq!(parse_fingerprint(&canon.to_uppercase()).as_deref(), Some(canon.as_str()));
+        assert_eq!(parse_fingerprint(&canon.replace(':', "")).as_deref(), Some(canon.as_str()));
+        let openssl = format!("SHA256 Fingerprint={}", canon.to_uppercase());
+        assert_eq!(parse_fingerprint(&openssl).as_deref(), Some(canon.as_str()));
+        assert_eq!(parse_fingerprint("ab:cd"), None);
+        assert_eq!(parse_fingerprint(&canon.replace('0', "g")), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! det-tls-proxy: a per-host sidecar that lets plaintext local clients (the Determined agent,
+//! its log shipper, task containers) reach a TLS-only Determined master. Data flows
+//! listen → proxy (upstream, relay); config and trust feed them; lifecycle and admin watch.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod diagnose;
+pub mod lifecycle;
+pub mod listen;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod relay;
+pub mod trust;
+pub mod upstream;

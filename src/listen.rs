@@ -1,0 +1,370 @@
+//! Listeners: TCP (v4/v6, IP_FREEBIND), unix sockets and sockets inherited from systemd, bound
+//! with socket2; the accept loop with its connection limit, `allowed_clients` and back-off.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::config::{ListenAddr, ListenerConfig};
+
+const BACKLOG: i32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    Bind { name: String, addr: String, source: io::Error },
+    #[error("listener {name:?}: systemd passed no socket named {socket:?} (LISTEN_FDNAMES has: {available})")]
+    NoSystemdSocket { name: String, socket: String, available: String },
+    #[error("listener {name:?}: the socket systemd passed for {socket:?} is on {addr}, reachable from other hosts; set allowed_clients for it")]
+    SystemdNeedsAllowedClients { name: String, socket: String, addr: SocketAddr },
+    #[error("listener {name:?}: unix socket {path}: {detail}")]
+    Unix { name: String, path: PathBuf, detail: String },
+}
+
+impl ListenError {
+    /// Configuration mistakes exit 2; a busy port or missing permission exits 1.
+    pub fn is_config(&self) -> bool {
+        matches!(self, ListenError::NoSystemdSocket { .. } | ListenError::SystemdNeedsAllowedClients { .. })
+    }
+}
+
+// === Client streams ===
+
+/// A client connection, TCP or unix.
+#[derive(Debug)]
+pub enum ClientStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Who connected: an IP client, or a local process on a unix socket.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    Ip(SocketAddr),
+    Unix,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Ip(a) => write!(f, "{a}"),
+            Peer::Unix => write!(f, "unix"),
+        }
+    }
+}
+
+// === Bound listeners ===
+
+#[derive(Debug)]
+pub enum Socketish {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A bound listener with what the accept loop needs to judge its clients.
+#[derive(Debug)]
+pub struct Bound {
+    pub name: String,
+    pub socket: Socketish,
+    /// The address actually bound, as logged ("127.0.0.1:41234", "unix:/run/x.sock").
+    pub local: String,
+    pub allowed_clients: Option<Vec<IpNet>>,
+    pub present_client_cert: bool,
+    /// A unix socket file we created and remove at exit.
+    pub unix_path: Option<PathBuf>,
+    pub inherited: bool,
+}
+
+impl Bound {
+    pub async fn accept(&self) -> io::Result<(ClientStream, Peer)> {
+        match &self.socket {
+            Socketish::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((ClientStream::Tcp(s), Peer::Ip(a)))
+            }
+            Socketish::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((ClientStream::Unix(s), Peer::Unix))
+            }
+        }
+    }
+
+    /// Whether `peer` may use this listener. Unix sockets are guarded by their file mode.
+    pub fn allows(&self, peer: &Peer) -> bool {
+        match (peer, &self.allowed_clients) {
+            (Peer::Unix, _) | (_, None) => true,
+            (Peer::Ip(a), Some(nets)) => {
+                let ip = match a.ip() {
+                    std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(a.ip()),
+                    v4 => v4,
+                };
+                nets.iter().any(|n| n.contains(&ip))
+            }
+        }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Sockets systemd handed over (LISTEN_FDS / LISTEN_FDNAMES), by name; taken once at start.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    fds: HashMap<String, Vec<RawFd>>,
+}
+
+impl Inherited {
+    /// Reads and clears the socket-activation variables. Call before any thread starts.
+    pub fn from_env() -> Inherited {
+        let mut fds: HashMap<String, Vec<RawFd>> = HashMap::new();
+        if let Ok(iter) = sd_notify::listen_fds_with_names(true) {
+            for (fd, name) in iter {
+                fds.entry(name).or_default().push(fd);
+            }
+        }
+        Inherited { fds }
+    }
+
+    pub fn names(&self) -> String {
+        let mut v: Vec<&str> = self.fds.keys().map(|s| s.as_str()).collect();
+        v.sort();
+        if v.is_empty() {
+            "nothing".into()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    /// The first fd passed under `name`, or the only fd when systemd passed unnamed ones.
+    fn take(&mut self, name: &str) -> Option<RawFd> {
+        if let Some(list) = self.fds.get_mut(name) {
+            if !list.is_empty() {
+                return Some(list.remove(0));
+            }
+        }
+        None
+    }
+}
+
+fn bind_err(lc: &ListenerConfig, source: io::Error) -> ListenError {
+    ListenError::Bind {
+        name: lc.name.clone(),
+        addr: lc.addr.to_string(),
+        source,
+    }
+}
+
+fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError> {
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, None).map_err(|e| bind_err(lc, e))?;
+    socket.set_reuse_address(true).map_err(|e| bind_err(lc, e))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(|e| bind_err(lc, e))?;
+        // The address may appear later (a bridge created after we start).
+        let _ = socket.set_freebind_v6(true);
+    } else {
+        let _ = socket.set_freebind_v4(true);
+    }
+    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
+    socket.bind(&addr.into()).map_err(|e| bind_err(lc, e))?;
+    socket.listen(BACKLOG).map_err(|e| bind_err(lc, e))?;
+    let std_listener: std::net::TcpListener = socket.into();
+    let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+    Ok(Bound {
+        name: lc.name.clone(),
+        socket: Socketish::Tcp(listener),
+        local,
+        allowed_clients: lc.allowed_clients.clone(),
+        present_client_cert: lc.present_client_cert.unwrap_or(addr.ip().is_loopback()),
+        unix_path: None,
+        inherited: false,
+    })
+}
+
+fn unix_err(lc: &ListenerConfig, path: &Path, detail: impl Into<String>) -> ListenError {
+    ListenError::Unix {
+        name: lc.name.clone(),
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(unix_err(lc, path, "exists and is not a socket; refusing to replace it"));
+        }
+        // A socket file someone still answers on is not stale.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(unix_err(lc, path, "another process is listening on it"));
+        }
+        std::fs::remove_file(path).map_err(|e| unix_err(lc, path, format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| bind_err(lc, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(lc.mode))
+        .map_err(|e| unix_err(lc, path, format!("cannot set mode {:o}: {e}", lc.mode)))?;
+    if let Some(gid) = lc.group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| unix_err(lc, path, format!("cannot set group {gid}: {e}")))?;
+    }
+    Ok(Bound {
+        name: lc.name.clone(),
+        socket: Socketish::Unix(listener),
+        local: format!("unix:{}", path.display()),
+        allowed_clients: None,
+        present_client_cert: lc.present_client_cert.unwrap_or(true),
+        unix_path: Some(path.to_path_buf()),
+        inherited: false,
+    })
+}
+
+fn adopt_systemd(lc: &ListenerConfig, socket_name: &str, inherited: &mut Inherited) -> Result<Bound, ListenError> {
+    let fd = inherited.take(socket_name).ok_or_else(|| ListenError::NoSystemdSocket {
+        name: lc.name.clone(),
+        socket: socket_name.to_string(),
+        available: inherited.names(),
+    })?;
+    // SAFETY: systemd passed this descriptor to us (LISTEN_PID is our pid), it is open, and
+    // `Inherited::take` hands each descriptor out once, so nothing else owns it.
+    #[allow(unsafe_code)]
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::from(owned);
+    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
+    let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
+    if let Some(addr) = local.as_socket() {
+        let is_loopback = addr.ip().is_loopback();
+        if !is_loopback && lc.allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
+            return Err(ListenError::SystemdNeedsAllowedClients {
+                name: lc.name.clone(),
+                socket: socket_name.to_string(),
+                addr,
+            });
+        }
+        let std_listener: std::net::TcpListener = socket.into();
+        let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+        Ok(Bound {
+            name: lc.name.clone(),
+            socket: Socketish::Tcp(listener),
+            local: format!("systemd:{socket_name} ({addr})"),
+            allowed_clients: lc.allowed_clients.clone(),
+            present_client_cert: lc.present_client_cert.unwrap_or(is_loopback),
+            unix_path: None,
+            inherited: true,
+        })
+    } else {
+        let path = local
+            .as_pathname()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "unnamed".into());
+        let std_listener: std::os::unix::net::UnixListener = socket.into();
+        let listener = UnixListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+        Ok(Bound {
+            name: lc.name.clone(),
+            socket: Socketish::Unix(listener),
+            local: format!("systemd:{socket_name} (unix:{path})"),
+            allowed_clients: None,
+            present_client_cert: lc.present_client_cert.unwrap_or(true),
+            unix_path: None,
+            inherited: true,
+        })
+    }
+}
+
+/// Binds (or adopts) one listener. Must run inside the tokio runtime.
+pub fn bind(lc: &ListenerConfig, inherited: &mut Inherited) -> Result<Bound, ListenError> {
+    match &lc.addr {
+        ListenAddr::Tcp(a) => bind_tcp(lc, *a),
+        ListenAddr::Unix(p) => bind_unix(lc, p),
+        ListenAddr::Systemd(n) => adopt_systemd(lc, n, inherited),
+    }
+}
+
+/// Errors that mean "out of something": wait before accepting again instead of spinning.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE) | Some(nix::libc::ENOBUFS) | Some(nix::libc::ENOMEM)
+    )
+}
+
+/// Back-off after an accept error: 10 ms doubling to 1 s, reset on success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(10),
+        }
+    }
+}
+
+impl Backoff {
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(10);
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(1));
+        d
+    }
+}

@@ -1,0 +1,175 @@
+//! The Prometheus metrics of DESIGN.md, counted from the start and exposed by the admin
+//! endpoint. Per-listener handles are looked up once, so the data path touches only atomics.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub listener: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub listener: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter())
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: Family<ConnLabels, Counter>,
+    pub active: Family<ListenerLabel, Gauge>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub connect_seconds: Histogram,
+    pub handshake_seconds: Histogram,
+    pub upstream_errors: Family<KindLabel, Counter>,
+    pub tls_resumed: Counter,
+    pub master_cert_expiry: Gauge<f64, AtomicU64>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub skip_verify: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("det_tls_proxy");
+        let connections = Family::<ConnLabels, Counter>::default();
+        let active = Family::<ListenerLabel, Gauge>::default();
+        let bytes = Family::<BytesLabels, Counter>::default();
+        let connect_seconds = latency_histogram();
+        let handshake_seconds = latency_histogram();
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        let tls_resumed = Counter::default();
+        let master_cert_expiry = Gauge::<f64, AtomicU64>::default();
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        let skip_verify = Gauge::default();
+        registry.register("connections", "Client connections finished, by listener and result", connections.clone());
+        registry.register("active_connections", "Client connections open now", active.clone());
+        registry.register("bytes", "Bytes relayed, by direction (up: client to master, down: master to client)", bytes.clone());
+        registry.register("connect_seconds", "TCP connect time to the master", connect_seconds.clone());
+        registry.register("handshake_seconds", "TLS handshake time with the master", handshake_seconds.clone());
+        registry.register("upstream_errors", "Failures to reach or verify the master, by kind", upstream_errors.clone());
+        registry.register("tls_resumed", "TLS handshakes with the master that resumed a session", tls_resumed.clone());
+        registry.register(
+            "master_cert_expiry_timestamp_seconds",
+            "Expiry of the master's leaf certificate seen in the last full handshake (Unix time)",
+            master_cert_expiry.clone(),
+        );
+        registry.register("config_reloads", "Configuration reloads, by result", config_reloads.clone());
+        registry.register("skip_verify", "1 when the master's certificate is not verified (security.tls.skip_verify)", skip_verify.clone());
+        Metrics {
+            registry,
+            connections,
+            active,
+            bytes,
+            connect_seconds,
+            handshake_seconds,
+            upstream_errors,
+            tls_resumed,
+            master_cert_expiry,
+            config_reloads,
+            skip_verify,
+        }
+    }
+
+    /// Handles for one listener, so each connection bumps atomics without hashing labels.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let conn = |result: &str| {
+            self.connections
+                .get_or_create(&ConnLabels {
+                    listener: name.to_string(),
+                    result: result.to_string(),
+                })
+                .clone()
+        };
+        let bytes = |direction: &str| {
+            self.bytes
+                .get_or_create(&BytesLabels {
+                    listener: name.to_string(),
+                    direction: direction.to_string(),
+                })
+                .clone()
+        };
+        ListenerMetrics {
+            active: self
+                .active
+                .get_or_create(&ListenerLabel {
+                    listener: name.to_string(),
+                })
+                .clone(),
+            ok: conn("ok"),
+            upstream_error: conn("upstream_error"),
+            denied: conn("denied"),
+            client_closed_early: conn("client_closed_early"),
+            timeout: conn("timeout"),
+            error: conn("error"),
+            up: bytes("up"),
+            down: bytes("down"),
+        }
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "success" } else { "error" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub active: Gauge,
+    pub ok: Counter,
+    pub upstream_error: Counter,
+    pub denied: Counter,
+    pub client_closed_early: Counter,
+    pub timeout: Counter,
+    pub error: Counter,
+    pub up: Counter,
+    pub down: Counter,
+}

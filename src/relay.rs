@@ -1,0 +1,301 @@
+//! The bidirectional copy between a client and the master, with half-close and timeouts.
+//!
+//! Each poll reads into a buffer on the poll's own stack and writes it straight on; only bytes
+//! the other side cannot take yet are moved to the heap. An idle relayed connection therefore
+//! holds no relay buffer at all, which is what lets thousands of idle agents cost little.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// One TLS record's worth of plaintext: a read fills at most one record.
+pub const CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions finished.
+    Ok,
+    /// No bytes either way for `timeouts.idle`.
+    IdleTimeout,
+    /// One side finished and the other went on past `timeouts.close`.
+    CloseTimeout,
+    /// A peer reset the connection or a write failed.
+    Reset,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::CloseTimeout => "close_timeout",
+            Outcome::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayTimeouts {
+    pub idle: Duration,
+    pub close: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayResult {
+    /// Bytes from the client to the master.
+    pub up: u64,
+    /// Bytes from the master to the client.
+    pub down: u64,
+    pub outcome: Outcome,
+    /// The error that ended the relay, when `outcome` is `Reset`.
+    pub error_kind: Option<io::ErrorKind>,
+}
+
+// === impl Half ===
+
+#[derive(Debug, PartialEq, Eq)]
+enum HalfState {
+    Copying,
+    ShuttingDown,
+    Done,
+}
+
+/// One direction of the copy.
+#[derive(Debug)]
+struct Half {
+    state: HalfState,
+    /// Bytes read but not yet accepted by the writer; empty (and unallocated) when idle.
+    pending: Vec<u8>,
+    pending_pos: usize,
+    need_flush: bool,
+    bytes: u64,
+}
+
+impl Half {
+    fn new() -> Half {
+        Half {
+            state: HalfState::Copying,
+            pending: Vec::new(),
+            pending_pos: 0,
+            need_flush: false,
+            bytes: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.state == HalfState::Done
+    }
+
+    /// Ends on EOF: a peer closing without TLS close_notify is an ordinary end of stream.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        scratch: &mut [MaybeUninit<u8>],
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            match self.state {
+                HalfState::Done => return Poll::Ready(Ok(())),
+                HalfState::ShuttingDown => {
+                    if self.need_flush {
+                        ready!(writer.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    // The peer may already be gone; its half is over either way.
+                    match ready!(writer.as_mut().poll_shutdown(cx)) {
+                        Ok(()) => {}
+                        Err(e) if is_disconnect(&e) => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                    self.state = HalfState::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                HalfState::Copying => {}
+            }
+
+            while self.pending_pos < self.pending.len() {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.pending[self.pending_pos..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pending_pos += n;
+                self.need_flush = true;
+            }
+            if !self.pending.is_empty() {
+                // Give the memory back: a connection that goes idle holds no buffer.
+                self.pending = Vec::new();
+                self.pending_pos = 0;
+            }
+
+            let mut buf = ReadBuf::uninit(scratch);
+            match reader.as_mut().poll_read(cx, &mut buf) {
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(writer.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.state = HalfState::ShuttingDown;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let data = buf.filled();
+                    if data.is_empty() {
+                        self.state = HalfState::ShuttingDown;
+                        continue;
+                    }
+                    self.bytes += data.len() as u64;
+                    let mut off = 0;
+                    while off < data.len() {
+                        match writer.as_mut().poll_write(cx, &data[off..]) {
+                            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Poll::Ready(Ok(n)) => {
+                                off += n;
+                                self.need_flush = true;
+                            }
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => {
+                                self.pending = data[off..].to_vec();
+                                self.pending_pos = 0;
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+    )
+}
+
+// === impl Relay ===
+
+/// Copies `client` ⇄ `server` until both directions end, a timeout passes, or a peer fails.
+/// A client's EOF becomes a write shutdown toward the server (close_notify + FIN for TLS) and
+/// the other direction goes on until it ends or `timeouts.close` passes.
+pub struct Relay<A, B> {
+    client: A,
+    server: B,
+    up: Half,
+    down: Half,
+    timeouts: RelayTimeouts,
+    timer: Pin<Box<Sleep>>,
+    last_activity: Instant,
+    close_deadline: Option<Instant>,
+}
+
+impl<A, B> Relay<A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    pub fn new(client: A, server: B, timeouts: RelayTimeouts) -> Self {
+        let now = Instant::now();
+        Relay {
+            client,
+            server,
+            up: Half::new(),
+            down: Half::new(),
+            timeouts,
+            timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
+            last_activity: now,
+            close_deadline: None,
+        }
+    }
+
+    /// Bytes moved so far: (client → server, server → client).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.up.bytes, self.down.bytes)
+    }
+
+    fn result(&self, outcome: Outcome, error_kind: Option<io::ErrorKind>) -> RelayResult {
+        RelayResult {
+            up: self.up.bytes,
+            down: self.down.bytes,
+            outcome,
+            error_kind,
+        }
+    }
+}
+
+impl<A, B> Future for Relay<A, B>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = RelayResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayResult> {
+        let this = self.get_mut();
+        let before = this.up.bytes + this.down.bytes;
+        // Lives on this poll's stack only, never in the future's state.
+        let mut scratch = [MaybeUninit::<u8>::uninit(); CHUNK];
+
+        if !this.up.done() {
+            if let Poll::Ready(Err(e)) =
+                this.up
+                    .poll_copy(cx, Pin::new(&mut this.client), Pin::new(&mut this.server), &mut scratch)
+            {
+                return Poll::Ready(this.result(Outcome::Reset, Some(e.kind())));
+            }
+        }
+        if !this.down.done() {
+            if let Poll::Ready(Err(e)) =
+                this.down
+                    .poll_copy(cx, Pin::new(&mut this.server), Pin::new(&mut this.client), &mut scratch)
+            {
+                return Poll::Ready(this.result(Outcome::Reset, Some(e.kind())));
+            }
+        }
+        if this.up.done() && this.down.done() {
+            return Poll::Ready(this.result(Outcome::Ok, None));
+        }
+
+        let now = Instant::now();
+        if this.up.bytes + this.down.bytes != before {
+            this.last_activity = now;
+        }
+        if this.close_deadline.is_none() && (this.up.done() || this.down.done()) {
+            this.close_deadline = Some(now + this.timeouts.close);
+        }
+        // The timer is re-armed only when it fires, never per byte: activity just moves
+        // `last_activity`, and a fired timer checks the real deadlines.
+        loop {
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let idle_at = this.last_activity + this.timeouts.idle;
+            if now >= idle_at {
+                return Poll::Ready(this.result(Outcome::IdleTimeout, None));
+            }
+            let mut next = idle_at;
+            if let Some(close_at) = this.close_deadline {
+                if now >= close_at {
+                    return Poll::Ready(this.result(Outcome::CloseTimeout, None));
+                }
+                next = next.min(close_at);
+            }
+            this.timer.as_mut().reset(next);
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The way to the master: resolve afresh for every client, try each address within
+//! `timeouts.connect`, then the TLS handshake within `timeouts.handshake`. Every failure
+//! becomes an [`UpstreamError`] whose kind labels metrics and whose text an operator can act on.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::parse_host_ip;
+use crate::trust::{cert_failure, FailureKind};
+
+// === Resolution ===
+
+pub type ResolveFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// Name resolution, a seam so tests can point a name somewhere else mid-run.
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve(&self, host: &str, port: u16) -> ResolveFuture;
+}
+
+/// The system resolver (getaddrinfo), asked again for every connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> ResolveFuture {
+        if let Some(ip) = parse_host_ip(host) {
+            return Box::pin(async move { Ok(vec![SocketAddr::new(ip, port)]) });
+        }
+        let host = host.to_string();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+    }
+}
+
+// === Errors ===
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no address for {host}: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("no address for {host}: the name resolved to nothing")]
+    NoAddress { host: String },
+    #[error("cannot connect to the master: {}", describe_attempts(.attempts))]
+    Connect { attempts: Vec<Attempt> },
+    #[error("TLS handshake with {addr} did not finish within {timeout:?} (is the port speaking TLS?)")]
+    HandshakeTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr} failed: {detail}")]
+    Handshake {
+        addr: SocketAddr,
+        detail: String,
+        kind: &'static str,
+    },
+}
+
+/// One address tried, its outcome and how long it took.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub addr: SocketAddr,
+    pub elapsed: Duration,
+    /// `None` when it connected.
+    pub error: Option<String>,
+    pub timed_out: bool,
+    pub refused: bool,
+}
+
+fn describe_attempts(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| format!("{}: {}", a.addr, a.error.as_deref().unwrap_or("connected")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl UpstreamError {
+    /// The `kind` label of `upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Resolve { .. } | UpstreamError::NoAddress { .. } => "resolve",
+            UpstreamError::Connect { attempts } => {
+                if attempts.iter().all(|a| a.refused) {
+                    "connect_refused"
+                } else if attempts.iter().all(|a| a.timed_out) {
+                    "connect_timeout"
+                } else {
+                    "connect"
+                }
+            }
+            UpstreamError::HandshakeTimeout { .. } => "handshake_timeout",
+            UpstreamError::Handshake { kind, .. } => kind,
+        }
+    }
+}
+
+/// Describes a failed handshake; a certificate problem says what the certificate holds.
+pub fn handshake_error(addr: SocketAddr, e: io::Error) -> UpstreamError {
+    if let Some(f) = cert_failure(&e) {
+        return UpstreamError::Handshake {
+            addr,
+            detail: f.to_string(),
+            kind: f.kind.label(),
+        };
+    }
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let (kind, detail) = match inner {
+        Some(rustls::Error::InvalidMessage(_)) => (
+            "tls_protocol",
+            format!("{e}: the master's port did not answer with TLS (does it look like plaintext HTTP? then set security.tls.enabled: false or fix master_port)"),
+        ),
+        Some(rustls::Error::AlertReceived(alert)) => (
+            "tls_alert",
+            format!(
+                "the master refused the handshake with alert {alert:?}{}",
+                match alert {
+                    rustls::AlertDescription::CertificateRequired | rustls::AlertDescription::BadCertificate | rustls::AlertDescription::UnknownCA =>
+                        " (it may require a client certificate: set security.tls.client_cert and client_key)",
+                    _ => "",
+                }
+            ),
+        ),
+        Some(rustls::Error::InvalidCertificate(c)) => (FailureKind::Other.label(), format!("certificate rejected: {c:?}")),
+        Some(other) => ("tls", other.to_string()),
+        None => match e.kind() {
+            io::ErrorKind::UnexpectedEof => ("tls_eof", "the master closed the connection during the handshake".to_string()),
+            io::ErrorKind::ConnectionReset => ("tls_reset", "the master reset the connection during the handshake".to_string()),
+            _ => ("tls", e.to_string()),
+        },
+    };
+    UpstreamError::Handshake { addr, detail, kind }
+}
+
+// === Dialling ===
+
+/// How the master is reached: its address, the resolver and the time limits.
+#[derive(Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub resolver: Arc<dyn Resolve>,
+}
+
+/// A TCP connection to the master and what it took to get there.
+pub struct Dialed {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub attempts: Vec<Attempt>,
+    pub connect_time: Duration,
+}
+
+impl Upstream {
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let addrs = self
+            .resolver
+            .resolve(&self.host, self.port)
+            .await
+            .map_err(|source| UpstreamError::Resolve {
+                host: self.host.clone(),
+                source,
+            })?;
+        if addrs.is_empty() {
+            return Err(UpstreamError::NoAddress { host: self.host.clone() });
+        }
+        Ok(addrs)
+    }
+
+    /// Tries every address in turn, each within `connect_timeout`.
+    pub async fn connect(&self) -> Result<Dialed, UpstreamError> {
+        let addrs = self.resolve().await?;
+        let mut attempts = Vec::new();
+        for addr in addrs {
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(Ok(stream)) => {
+                    tune(&stream);
+                    attempts.push(Attempt {
+                        addr,
+                        elapsed,
+                        error: None,
+                        timed_out: false,
+                        refused: false,
+                    });
+                    return Ok(Dialed {
+                        stream,
+                        addr,
+                        attempts,
+                        connect_time: elapsed,
+                    });
+                }
+                Ok(Err(e)) => attempts.push(Attempt {
+                    addr,
+                    elapsed,
+                    refused: e.kind() == io::ErrorKind::ConnectionRefused,
+                    error: Some(if e.kind() == io::ErrorKind::ConnectionRefused {
+                        "connection refused (nothing listening)".to_string()
+                    } else {
+                        e.to_string()
+                    }),
+                    timed_out: false,
+                }),
+                Err(_) => attempts.push(Attempt {
+                    addr,
+                    elapsed,
+                    error: Some(format!("no answer within {:?} (timeouts.connect)", self.connect_timeout)),
+                    timed_out: true,
+                    refused: false,
+                }),
+            }
+        }
+        Err(UpstreamError::Connect { attempts })
+    }
+
+    /// The TLS handshake on a connected stream, within `handshake_timeout`.
+    pub async fn handshake(
+        &self,
+        dialed_addr: SocketAddr,
+        stream: TcpStream,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        let connector = TlsConnector::from(config);
+        match tokio::time::timeout(self.handshake_timeout, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(handshake_error(dialed_addr, e)),
+            Err(_) => Err(UpstreamError::HandshakeTimeout {
+                addr: dialed_addr,
+                timeout: self.handshake_timeout,
+            }),
+        }
+    }
+}
+
+/// TCP_NODELAY (each TLS record goes out at once) and keepalive (a dead master is noticed on
+/// long-idle agent connections).
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
+}
+
+/// `TLSv1.3` / `TLSv1.2`, as operators search for them.
+pub fn version_name(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(_) => "TLS",
+        None => "",
+    }
+}
