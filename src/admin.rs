@@ -37,7 +37,12 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let stream = state
         .upstream
-        .handshake(dialed.addr, dialed.stream, cfg, tls.name.server_name.clone())
+        .handshake(
+            dialed.addr,
+            dialed.stream,
+            cfg,
+            tls.name.server_name.clone(),
+        )
         .await
         .map_err(|e| {
             shared.metrics.upstream_error(e.kind());
@@ -65,7 +70,11 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Respo
     r
 }
 
-async fn route(req: Request<Incoming>, shared: Arc<Shared>, probe_state: Arc<Probe>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn route(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    probe_state: Arc<Probe>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let plain = "text/plain; charset=utf-8";
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "ok\n", plain),
@@ -76,7 +85,9 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>, probe_state: Arc<Pro
         ),
         ("GET" | "HEAD", "/readyz") => {
             let mut last = probe_state.last.lock().await;
-            let fresh = last.as_ref().is_some_and(|(at, _)| at.elapsed() < PROBE_PERIOD);
+            let fresh = last
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < PROBE_PERIOD);
             if !fresh {
                 let state = shared.current();
                 let result = probe(&state, &shared).await;
@@ -84,12 +95,22 @@ async fn route(req: Request<Incoming>, shared: Arc<Shared>, probe_state: Arc<Pro
             }
             match last.as_ref().map(|(_, r)| r) {
                 Some(Ok(())) => text(StatusCode::OK, "ready\n", plain),
-                Some(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"), plain),
+                Some(Err(e)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {e}\n"),
+                    plain,
+                ),
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", plain),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", plain),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n", plain),
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", plain)
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n",
+            plain,
+        ),
     })
 }
 
@@ -118,7 +139,9 @@ pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketA
             let shared = shared.clone();
             let probe_state = probe_state.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| route(req, shared.clone(), probe_state.clone()));
+                let service = hyper::service::service_fn(move |req| {
+                    route(req, shared.clone(), probe_state.clone())
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service);

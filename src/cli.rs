@@ -28,8 +28,38 @@ pub struct Cli {
 pub enum Command {
     /// Serve (the default).
     Run,
+    /// Dial the master once as `run` would and report what was found (exit 0 when it works).
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the master's certificate chain, confirm its fingerprint, and write it to master_cert.
+    Trust {
+        /// The leaf's expected SHA-256 fingerprint (AB:CD:..., any case): confirms without a prompt.
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+        /// Confirm without a prompt (only on a terminal; scripts must give --fingerprint).
+        #[arg(long)]
+        yes: bool,
+        /// Write here instead of security.tls.master_cert.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing file with other contents.
+        #[arg(long)]
+        force: bool,
+        /// Import the chain Determined's CLI stored for this master (default ~/.config/determined/certs.json).
+        #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        from_cli_store: Option<PathBuf>,
+    },
     /// Print the effective configuration and where each value came from.
     Config,
+    /// Run the whole path on loopback with no setup: stand-in master, proxy, HTTP/1.1, WebSocket, HTTP/2.
+    Demo {
+        /// Keep serving after the exchanges and print commands to try.
+        #[arg(long)]
+        hold: bool,
+    },
 }
 
 /// Flags that work with every subcommand, before or after it.

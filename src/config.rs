@@ -338,13 +338,17 @@ impl ListenAddr {
         let s = s.trim();
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() || !path.starts_with('/') {
-                return Err(format!("{s:?}: a unix socket needs an absolute path (unix:/run/x.sock)"));
+                return Err(format!(
+                    "{s:?}: a unix socket needs an absolute path (unix:/run/x.sock)"
+                ));
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
         if let Some(name) = s.strip_prefix("systemd:") {
             if name.is_empty() || name.contains(':') {
-                return Err(format!("{s:?}: systemd:NAME needs the socket's FileDescriptorName"));
+                return Err(format!(
+                    "{s:?}: systemd:NAME needs the socket's FileDescriptorName"
+                ));
             }
             return Ok(ListenAddr::Systemd(name.to_string()));
         }
@@ -353,7 +357,10 @@ impl ListenAddr {
         }
         if let Some(port) = s.strip_prefix("localhost:") {
             if let Ok(p) = port.parse::<u16>() {
-                return Ok(ListenAddr::Tcp(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p)));
+                return Ok(ListenAddr::Tcp(SocketAddr::new(
+                    Ipv4Addr::LOCALHOST.into(),
+                    p,
+                )));
             }
         }
         Err(format!(
@@ -485,12 +492,36 @@ impl Provider for Named {
 const AGENT_ENV: &[(&str, &str, EnvKind)] = &[
     ("DET_MASTER_HOST", "master_host", EnvKind::Str),
     ("DET_MASTER_PORT", "master_port", EnvKind::Port),
-    ("DET_SECURITY_TLS_ENABLED", "security.tls.enabled", EnvKind::Bool),
-    ("DET_SECURITY_TLS_SKIP_VERIFY", "security.tls.skip_verify", EnvKind::Bool),
-    ("DET_SECURITY_TLS_MASTER_CERT", "security.tls.master_cert", EnvKind::Str),
-    ("DET_SECURITY_TLS_MASTER_CERT_NAME", "security.tls.master_cert_name", EnvKind::Str),
-    ("DET_SECURITY_TLS_CLIENT_CERT", "security.tls.client_cert", EnvKind::Str),
-    ("DET_SECURITY_TLS_CLIENT_KEY", "security.tls.client_key", EnvKind::Str),
+    (
+        "DET_SECURITY_TLS_ENABLED",
+        "security.tls.enabled",
+        EnvKind::Bool,
+    ),
+    (
+        "DET_SECURITY_TLS_SKIP_VERIFY",
+        "security.tls.skip_verify",
+        EnvKind::Bool,
+    ),
+    (
+        "DET_SECURITY_TLS_MASTER_CERT",
+        "security.tls.master_cert",
+        EnvKind::Str,
+    ),
+    (
+        "DET_SECURITY_TLS_MASTER_CERT_NAME",
+        "security.tls.master_cert_name",
+        EnvKind::Str,
+    ),
+    (
+        "DET_SECURITY_TLS_CLIENT_CERT",
+        "security.tls.client_cert",
+        EnvKind::Str,
+    ),
+    (
+        "DET_SECURITY_TLS_CLIENT_KEY",
+        "security.tls.client_key",
+        EnvKind::Str,
+    ),
 ];
 
 const PROXY_ENV: &[(&str, &str, EnvKind)] = &[
@@ -612,26 +643,54 @@ fn flag_layers(o: &Overrides) -> Vec<Named> {
         }
     };
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| Value::from(p.display().to_string()));
-    push("--master-host", "master_host", o.master_host.clone().map(Value::from));
-    push("--master-port", "master_port", o.master_port.map(Value::from));
-    push("--security-tls-enabled", "security.tls.enabled", o.tls_enabled.map(Value::from));
+    push(
+        "--master-host",
+        "master_host",
+        o.master_host.clone().map(Value::from),
+    );
+    push(
+        "--master-port",
+        "master_port",
+        o.master_port.map(Value::from),
+    );
+    push(
+        "--security-tls-enabled",
+        "security.tls.enabled",
+        o.tls_enabled.map(Value::from),
+    );
     push(
         "--security-tls-skip-verify",
         "security.tls.skip_verify",
         o.skip_verify.map(Value::from),
     );
-    push("--security-tls-master-cert", "security.tls.master_cert", path(&o.master_cert));
+    push(
+        "--security-tls-master-cert",
+        "security.tls.master_cert",
+        path(&o.master_cert),
+    );
     push(
         "--security-tls-master-cert-name",
         "security.tls.master_cert_name",
         o.master_cert_name.clone().map(Value::from),
     );
-    push("--security-tls-client-cert", "security.tls.client_cert", path(&o.client_cert));
-    push("--security-tls-client-key", "security.tls.client_key", path(&o.client_key));
+    push(
+        "--security-tls-client-cert",
+        "security.tls.client_cert",
+        path(&o.client_cert),
+    );
+    push(
+        "--security-tls-client-key",
+        "security.tls.client_key",
+        path(&o.client_key),
+    );
     if !o.listen.is_empty() {
         push("--listen", "listeners", Some(listeners_value(&o.listen)));
     }
-    push("--admin-listen", "admin.listen", o.admin_listen.clone().map(Value::from));
+    push(
+        "--admin-listen",
+        "admin.listen",
+        o.admin_listen.clone().map(Value::from),
+    );
     v
 }
 
@@ -640,11 +699,19 @@ fn flag_layers(o: &Overrides) -> Vec<Named> {
 fn agent_layer(path: &Path) -> Result<(Named, bool), ConfigError> {
     let source = Some(format!("{} (agent_config)", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| {
-        err("agent_config", format!("cannot read {}: {e}", path.display()), None)
+        err(
+            "agent_config",
+            format!("cannot read {}: {e}", path.display()),
+            None,
+        )
     })?;
-    let doc: Value = Figment::from(Yaml::string(&text))
-        .extract()
-        .map_err(|e| err("agent_config", format!("{} is not valid YAML: {}", path.display(), e.kind), source.clone()))?;
+    let doc: Value = Figment::from(Yaml::string(&text)).extract().map_err(|e| {
+        err(
+            "agent_config",
+            format!("{} is not valid YAML: {}", path.display(), e.kind),
+            source.clone(),
+        )
+    })?;
     let mut data = Dict::new();
     let mut has_port = false;
     if let Value::Dict(_, top) = doc {
@@ -807,9 +874,7 @@ pub fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, 
             data: l.data.clone(),
         })
     });
-    let probe = Figment::new()
-        .merge(file_figment.clone())
-        .merge(env_flags);
+    let probe = Figment::new().merge(file_figment.clone()).merge(env_flags);
     let agent_path: Option<PathBuf> = match probe.extract_inner::<Option<PathBuf>>("agent_config") {
         Ok(p) => p,
         Err(e) if e.missing() => None,
@@ -863,7 +928,12 @@ pub fn load(flags: &Overrides, purpose: Purpose) -> Result<(Config, Loaded), Con
 
 // === Validation ===
 
-fn parse_cidrs(key: &str, list: &[String], source: &str, errors: &mut Vec<ConfigError>) -> Vec<IpNet> {
+fn parse_cidrs(
+    key: &str,
+    list: &[String],
+    source: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<IpNet> {
     let mut out = Vec::new();
     for item in list {
         let item = item.trim();
@@ -895,7 +965,12 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let src = |key: &str| l.source_of(key);
 
-    let host = raw.master_host.clone().unwrap_or_default().trim().to_string();
+    let host = raw
+        .master_host
+        .clone()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     if host.is_empty() {
         errors.push(err(
             "master_host",
@@ -919,7 +994,11 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
 
     let (port, port_source) = match raw.master_port {
         Some(0) => {
-            errors.push(err("master_port", "0 is not a port", Some(src("master_port"))));
+            errors.push(err(
+                "master_port",
+                "0 is not a port",
+                Some(src("master_port")),
+            ));
             (0, src("master_port"))
         }
         Some(p) => (p, src("master_port")),
@@ -932,7 +1011,10 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         ),
         None => (
             if enabled { 8443 } else { 8080 },
-            format!("{DEFAULT_SOURCE} (the master's {} port)", if enabled { "TLS" } else { "plain" }),
+            format!(
+                "{DEFAULT_SOURCE} (the master's {} port)",
+                if enabled { "TLS" } else { "plain" }
+            ),
         ),
     };
 
@@ -974,7 +1056,9 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     {
         errors.push(err(
             "master_host",
-            format!("{host:?} is not a valid DNS name or IP address (write it without scheme or port)"),
+            format!(
+                "{host:?} is not a valid DNS name or IP address (write it without scheme or port)"
+            ),
             Some(src("master_host")),
         ));
     }
@@ -983,13 +1067,21 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         if let Some(path) = &master_cert {
             let must_exist = purpose == Purpose::Serve;
             if must_exist || path.exists() {
-                if let Err(e) = check_cert_file("security.tls.master_cert", path, &src("security.tls.master_cert")) {
+                if let Err(e) = check_cert_file(
+                    "security.tls.master_cert",
+                    path,
+                    &src("security.tls.master_cert"),
+                ) {
                     errors.push(e);
                 }
             }
         }
         if let Some(path) = &client_cert {
-            if let Err(e) = check_cert_file("security.tls.client_cert", path, &src("security.tls.client_cert")) {
+            if let Err(e) = check_cert_file(
+                "security.tls.client_cert",
+                path,
+                &src("security.tls.client_cert"),
+            ) {
                 errors.push(e);
             }
         }
@@ -1009,7 +1101,11 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     let mut listeners = Vec::new();
     let raw_listeners = raw.listeners.clone().unwrap_or_default();
     if raw_listeners.is_empty() {
-        errors.push(err("listeners", "at least one listener is needed", Some(listeners_source.clone())));
+        errors.push(err(
+            "listeners",
+            "at least one listener is needed",
+            Some(listeners_source.clone()),
+        ));
     }
     let mut seen_addrs: BTreeMap<String, String> = BTreeMap::new();
     let mut seen_names: BTreeMap<String, usize> = BTreeMap::new();
@@ -1018,7 +1114,11 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         let addr = match ListenAddr::parse(&rl.listen) {
             Ok(a) => a,
             Err(e) => {
-                errors.push(err(&format!("{key}.listen"), e, Some(listeners_source.clone())));
+                errors.push(err(
+                    &format!("{key}.listen"),
+                    e,
+                    Some(listeners_source.clone()),
+                ));
                 continue;
             }
         };
@@ -1048,10 +1148,14 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
                 ));
             }
         }
-        let allowed_clients = rl
-            .allowed_clients
-            .as_ref()
-            .map(|list| parse_cidrs(&format!("{key}.allowed_clients"), list, &listeners_source, &mut errors));
+        let allowed_clients = rl.allowed_clients.as_ref().map(|list| {
+            parse_cidrs(
+                &format!("{key}.allowed_clients"),
+                list,
+                &listeners_source,
+                &mut errors,
+            )
+        });
         if let ListenAddr::Tcp(a) = &addr {
             if !a.ip().is_loopback() && allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
                 errors.push(err(
@@ -1169,7 +1273,10 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         let master_ips: Vec<IpAddr> = match parse_host_ip(&host) {
             Some(ip) => vec![ip],
             None if host.eq_ignore_ascii_case("localhost") => {
-                vec![Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()]
+                vec![
+                    Ipv4Addr::LOCALHOST.into(),
+                    std::net::Ipv6Addr::LOCALHOST.into(),
+                ]
             }
             None => vec![],
         };
@@ -1179,7 +1286,8 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
                     continue;
                 }
                 let hit = master_ips.iter().any(|ip| {
-                    *ip == a.ip() || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+                    *ip == a.ip()
+                        || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
                 });
                 if hit {
                     errors.push(err(
@@ -1196,7 +1304,8 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     }
 
     let tm = &raw.timeouts;
-    let d = |v: Option<HumanDuration>, dflt: u64| v.map(|h| h.0).unwrap_or(Duration::from_secs(dflt));
+    let d =
+        |v: Option<HumanDuration>, dflt: u64| v.map(|h| h.0).unwrap_or(Duration::from_secs(dflt));
     let timeouts = Timeouts {
         connect: d(tm.connect, 10),
         handshake: d(tm.handshake, 10),
@@ -1217,14 +1326,29 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
 
     let max_connections = raw.max_connections.unwrap_or(10_000);
     if max_connections == 0 {
-        errors.push(err("max_connections", "must be at least 1", Some(src("max_connections"))));
+        errors.push(err(
+            "max_connections",
+            "must be at least 1",
+            Some(src("max_connections")),
+        ));
     }
 
-    let admin = match raw.admin.listen.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let admin = match raw
+        .admin
+        .listen
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(a) => {
             let allowed = raw.admin.allowed_clients.as_ref().map(|l| {
-                parse_cidrs("admin.allowed_clients", l, &src("admin.allowed_clients"), &mut errors)
+                parse_cidrs(
+                    "admin.allowed_clients",
+                    l,
+                    &src("admin.allowed_clients"),
+                    &mut errors,
+                )
             });
             match ListenAddr::parse(a) {
                 Ok(ListenAddr::Tcp(sa)) => {
@@ -1235,7 +1359,10 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
                             Some(src("admin.listen")),
                         ));
                     }
-                    if listeners.iter().any(|l| l.addr == ListenAddr::Tcp(sa) && sa.port() != 0) {
+                    if listeners
+                        .iter()
+                        .any(|l| l.addr == ListenAddr::Tcp(sa) && sa.port() != 0)
+                    {
                         errors.push(err(
                             "admin.listen",
                             format!("{sa} is also a proxy listener"),
@@ -1248,7 +1375,11 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
                     })
                 }
                 Ok(_) => {
-                    errors.push(err("admin.listen", "must be a TCP HOST:PORT", Some(src("admin.listen"))));
+                    errors.push(err(
+                        "admin.listen",
+                        "must be a TCP HOST:PORT",
+                        Some(src("admin.listen")),
+                    ));
                     None
                 }
                 Err(e) => {
@@ -1263,7 +1394,11 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            errors.push(err("log.format", format!("{other:?}: write text or json"), Some(src("log.format"))));
+            errors.push(err(
+                "log.format",
+                format!("{other:?}: write text or json"),
+                Some(src("log.format")),
+            ));
             LogFormat::Text
         }
     };
@@ -1334,8 +1469,14 @@ pub fn describe(l: &Loaded, config: Option<&Config>) -> String {
 
 fn push_port(out: &mut String, l: &Loaded, config: Option<&Config>) {
     match (l.raw.master_port, config) {
-        (Some(p), _) => out.push_str(&format!("master_port = {p}  ({})\n", l.source_of("master_port"))),
-        (None, Some(c)) => out.push_str(&format!("master_port = {}  ({})\n", c.master.port, c.master.port_source)),
+        (Some(p), _) => out.push_str(&format!(
+            "master_port = {p}  ({})\n",
+            l.source_of("master_port")
+        )),
+        (None, Some(c)) => out.push_str(&format!(
+            "master_port = {}  ({})\n",
+            c.master.port, c.master.port_source
+        )),
         (None, None) => out.push_str("master_port = null  (default)\n"),
     }
 }
@@ -1344,7 +1485,11 @@ fn flatten(prefix: &str, v: &Value, rows: &mut Vec<(String, serde_json::Value)>)
     match v {
         Value::Dict(_, d) => {
             for (k, v) in d {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, rows);
             }
         }

@@ -91,7 +91,11 @@ impl CertSummary {
     }
 
     pub fn validity(&self) -> String {
-        format!("valid {} to {}", rfc3339(self.not_before), rfc3339(self.not_after))
+        format!(
+            "valid {} to {}",
+            rfc3339(self.not_before),
+            rfc3339(self.not_after)
+        )
     }
 }
 
@@ -131,11 +135,38 @@ pub fn fingerprint(der: &[u8]) -> String {
     parts.join(":")
 }
 
+/// Standard base64 with padding (for writing PEM).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Parses a fingerprint as an operator may paste it: any case, with or without ':' separators,
 /// optionally prefixed `sha256:` or `SHA256 Fingerprint=`. Returns the canonical form.
 pub fn parse_fingerprint(s: &str) -> Option<String> {
     let mut t = s.trim();
-    for prefix in ["SHA256 Fingerprint=", "sha256 Fingerprint=", "sha256:", "SHA256:"] {
+    for prefix in [
+        "SHA256 Fingerprint=",
+        "sha256 Fingerprint=",
+        "sha256:",
+        "SHA256:",
+    ] {
         if let Some(rest) = t.strip_prefix(prefix) {
             t = rest.trim();
         }
@@ -154,11 +185,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+    }
+
+    #[test]
     fn fingerprint_parser_accepts_common_spellings() {
-        let canon = (0..32).map(|i| format!("{:02x}", i * 7 % 256)).collect::<Vec<_>>().join(":");
+        let canon = (0..32)
+            .map(|i| format!("{:02x}", i * 7 % 256))
+            .collect::<Vec<_>>()
+            .join(":");
         assert_eq!(parse_fingerprint(&canon).as_deref(), Some(canon.as_str()));
-        assert_eq!(parse_fingerprint(&canon.to_uppercase()).as_deref(), Some(canon.as_str()));
-        assert_eq!(parse_fingerprint(&canon.replace(':', "")).as_deref(), Some(canon.as_str()));
+        assert_eq!(
+            parse_fingerprint(&canon.to_uppercase()).as_deref(),
+            Some(canon.as_str())
+        );
+        assert_eq!(
+            parse_fingerprint(&canon.replace(':', "")).as_deref(),
+            Some(canon.as_str())
+        );
         let openssl = format!("SHA256 Fingerprint={}", canon.to_uppercase());
         assert_eq!(parse_fingerprint(&openssl).as_deref(), Some(canon.as_str()));
         assert_eq!(parse_fingerprint("ab:cd"), None);

@@ -4,8 +4,10 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod diagnose;
 pub mod lifecycle;
 pub mod listen;

@@ -52,7 +52,13 @@ pub struct Server {
     tracker: TaskTracker,
 }
 
-fn spawn_accept_loop(bound: Arc<Bound>, shared: Arc<Shared>, semaphore: Arc<Semaphore>, stop: CancellationToken, tracker: TaskTracker) {
+fn spawn_accept_loop(
+    bound: Arc<Bound>,
+    shared: Arc<Shared>,
+    semaphore: Arc<Semaphore>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         loop {
@@ -190,10 +196,18 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
 
 impl Server {
     /// Binds every listener of `config` and builds the first state.
-    pub fn start(config: Config, flags: Overrides, mut inherited: Inherited, metrics: Arc<Metrics>) -> Result<Server, (i32, String)> {
+    pub fn start(
+        config: Config,
+        flags: Overrides,
+        mut inherited: Inherited,
+        metrics: Arc<Metrics>,
+    ) -> Result<Server, (i32, String)> {
         // Trust problems are configuration problems: report them before binding anything.
         let tls = if config.tls.enabled {
-            Some(TlsContext::new(&config).map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?)
+            Some(
+                TlsContext::new(&config)
+                    .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?,
+            )
         } else {
             None
         };
@@ -202,16 +216,28 @@ impl Server {
             match listen::bind(lc, &mut inherited) {
                 Ok(b) => bound.push((lc.clone(), Arc::new(b))),
                 Err(e) => {
-                    let code = if e.is_config() { EXIT_CONFIG } else { EXIT_RUNTIME };
+                    let code = if e.is_config() {
+                        EXIT_CONFIG
+                    } else {
+                        EXIT_RUNTIME
+                    };
                     return Err((code, e.to_string()));
                 }
             }
         }
-        let present: HashMap<String, bool> = bound.iter().map(|(_, b)| (b.name.clone(), b.present_client_cert)).collect();
+        let present: HashMap<String, bool> = bound
+            .iter()
+            .map(|(_, b)| (b.name.clone(), b.present_client_cert))
+            .collect();
         log_trust_summary(&config, tls.as_ref());
         let max = config.max_connections;
-        let state = State::build(config, &present, &metrics, Arc::new(crate::upstream::SystemResolver))
-            .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
+        let state = State::build(
+            config,
+            &present,
+            &metrics,
+            Arc::new(crate::upstream::SystemResolver),
+        )
+        .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
         let shared = Shared::with_system_resolver(state, metrics);
         let mut server = Server {
             flags,
@@ -232,11 +258,42 @@ impl Server {
         self.shared.clone()
     }
 
+    /// (listener name, bound address) of every listener.
+    pub fn addresses(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .listeners
+            .values()
+            .map(|r| (r.bound.name.clone(), r.bound.local.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting on every listener (connections in flight go on).
+    pub fn stop(self) {
+        for r in self.listeners.values() {
+            r.stop.cancel();
+        }
+    }
+
     fn launch(&mut self, lc: ListenerConfig, bound: Arc<Bound>) {
         tracing::info!(listener = %bound.name, addr = %bound.local, present_client_cert = bound.present_client_cert, "listening");
         let stop = CancellationToken::new();
-        spawn_accept_loop(bound.clone(), self.shared.clone(), self.semaphore.clone(), stop.clone(), self.tracker.clone());
-        self.listeners.insert(lc.name.clone(), Running { config: lc, bound, stop });
+        spawn_accept_loop(
+            bound.clone(),
+            self.shared.clone(),
+            self.semaphore.clone(),
+            stop.clone(),
+            self.tracker.clone(),
+        );
+        self.listeners.insert(
+            lc.name.clone(),
+            Running {
+                config: lc,
+                bound,
+                stop,
+            },
+        );
     }
 
     /// Re-reads configuration and certificates. A bad one is refused and the old one stays.
@@ -257,7 +314,8 @@ impl Server {
     }
 
     fn try_reload(&mut self) -> Result<(), String> {
-        let (config, _) = config::load(&self.flags, Purpose::Serve).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let (config, _) = config::load(&self.flags, Purpose::Serve)
+            .map_err(|e| e.to_string().replace('\n', "; "))?;
         let tls = if config.tls.enabled {
             Some(TlsContext::new(&config).map_err(|e| e.to_string())?)
         } else {
@@ -266,7 +324,10 @@ impl Server {
         // Listeners that stay keep their socket; new ones are bound before anything changes.
         let mut added = Vec::new();
         for lc in &config.listeners {
-            let same = self.listeners.get(&lc.name).is_some_and(|r| r.config.addr == lc.addr);
+            let same = self
+                .listeners
+                .get(&lc.name)
+                .is_some_and(|r| r.config.addr == lc.addr);
             if !same {
                 let reuse_retired = match &lc.addr {
                     ListenAddr::Systemd(_) => self.retired.iter().position(|b| b.name == lc.name),
@@ -274,7 +335,9 @@ impl Server {
                 };
                 let b = match reuse_retired {
                     Some(i) => self.retired.remove(i),
-                    None => Arc::new(listen::bind(lc, &mut self.inherited).map_err(|e| e.to_string())?),
+                    None => {
+                        Arc::new(listen::bind(lc, &mut self.inherited).map_err(|e| e.to_string())?)
+                    }
                 };
                 added.push((lc.clone(), b));
             }
@@ -294,7 +357,13 @@ impl Server {
             }
         }
         log_trust_summary(&config, tls.as_ref());
-        let state = State::build(config.clone(), &present, &self.shared.metrics, self.shared.resolver.clone()).map_err(|e| e.to_string())?;
+        let state = State::build(
+            config.clone(),
+            &present,
+            &self.shared.metrics,
+            self.shared.resolver.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         self.shared.replace(state);
 
         let keep: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
@@ -302,7 +371,11 @@ impl Server {
             .listeners
             .iter()
             .filter(|(name, r)| {
-                !keep.contains(name) || config.listeners.iter().any(|l| &l.name == *name && l.addr != r.config.addr)
+                !keep.contains(name)
+                    || config
+                        .listeners
+                        .iter()
+                        .any(|l| &l.name == *name && l.addr != r.config.addr)
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -341,13 +414,21 @@ impl Server {
             listeners = self.listeners.len(),
             "ready"
         );
-        notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("ready, 0 connections")]);
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("ready, 0 connections"),
+        ]);
 
         let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(1);
         let watcher_stop = CancellationToken::new();
         spawn_file_watch(watched_files(initial), reload_tx, watcher_stop.clone());
         let status_stop = CancellationToken::new();
-        spawn_status(self.shared.clone(), self.semaphore.clone(), initial.max_connections, status_stop.clone());
+        spawn_status(
+            self.shared.clone(),
+            self.semaphore.clone(),
+            initial.max_connections,
+            status_stop.clone(),
+        );
 
         loop {
             tokio::select! {
@@ -370,8 +451,14 @@ impl Server {
         if in_flight > 0 {
             tracing::info!(connections = in_flight, timeout = %humantime::format_duration(shutdown), "waiting for connections to finish");
         }
-        if tokio::time::timeout(shutdown, self.tracker.wait()).await.is_err() {
-            tracing::warn!(connections = self.tracker.len(), "timeouts.shutdown passed; closing the connections still open");
+        if tokio::time::timeout(shutdown, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.tracker.len(),
+                "timeouts.shutdown passed; closing the connections still open"
+            );
             self.shared.force_close.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
         }
@@ -403,7 +490,12 @@ fn spawn_file_watch(files: Vec<PathBuf>, tx: mpsc::Sender<&'static str>, stop: C
 }
 
 /// STATUS= with the live connection count, and watchdog pings at half of WATCHDOG_USEC.
-fn spawn_status(shared: Arc<Shared>, semaphore: Arc<Semaphore>, max: usize, stop: CancellationToken) {
+fn spawn_status(
+    shared: Arc<Shared>,
+    semaphore: Arc<Semaphore>,
+    max: usize,
+    stop: CancellationToken,
+) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -425,7 +517,10 @@ fn spawn_status(shared: Arc<Shared>, semaphore: Arc<Semaphore>, max: usize, stop
             let active = max.saturating_sub(semaphore.available_permits());
             let status = format!("ready, {active} connections");
             if watchdog {
-                notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(&status)]);
+                notify(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&status),
+                ]);
             } else {
                 notify(&[sd_notify::NotifyState::Status(&status)]);
             }
@@ -443,7 +538,10 @@ pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
         }
     };
     crate::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");

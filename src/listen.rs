@@ -23,19 +23,38 @@ const BACKLOG: i32 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
-    Bind { name: String, addr: String, source: io::Error },
+    Bind {
+        name: String,
+        addr: String,
+        source: io::Error,
+    },
     #[error("listener {name:?}: systemd passed no socket named {socket:?} (LISTEN_FDNAMES has: {available})")]
-    NoSystemdSocket { name: String, socket: String, available: String },
+    NoSystemdSocket {
+        name: String,
+        socket: String,
+        available: String,
+    },
     #[error("listener {name:?}: the socket systemd passed for {socket:?} is on {addr}, reachable from other hosts; set allowed_clients for it")]
-    SystemdNeedsAllowedClients { name: String, socket: String, addr: SocketAddr },
+    SystemdNeedsAllowedClients {
+        name: String,
+        socket: String,
+        addr: SocketAddr,
+    },
     #[error("listener {name:?}: unix socket {path}: {detail}")]
-    Unix { name: String, path: PathBuf, detail: String },
+    Unix {
+        name: String,
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl ListenError {
     /// Configuration mistakes exit 2; a busy port or missing permission exits 1.
     pub fn is_config(&self) -> bool {
-        matches!(self, ListenError::NoSystemdSocket { .. } | ListenError::SystemdNeedsAllowedClients { .. })
+        matches!(
+            self,
+            ListenError::NoSystemdSocket { .. } | ListenError::SystemdNeedsAllowedClients { .. }
+        )
     }
 }
 
@@ -49,7 +68,11 @@ pub enum ClientStream {
 }
 
 impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -58,13 +81,21 @@ impl AsyncRead for ClientStream {
 }
 
 impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -146,7 +177,10 @@ impl Bound {
             (Peer::Unix, _) | (_, None) => true,
             (Peer::Ip(a), Some(nets)) => {
                 let ip = match a.ip() {
-                    std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(a.ip()),
+                    std::net::IpAddr::V6(v6) => v6
+                        .to_ipv4_mapped()
+                        .map(std::net::IpAddr::V4)
+                        .unwrap_or(a.ip()),
                     v4 => v4,
                 };
                 nets.iter().any(|n| n.contains(&ip))
@@ -211,9 +245,15 @@ fn bind_err(lc: &ListenerConfig, source: io::Error) -> ListenError {
 }
 
 fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError> {
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let socket = Socket::new(domain, Type::STREAM, None).map_err(|e| bind_err(lc, e))?;
-    socket.set_reuse_address(true).map_err(|e| bind_err(lc, e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| bind_err(lc, e))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(|e| bind_err(lc, e))?;
         // The address may appear later (a bridge created after we start).
@@ -226,7 +266,10 @@ fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError>
     socket.listen(BACKLOG).map_err(|e| bind_err(lc, e))?;
     let std_listener: std::net::TcpListener = socket.into();
     let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| addr.to_string());
     Ok(Bound {
         name: lc.name.clone(),
         socket: Socketish::Tcp(listener),
@@ -250,19 +293,25 @@ fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(unix_err(lc, path, "exists and is not a socket; refusing to replace it"));
+            return Err(unix_err(
+                lc,
+                path,
+                "exists and is not a socket; refusing to replace it",
+            ));
         }
         // A socket file someone still answers on is not stale.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(unix_err(lc, path, "another process is listening on it"));
         }
-        std::fs::remove_file(path).map_err(|e| unix_err(lc, path, format!("cannot remove the stale socket: {e}")))?;
+        std::fs::remove_file(path)
+            .map_err(|e| unix_err(lc, path, format!("cannot remove the stale socket: {e}")))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| bind_err(lc, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(lc.mode))
         .map_err(|e| unix_err(lc, path, format!("cannot set mode {:o}: {e}", lc.mode)))?;
     if let Some(gid) = lc.group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| unix_err(lc, path, format!("cannot set group {gid}: {e}")))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| unix_err(lc, path, format!("cannot set group {gid}: {e}")))?;
     }
     Ok(Bound {
         name: lc.name.clone(),
@@ -275,12 +324,18 @@ fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
     })
 }
 
-fn adopt_systemd(lc: &ListenerConfig, socket_name: &str, inherited: &mut Inherited) -> Result<Bound, ListenError> {
-    let fd = inherited.take(socket_name).ok_or_else(|| ListenError::NoSystemdSocket {
-        name: lc.name.clone(),
-        socket: socket_name.to_string(),
-        available: inherited.names(),
-    })?;
+fn adopt_systemd(
+    lc: &ListenerConfig,
+    socket_name: &str,
+    inherited: &mut Inherited,
+) -> Result<Bound, ListenError> {
+    let fd = inherited
+        .take(socket_name)
+        .ok_or_else(|| ListenError::NoSystemdSocket {
+            name: lc.name.clone(),
+            socket: socket_name.to_string(),
+            available: inherited.names(),
+        })?;
     // SAFETY: systemd passed this descriptor to us (LISTEN_PID is our pid), it is open, and
     // `Inherited::take` hands each descriptor out once, so nothing else owns it.
     #[allow(unsafe_code)]
@@ -340,7 +395,10 @@ pub fn bind(lc: &ListenerConfig, inherited: &mut Inherited) -> Result<Bound, Lis
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(nix::libc::EMFILE) | Some(nix::libc::ENFILE) | Some(nix::libc::ENOBUFS) | Some(nix::libc::ENOMEM)
+        Some(nix::libc::EMFILE)
+            | Some(nix::libc::ENFILE)
+            | Some(nix::libc::ENOBUFS)
+            | Some(nix::libc::ENOMEM)
     )
 }
 

@@ -6,7 +6,9 @@ use crate::config::{LogConfig, LogFormat};
 
 pub fn filter(level: &str) -> EnvFilter {
     match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(v).unwrap_or_else(|_| EnvFilter::new("info")),
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(v).unwrap_or_else(|_| EnvFilter::new("info"))
+        }
         // rustls narrates every handshake at debug; keep it out unless asked for by name.
         _ => EnvFilter::try_new(format!("{level},rustls=warn,tokio_rustls=warn"))
             .unwrap_or_else(|_| EnvFilter::new("info")),

@@ -3,9 +3,10 @@
 
 use clap::Parser;
 
+use det_tls_proxy::check::{TrustCmdError, TrustOptions};
 use det_tls_proxy::cli::{Cli, Command};
 use det_tls_proxy::config::{self, Purpose};
-use det_tls_proxy::lifecycle::{self, EXIT_CONFIG, EXIT_OK};
+use det_tls_proxy::lifecycle::{self, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 use det_tls_proxy::listen::Inherited;
 
 fn main() {
@@ -16,6 +17,24 @@ fn main() {
     let code = match cli.command.unwrap_or(Command::Run) {
         Command::Run => lifecycle::run(flags, inherited),
         Command::Config => show_config(&flags),
+        Command::Check { json } => check(&flags, json),
+        Command::Demo { hold } => demo(hold),
+        Command::Trust {
+            fingerprint,
+            yes,
+            out,
+            force,
+            from_cli_store,
+        } => trust(
+            &flags,
+            TrustOptions {
+                fingerprint,
+                yes,
+                out,
+                force,
+                from_cli_store: from_cli_store.map(|p| (!p.as_os_str().is_empty()).then_some(p)),
+            },
+        ),
     };
     std::process::exit(code);
 }
@@ -40,6 +59,81 @@ fn show_config(flags: &config::Overrides) -> i32 {
             print!("{}", config::describe(&loaded, None));
             eprintln!("{e}");
             EXIT_CONFIG
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded tokio runtime")
+}
+
+fn check(flags: &config::Overrides, json: bool) -> i32 {
+    let (config, _) = match config::load(flags, Purpose::Serve) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let report = runtime().block_on(det_tls_proxy::check::check(&config));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    match (report.ok, report.error_kind.as_deref()) {
+        (true, _) => EXIT_OK,
+        (false, Some("config")) => EXIT_CONFIG,
+        _ => EXIT_RUNTIME,
+    }
+}
+
+fn trust(flags: &config::Overrides, opts: TrustOptions) -> i32 {
+    let (config, _) = match config::load(flags, Purpose::Trust) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime().block_on(det_tls_proxy::check::trust(&config, &opts, &mut out)) {
+        Ok(()) => EXIT_OK,
+        Err(TrustCmdError::Usage(m)) => {
+            eprintln!("error: {m}");
+            EXIT_CONFIG
+        }
+        Err(TrustCmdError::Failed(m)) => {
+            eprintln!("error: {m}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn demo(hold: bool) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let mut out = std::io::stdout();
+    match rt.block_on(det_tls_proxy::demo::demo(hold, &mut out)) {
+        Ok(()) => EXIT_OK,
+        Err(m) => {
+            eprintln!("error: {m}");
+            EXIT_RUNTIME
         }
     }
 }

@@ -38,7 +38,12 @@ pub struct ResultLabel {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter())
+    Histogram::new(
+        [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]
+        .into_iter(),
+    )
 }
 
 pub struct Metrics {
@@ -74,20 +79,56 @@ impl Metrics {
         let master_cert_expiry = Gauge::<f64, AtomicU64>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let skip_verify = Gauge::default();
-        registry.register("connections", "Client connections finished, by listener and result", connections.clone());
-        registry.register("active_connections", "Client connections open now", active.clone());
-        registry.register("bytes", "Bytes relayed, by direction (up: client to master, down: master to client)", bytes.clone());
-        registry.register("connect_seconds", "TCP connect time to the master", connect_seconds.clone());
-        registry.register("handshake_seconds", "TLS handshake time with the master", handshake_seconds.clone());
-        registry.register("upstream_errors", "Failures to reach or verify the master, by kind", upstream_errors.clone());
-        registry.register("tls_resumed", "TLS handshakes with the master that resumed a session", tls_resumed.clone());
+        registry.register(
+            "connections",
+            "Client connections finished, by listener and result",
+            connections.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            active.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes relayed, by direction (up: client to master, down: master to client)",
+            bytes.clone(),
+        );
+        registry.register(
+            "connect_seconds",
+            "TCP connect time to the master",
+            connect_seconds.clone(),
+        );
+        registry.register(
+            "handshake_seconds",
+            "TLS handshake time with the master",
+            handshake_seconds.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failures to reach or verify the master, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "tls_resumed",
+            "TLS handshakes with the master that resumed a session",
+            tls_resumed.clone(),
+        );
         registry.register(
             "master_cert_expiry_timestamp_seconds",
             "Expiry of the master's leaf certificate seen in the last full handshake (Unix time)",
             master_cert_expiry.clone(),
         );
-        registry.register("config_reloads", "Configuration reloads, by result", config_reloads.clone());
-        registry.register("skip_verify", "1 when the master's certificate is not verified (security.tls.skip_verify)", skip_verify.clone());
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "skip_verify",
+            "1 when the master's certificate is not verified (security.tls.skip_verify)",
+            skip_verify.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -141,7 +182,9 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &str) {
         self.upstream_errors
-            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
             .inc();
     }
 

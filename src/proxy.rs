@@ -95,7 +95,11 @@ impl State {
                     };
                     Some(ListenerTls {
                         h2: t.client_config(&[b"h2".to_vec()], present_client_cert, true)?,
-                        http11: t.client_config(&[b"http/1.1".to_vec()], present_client_cert, true)?,
+                        http11: t.client_config(
+                            &[b"http/1.1".to_vec()],
+                            present_client_cert,
+                            true,
+                        )?,
                         fixed: t.client_config(&fixed_alpn, present_client_cert, true)?,
                     })
                 }
@@ -143,7 +147,9 @@ pub struct Shared {
 impl Shared {
     pub fn new(state: State, metrics: Arc<Metrics>, resolver: Arc<dyn Resolve>) -> Arc<Shared> {
         let access = state.config.log.access;
-        metrics.skip_verify.set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        metrics
+            .skip_verify
+            .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
         Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
             metrics,
@@ -164,12 +170,16 @@ impl Shared {
 
     /// Swaps in a new configuration; connections in flight keep the state they started with.
     pub fn replace(&self, state: State) {
-        self.access_log.store(state.config.log.access, Ordering::Relaxed);
+        self.access_log
+            .store(state.config.log.access, Ordering::Relaxed);
         self.metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Logs a failure unless the same cause was logged within the last minute; repeats are
@@ -225,7 +235,10 @@ impl Drop for ActiveGuard {
 
 /// Reads the client's first bytes: enough to see a TLS ClientHello or the HTTP/2 preface.
 /// Returns `None` when the client closed without sending anything.
-async fn first_bytes(client: &mut ClientStream, policy: &ListenerPolicy) -> std::io::Result<Option<([u8; 24], usize)>> {
+async fn first_bytes(
+    client: &mut ClientStream,
+    policy: &ListenerPolicy,
+) -> std::io::Result<Option<([u8; 24], usize)>> {
     let mut buf = [0u8; 24];
     let mut n = 0;
     let deadline = tokio::time::Instant::now() + FIRST_BYTES_WAIT;
@@ -317,7 +330,10 @@ async fn serve(
             return Err("upstream_error");
         }
     };
-    shared.metrics.connect_seconds.observe(dialed.connect_time.as_secs_f64());
+    shared
+        .metrics
+        .connect_seconds
+        .observe(dialed.connect_time.as_secs_f64());
     rec.master = dialed.addr.to_string();
     let timeouts = RelayTimeouts {
         idle: state.config.timeouts.idle,
@@ -333,14 +349,21 @@ async fn serve(
         (Some((cfg, _)), Some(tls)) => {
             let hs_started = Instant::now();
             let name = tls.name.server_name.clone();
-            let mut stream = match state.upstream.handshake(dialed.addr, dialed.stream, cfg, name).await {
+            let mut stream = match state
+                .upstream
+                .handshake(dialed.addr, dialed.stream, cfg, name)
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     upstream_failed(shared, policy, &e);
                     return Err("upstream_error");
                 }
             };
-            shared.metrics.handshake_seconds.observe(hs_started.elapsed().as_secs_f64());
+            shared
+                .metrics
+                .handshake_seconds
+                .observe(hs_started.elapsed().as_secs_f64());
             {
                 let (_, conn) = stream.get_ref();
                 rec.sni = tls.name.sni().unwrap_or_default();
@@ -382,7 +405,9 @@ where
     if !first.is_empty() && server.write_all(first).await.is_err() {
         return Err("reset");
     }
-    let RelayResult { up, down, outcome, .. } = Relay::new(&mut *client, &mut *server, timeouts).await;
+    let RelayResult {
+        up, down, outcome, ..
+    } = Relay::new(&mut *client, &mut *server, timeouts).await;
     rec.up = up + first.len() as u64;
     rec.down = down;
     policy.metrics.up.inc_by(rec.up);

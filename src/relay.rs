@@ -125,7 +125,9 @@ impl Half {
             }
 
             while self.pending_pos < self.pending.len() {
-                let n = ready!(writer.as_mut().poll_write(cx, &self.pending[self.pending_pos..]))?;
+                let n = ready!(writer
+                    .as_mut()
+                    .poll_write(cx, &self.pending[self.pending_pos..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -161,7 +163,9 @@ impl Half {
                     let mut off = 0;
                     while off < data.len() {
                         match writer.as_mut().poll_write(cx, &data[off..]) {
-                            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Poll::Ready(Ok(0)) => {
+                                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                            }
                             Poll::Ready(Ok(n)) => {
                                 off += n;
                                 self.need_flush = true;
@@ -183,7 +187,10 @@ impl Half {
 fn is_disconnect(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+        io::ErrorKind::NotConnected
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof
     )
 }
 
@@ -251,18 +258,22 @@ where
         let mut scratch = [MaybeUninit::<u8>::uninit(); CHUNK];
 
         if !this.up.done() {
-            if let Poll::Ready(Err(e)) =
-                this.up
-                    .poll_copy(cx, Pin::new(&mut this.client), Pin::new(&mut this.server), &mut scratch)
-            {
+            if let Poll::Ready(Err(e)) = this.up.poll_copy(
+                cx,
+                Pin::new(&mut this.client),
+                Pin::new(&mut this.server),
+                &mut scratch,
+            ) {
                 return Poll::Ready(this.result(Outcome::Reset, Some(e.kind())));
             }
         }
         if !this.down.done() {
-            if let Poll::Ready(Err(e)) =
-                this.down
-                    .poll_copy(cx, Pin::new(&mut this.server), Pin::new(&mut this.client), &mut scratch)
-            {
+            if let Poll::Ready(Err(e)) = this.down.poll_copy(
+                cx,
+                Pin::new(&mut this.server),
+                Pin::new(&mut this.client),
+                &mut scratch,
+            ) {
                 return Poll::Ready(this.result(Outcome::Reset, Some(e.kind())));
             }
         }

@@ -7,11 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption, WebPkiServerVerifier};
+use rustls::client::{
+    ClientSessionMemoryCache, ClientSessionStore, Resumption, WebPkiServerVerifier,
+};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, NamedGroup, OtherError, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, NamedGroup, OtherError, RootCertStore,
+    SignatureScheme,
+};
 
 use crate::config::{parse_host_ip, Config, MasterConfig, TlsSettings};
 use crate::diagnose::CertSummary;
@@ -24,12 +29,17 @@ const SESSION_CACHE_SIZE: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is empty")]
     Empty { path: PathBuf },
     #[error("{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
     NoCertificate { path: PathBuf },
-    #[error("{path} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)")]
+    #[error(
+        "{path} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)"
+    )]
     NoKey { path: PathBuf },
     #[error("{path} is not valid PEM: {detail}")]
     Malformed { path: PathBuf, detail: String },
@@ -43,11 +53,15 @@ pub enum TrustError {
     ClientCert(PemError),
     #[error("security.tls.client_key: {0}")]
     ClientKey(PemError),
-    #[error("security.tls.master_cert: no certificate in {0} could be used as a trust anchor: {1}")]
+    #[error(
+        "security.tls.master_cert: no certificate in {0} could be used as a trust anchor: {1}"
+    )]
     BadAnchor(PathBuf, String),
     #[error("no system root certificates found and security.tls.master_cert is not set; set it to the master's CA bundle")]
     NoSystemRoots,
-    #[error("security.tls.client_key does not match security.tls.client_cert, or is unsupported: {0}")]
+    #[error(
+        "security.tls.client_key does not match security.tls.client_cert, or is unsupported: {0}"
+    )]
     ClientAuth(rustls::Error),
     #[error("TLS setup failed: {0}")]
     Tls(rustls::Error),
@@ -128,9 +142,16 @@ impl fmt::Display for NameReason {
             NameReason::Override => write!(f, "security.tls.master_cert_name"),
             NameReason::DnsHost => write!(f, "master_host is a DNS name"),
             NameReason::Substituted { from } => {
-                write!(f, "substituted: first DNS name of the certificate in {}", from.display())
+                write!(
+                    f,
+                    "substituted: first DNS name of the certificate in {}",
+                    from.display()
+                )
             }
-            NameReason::IpSan => write!(f, "master_host is an IP: checked against the certificate's IP SANs, no SNI"),
+            NameReason::IpSan => write!(
+                f,
+                "master_host is an IP: checked against the certificate's IP SANs, no SNI"
+            ),
         }
     }
 }
@@ -161,7 +182,10 @@ impl NameChoice {
 
 /// The end-entity certificate of a bundle: the first that is not a CA, else the first.
 fn bundle_leaf(certs: &[CertificateDer<'static>]) -> Option<CertSummary> {
-    let summaries: Vec<CertSummary> = certs.iter().filter_map(|c| CertSummary::from_der(c)).collect();
+    let summaries: Vec<CertSummary> = certs
+        .iter()
+        .filter_map(|c| CertSummary::from_der(c))
+        .collect();
     summaries
         .iter()
         .find(|s| !s.is_ca && !s.dns_names.is_empty())
@@ -247,9 +271,19 @@ impl fmt::Display for CertFailure {
         let leaf = self.leaf.as_ref();
         match self.kind {
             FailureKind::WrongName => {
-                write!(f, "the master's certificate is not valid for {}", self.expected)?;
+                write!(
+                    f,
+                    "the master's certificate is not valid for {}",
+                    self.expected
+                )?;
                 if let Some(l) = leaf {
-                    write!(f, ": it holds {} (issuer {}, {})", l.names(), l.issuer, l.validity())?;
+                    write!(
+                        f,
+                        ": it holds {} (issuer {}, {})",
+                        l.names(),
+                        l.issuer,
+                        l.validity()
+                    )?;
                     match l.dns_names.first() {
                         Some(n) => write!(f, "; set security.tls.master_cert_name: {n}")?,
                         None => write!(
@@ -264,7 +298,11 @@ impl fmt::Display for CertFailure {
                 let end = self.chain_end.as_ref().or(leaf);
                 write!(f, "unknown issuer: ")?;
                 if let Some(e) = end {
-                    write!(f, "the chain ends at {} (issued by {})", e.subject, e.issuer)?;
+                    write!(
+                        f,
+                        "the chain ends at {} (issued by {})",
+                        e.subject, e.issuer
+                    )?;
                 } else {
                     write!(f, "the master's certificate chain is not trusted")?;
                 }
@@ -320,10 +358,14 @@ impl std::error::Error for CertFailure {}
 
 fn classify(e: &CertificateError) -> FailureKind {
     match e {
-        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => FailureKind::WrongName,
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            FailureKind::WrongName
+        }
         CertificateError::UnknownIssuer => FailureKind::UnknownIssuer,
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => FailureKind::Expired,
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => FailureKind::NotYetValid,
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            FailureKind::NotYetValid
+        }
         _ => FailureKind::Other,
     }
 }
@@ -368,14 +410,20 @@ impl ServerCertVerifier for Diagnosing {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Ok(v) => Ok(v),
             Err(rustls::Error::InvalidCertificate(cause)) => {
                 let leaf = CertSummary::from_der(end_entity);
-                let chain_end = intermediates.last().and_then(|c| CertSummary::from_der(c)).or_else(|| leaf.clone());
+                let chain_end = intermediates
+                    .last()
+                    .and_then(|c| CertSummary::from_der(c))
+                    .or_else(|| leaf.clone());
                 let expected = match server_name {
                     ServerName::DnsName(d) => d.as_ref().to_string(),
                     ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
@@ -388,7 +436,9 @@ impl ServerCertVerifier for Diagnosing {
                     leaf,
                     chain_end,
                 };
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(failure)))))
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(failure)),
+                )))
             }
             Err(e) => Err(e),
         }
@@ -448,7 +498,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -457,11 +512,18 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -471,7 +533,8 @@ impl ServerCertVerifier for NoVerify {
 pub fn provider(post_quantum: bool) -> Arc<CryptoProvider> {
     let mut p = aws_lc_rs::default_provider();
     if !post_quantum {
-        p.kx_groups.retain(|g| g.name() != NamedGroup::X25519MLKEM768);
+        p.kx_groups
+            .retain(|g| g.name() != NamedGroup::X25519MLKEM768);
     }
     Arc::new(p)
 }
@@ -537,9 +600,10 @@ impl TlsContext {
                     }
                 }
             }
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TrustError::Tls(rustls::Error::General(e.to_string())))?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TrustError::Tls(rustls::Error::General(e.to_string())))?;
             Arc::new(Diagnosing { inner })
         };
         let client_auth = match (&tls.client_cert, &tls.client_key) {
@@ -577,7 +641,12 @@ impl TlsContext {
 
     /// A client config offering `alpn`, presenting the client certificate when asked and
     /// configured, resuming from the shared store unless `resume` is false.
-    pub fn client_config(&self, alpn: &[Vec<u8>], present_client_cert: bool, resume: bool) -> Result<Arc<ClientConfig>, TrustError> {
+    pub fn client_config(
+        &self,
+        alpn: &[Vec<u8>],
+        present_client_cert: bool,
+        resume: bool,
+    ) -> Result<Arc<ClientConfig>, TrustError> {
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(TrustError::Tls)?

@@ -7,11 +7,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -38,7 +40,11 @@ impl Resolve for SystemResolver {
             return Box::pin(async move { Ok(vec![SocketAddr::new(ip, port)]) });
         }
         let host = host.to_string();
-        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
     }
 }
 
@@ -52,7 +58,9 @@ pub enum UpstreamError {
     NoAddress { host: String },
     #[error("cannot connect to the master: {}", describe_attempts(.attempts))]
     Connect { attempts: Vec<Attempt> },
-    #[error("TLS handshake with {addr} did not finish within {timeout:?} (is the port speaking TLS?)")]
+    #[error(
+        "TLS handshake with {addr} did not finish within {timeout:?} (is the port speaking TLS?)"
+    )]
     HandshakeTimeout { addr: SocketAddr, timeout: Duration },
     #[error("TLS handshake with {addr} failed: {detail}")]
     Handshake {
@@ -101,8 +109,19 @@ impl UpstreamError {
     }
 }
 
-/// Describes a failed handshake; a certificate problem says what the certificate holds.
-pub fn handshake_error(addr: SocketAddr, e: io::Error) -> UpstreamError {
+/// Describes a failed handshake; a certificate problem says what the certificate holds, and
+/// a master port that answered in plaintext says so.
+pub fn handshake_error(addr: SocketAddr, e: io::Error, first: &[u8]) -> UpstreamError {
+    if first.starts_with(b"HTTP/") || first.starts_with(b"<") {
+        return UpstreamError::Handshake {
+            addr,
+            detail: format!(
+                "the master's port answered in plaintext: it looks like plaintext HTTP ({:?}...), not TLS; set master_port to the master's TLS port, or security.tls.enabled: false if the master has no TLS",
+                String::from_utf8_lossy(first)
+            ),
+            kind: "plaintext",
+        };
+    }
     if let Some(f) = cert_failure(&e) {
         return UpstreamError::Handshake {
             addr,
@@ -114,7 +133,7 @@ pub fn handshake_error(addr: SocketAddr, e: io::Error) -> UpstreamError {
     let (kind, detail) = match inner {
         Some(rustls::Error::InvalidMessage(_)) => (
             "tls_protocol",
-            format!("{e}: the master's port did not answer with TLS (does it look like plaintext HTTP? then set security.tls.enabled: false or fix master_port)"),
+            format!("{e}: the master's port did not answer with TLS; check master_port"),
         ),
         Some(rustls::Error::AlertReceived(alert)) => (
             "tls_alert",
@@ -169,7 +188,9 @@ impl Upstream {
                 source,
             })?;
         if addrs.is_empty() {
-            return Err(UpstreamError::NoAddress { host: self.host.clone() });
+            return Err(UpstreamError::NoAddress {
+                host: self.host.clone(),
+            });
         }
         Ok(addrs)
     }
@@ -213,7 +234,10 @@ impl Upstream {
                 Err(_) => attempts.push(Attempt {
                     addr,
                     elapsed,
-                    error: Some(format!("no answer within {:?} (timeouts.connect)", self.connect_timeout)),
+                    error: Some(format!(
+                        "no answer within {:?} (timeouts.connect)",
+                        self.connect_timeout
+                    )),
                     timed_out: true,
                     refused: false,
                 }),
@@ -229,16 +253,95 @@ impl Upstream {
         stream: TcpStream,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
         let connector = TlsConnector::from(config);
-        match tokio::time::timeout(self.handshake_timeout, connector.connect(name, stream)).await {
+        let connect = connector
+            .connect(name, Sniffed::new(stream))
+            .into_fallible();
+        match tokio::time::timeout(self.handshake_timeout, connect).await {
             Ok(Ok(tls)) => Ok(tls),
-            Ok(Err(e)) => Err(handshake_error(dialed_addr, e)),
+            Ok(Err((e, io))) => Err(handshake_error(dialed_addr, e, io.first())),
             Err(_) => Err(UpstreamError::HandshakeTimeout {
                 addr: dialed_addr,
                 timeout: self.handshake_timeout,
             }),
         }
+    }
+}
+
+// === impl Sniffed ===
+
+/// Keeps the first bytes the master sent, so a failed handshake can tell plaintext HTTP from
+/// a broken TLS stack. Costs a few bytes per connection and one comparison per read.
+#[derive(Debug)]
+pub struct Sniffed<IO> {
+    io: IO,
+    first: [u8; 8],
+    len: u8,
+}
+
+impl<IO> Sniffed<IO> {
+    pub fn new(io: IO) -> Self {
+        Sniffed {
+            io,
+            first: [0; 8],
+            len: 0,
+        }
+    }
+    pub fn first(&self) -> &[u8] {
+        &self.first[..self.len as usize]
+    }
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if (this.len as usize) == this.first.len() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let new = &buf.filled()[before..];
+            let take = new.len().min(this.first.len() - this.len as usize);
+            let at = this.len as usize;
+            this.first[at..at + take].copy_from_slice(&new[..take]);
+            this.len += take as u8;
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Sniffed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
