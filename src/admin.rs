@@ -54,7 +54,7 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
         .and_then(|c| c.first())
         .and_then(|c| CertSummary::from_der(c))
     {
-        shared.metrics.master_cert_expiry.set(s.not_after as f64);
+        shared.saw_master_cert(&s);
     }
     let mut stream = stream;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;

@@ -400,7 +400,17 @@ impl Server {
     }
 
     /// Serves until SIGTERM/SIGINT, then drains. Returns the exit status.
-    pub async fn serve(mut self, initial: &Config) -> i32 {
+    pub async fn serve(self, initial: &Config) -> i32 {
+        self.serve_until(initial, std::future::pending()).await
+    }
+
+    /// Serves until SIGTERM/SIGINT or `shutdown` completes, then drains.
+    pub async fn serve_until(
+        mut self,
+        initial: &Config,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> i32 {
+        tokio::pin!(shutdown);
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -434,6 +444,7 @@ impl Server {
             tokio::select! {
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "draining"); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "draining"); break; }
+                _ = &mut shutdown => { tracing::info!("draining"); break; }
                 _ = hup.recv() => self.reload("SIGHUP"),
                 Some(why) = reload_rx.recv() => self.reload(why),
             }

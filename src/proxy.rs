@@ -3,7 +3,7 @@
 //! the master, relay, and account for it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use crate::upstream::{version_name, Resolve, SystemResolver, Upstream, UpstreamE
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long ALPN `auto` (and passthrough detection) waits for the client's first bytes.
 pub const FIRST_BYTES_WAIT: Duration = Duration::from_secs(1);
+/// A master certificate closer than this to its expiry is warned about (once a day).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 /// A repeated failure is logged at most once per this period.
 pub const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
 
@@ -140,6 +142,7 @@ pub struct Shared {
     /// Cancelled when `timeouts.shutdown` has passed: cut what is still relaying.
     pub force_close: CancellationToken,
     access_log: AtomicBool,
+    expiry_warned: AtomicI64,
     failures: Mutex<HashMap<String, (Instant, u64)>>,
     pub resolver: Arc<dyn Resolve>,
 }
@@ -155,6 +158,7 @@ impl Shared {
             metrics,
             force_close: CancellationToken::new(),
             access_log: AtomicBool::new(access),
+            expiry_warned: AtomicI64::new(0),
             failures: Mutex::new(HashMap::new()),
             resolver,
         })
@@ -180,6 +184,30 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+
+    /// Records the master's leaf from a full handshake: the expiry gauge, and a warning at
+    /// most once a day when it expires within two weeks.
+    pub fn saw_master_cert(&self, leaf: &CertSummary) {
+        self.metrics.master_cert_expiry.set(leaf.not_after as f64);
+        let left = leaf.not_after - crate::diagnose::now_secs();
+        if left < EXPIRY_WARNING.as_secs() as i64 {
+            let now = crate::diagnose::now_secs();
+            let last = self.expiry_warned.load(Ordering::Relaxed);
+            if now - last >= 86_400
+                && self
+                    .expiry_warned
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    subject = %leaf.subject,
+                    not_after = %crate::diagnose::rfc3339(leaf.not_after),
+                    days_left = left.div_euclid(86_400),
+                    "the master's certificate expires soon; renew it on the master"
+                );
+            }
+        }
     }
 
     /// Logs a failure unless the same cause was logged within the last minute; repeats are
@@ -377,7 +405,7 @@ async fn serve(
                     shared.metrics.tls_resumed.inc();
                 } else if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
                     if let Some(s) = CertSummary::from_der(leaf) {
-                        shared.metrics.master_cert_expiry.set(s.not_after as f64);
+                        shared.saw_master_cert(&s);
                     }
                 }
             }
