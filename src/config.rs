@@ -694,6 +694,12 @@ fn flag_layers(o: &Overrides) -> Vec<Named> {
     v
 }
 
+/// A copy of `v` without the tags of the figment it was read through, so the layer it is put
+/// in becomes its source.
+fn untagged(v: &Value) -> Value {
+    Value::serialize(v).unwrap_or_else(|_| v.clone())
+}
+
 /// Reads `master_host`, `master_port` and `security.tls.*` from a Determined agent.yaml and
 /// nothing else: the agent's other keys are its own business.
 fn agent_layer(path: &Path) -> Result<(Named, bool), ConfigError> {
@@ -720,7 +726,7 @@ fn agent_layer(path: &Path) -> Result<(Named, bool), ConfigError> {
                 if key == "master_port" {
                     has_port = true;
                 }
-                data.insert(key.to_string(), v.clone());
+                data.insert(key.to_string(), untagged(v));
             }
         }
         let tls = top
@@ -742,7 +748,7 @@ fn agent_layer(path: &Path) -> Result<(Named, bool), ConfigError> {
                 match tls.get(key) {
                     Some(Value::String(_, s)) if s.is_empty() => {}
                     Some(v) => {
-                        keep.insert(key.to_string(), v.clone());
+                        keep.insert(key.to_string(), untagged(v));
                     }
                     None => {}
                 }

@@ -433,12 +433,7 @@ impl Server {
         let watcher_stop = CancellationToken::new();
         spawn_file_watch(watched_files(initial), reload_tx, watcher_stop.clone());
         let status_stop = CancellationToken::new();
-        spawn_status(
-            self.shared.clone(),
-            self.semaphore.clone(),
-            initial.max_connections,
-            status_stop.clone(),
-        );
+        spawn_status(self.tracker.clone(), status_stop.clone());
 
         loop {
             tokio::select! {
@@ -501,12 +496,7 @@ fn spawn_file_watch(files: Vec<PathBuf>, tx: mpsc::Sender<&'static str>, stop: C
 }
 
 /// STATUS= with the live connection count, and watchdog pings at half of WATCHDOG_USEC.
-fn spawn_status(
-    shared: Arc<Shared>,
-    semaphore: Arc<Semaphore>,
-    max: usize,
-    stop: CancellationToken,
-) {
+fn spawn_status(tracker: TaskTracker, stop: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -517,7 +507,6 @@ fn spawn_status(
     } else {
         Duration::from_secs(5)
     };
-    let _ = shared;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {
@@ -525,7 +514,7 @@ fn spawn_status(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let active = max.saturating_sub(semaphore.available_permits());
+            let active = tracker.len();
             let status = format!("ready, {active} connections");
             if watchdog {
                 notify(&[

@@ -1,0 +1,1005 @@
+//! systemd integration, as an operator meets it: the shipped units pass `systemd-analyze
+//! verify`; the proxy speaks the sd_notify protocol (READY=1 once every listener is bound,
+//! WATCHDOG=1 at half of WATCHDOG_USEC, RELOADING=1/READY=1 around a reload, STOPPING=1,
+//! STATUS= with the live connection count) on a NOTIFY_SOCKET the test owns; and a proxy
+//! started by `systemd-socket-activate` relays through the socket it inherits.
+//!
+//! Self-contained: the helpers live in `support` below.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use support::{field, EchoMaster, Pki, Proc, BIN};
+
+const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
+
+mod support {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{SocketAddr, TcpListener as StdListener};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
+
+    /// A command with none of the variables the proxy (or sd_notify) reads inherited from
+    /// the test's environment: each test states the whole environment it depends on.
+    pub fn clean(program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for (k, _) in std::env::vars_os() {
+            if let Some(k) = k.to_str() {
+                if k.starts_with("DET_") || k.starts_with("LISTEN_") || k.starts_with("WATCHDOG_") {
+                    cmd.env_remove(k);
+                }
+            }
+        }
+        for k in [
+            "RUST_LOG",
+            "NOTIFY_SOCKET",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("dtp-systemd-")
+            .tempdir()
+            .expect("tempdir")
+    }
+
+    pub fn field<'a>(v: &'a Value, key: &str) -> &'a str {
+        v[key].as_str().unwrap_or("")
+    }
+
+    // === Certificates ===
+
+    /// A fresh CA and a server leaf valid for 127.0.0.1; `ca.pem` written to `dir`.
+    pub struct Pki {
+        pub ca_pem: PathBuf,
+        pub leaf_der: CertificateDer<'static>,
+        pub leaf_key: PrivateKeyDer<'static>,
+    }
+
+    impl Pki {
+        pub fn new(dir: &Path) -> Pki {
+            let ca_key = KeyPair::generate().expect("CA key");
+            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            ca.distinguished_name
+                .push(DnType::CommonName, "det-tls-proxy systemd test CA");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let ca_cert = ca.self_signed(&ca_key).expect("CA");
+            let key = KeyPair::generate().expect("leaf key");
+            let mut leaf =
+                CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
+            leaf.distinguished_name
+                .push(DnType::CommonName, "det-master");
+            leaf.is_ca = IsCa::ExplicitNoCa;
+            let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).expect("leaf");
+            let ca_pem = dir.join("ca.pem");
+            std::fs::write(&ca_pem, ca_cert.pem()).expect("write ca.pem");
+            Pki {
+                ca_pem,
+                leaf_der: leaf_cert.der().clone(),
+                leaf_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            }
+        }
+    }
+
+    // === The master: a TLS echo server ===
+
+    /// A TLS echo server on 127.0.0.1, on its own runtime; counts its handshakes.
+    pub struct EchoMaster {
+        pub addr: SocketAddr,
+        handshakes: Arc<Mutex<usize>>,
+        runtime: Option<tokio::runtime::Runtime>,
+    }
+
+    impl EchoMaster {
+        pub fn start(pki: &Pki) -> EchoMaster {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key.clone_key())
+                .expect("server certificate");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let std_listener = StdListener::bind("127.0.0.1:0").expect("bind master");
+            std_listener.set_nonblocking(true).unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let handshakes = Arc::new(Mutex::new(0));
+            let count = handshakes.clone();
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        *count.lock().unwrap() += 1;
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if tls.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                    let _ = tls.flush().await;
+                                }
+                            }
+                        }
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+            EchoMaster {
+                addr,
+                handshakes,
+                runtime: Some(runtime),
+            }
+        }
+
+        pub fn handshakes(&self) -> usize {
+            *self.handshakes.lock().unwrap()
+        }
+    }
+
+    impl Drop for EchoMaster {
+        fn drop(&mut self) {
+            if let Some(rt) = self.runtime.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+
+    // === A child process and its stderr ===
+
+    #[derive(Default)]
+    struct Log {
+        lines: Vec<String>,
+        closed: bool,
+    }
+
+    /// A running child (the proxy, or systemd-socket-activate that becomes it), its stderr
+    /// collected line by line. Killed on drop; its stderr is printed if the test failed.
+    pub struct Proc {
+        child: Child,
+        log: Arc<(Mutex<Log>, Condvar)>,
+        status: Option<ExitStatus>,
+    }
+
+    impl Proc {
+        pub fn spawn(mut cmd: Command) -> Proc {
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+            let err = child.stderr.take().unwrap();
+            let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
+            let l = log.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(err);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                            l.0.lock().unwrap().lines.push(line);
+                            l.1.notify_all();
+                        }
+                    }
+                }
+                l.0.lock().unwrap().closed = true;
+                l.1.notify_all();
+            });
+            Proc {
+                child,
+                log,
+                status: None,
+            }
+        }
+
+        pub fn pid(&self) -> nix::unistd::Pid {
+            nix::unistd::Pid::from_raw(self.child.id() as i32)
+        }
+
+        pub fn signal(&self, sig: nix::sys::signal::Signal) {
+            nix::sys::signal::kill(self.pid(), sig).expect("signal the proxy");
+        }
+
+        pub fn stderr(&self) -> String {
+            self.log.0.lock().unwrap().lines.join("\n")
+        }
+
+        /// Waits for a stderr line for which `pred` gives `Some`; `None` on timeout or when
+        /// stderr closes first.
+        pub fn try_wait_line<T>(
+            &self,
+            timeout: Duration,
+            pred: impl Fn(&str) -> Option<T>,
+        ) -> Option<T> {
+            let deadline = Instant::now() + timeout;
+            let mut seen = 0;
+            let mut st = self.log.0.lock().unwrap();
+            loop {
+                for line in &st.lines[seen..] {
+                    if let Some(t) = pred(line) {
+                        return Some(t);
+                    }
+                }
+                seen = st.lines.len();
+                let now = Instant::now();
+                if st.closed || now >= deadline {
+                    return None;
+                }
+                st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
+            }
+        }
+
+        /// As `try_wait_line`, panicking with the whole log when nothing matched.
+        pub fn wait_line<T>(
+            &self,
+            what: &str,
+            timeout: Duration,
+            pred: impl Fn(&str) -> Option<T>,
+        ) -> T {
+            match self.try_wait_line(timeout, pred) {
+                Some(t) => t,
+                None => panic!(
+                    "no {what} within {timeout:?} (or the process ended); stderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+
+        /// Waits for a JSON log line matching `pred`.
+        pub fn wait_json(
+            &self,
+            what: &str,
+            timeout: Duration,
+            pred: impl Fn(&Value) -> bool,
+        ) -> Value {
+            self.wait_line(what, timeout, |l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .filter(|v| v.is_object() && pred(v))
+            })
+        }
+
+        /// The address of the listener `name`, from its "listening" line.
+        pub fn listening(&self, name: &str, timeout: Duration) -> String {
+            let v = self.wait_json(&format!("the \"listening\" line of {name}"), timeout, |v| {
+                field(v, "message") == "listening" && field(v, "listener") == name
+            });
+            field(&v, "addr").to_string()
+        }
+
+        /// Waits for the process to exit by itself.
+        pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+            if let Some(s) = self.status {
+                return s;
+            }
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(s) = self.child.try_wait().expect("try_wait") {
+                    self.status = Some(s);
+                    return s;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "still running {timeout:?} after being told to stop; stderr:\n{}",
+                        self.stderr()
+                    );
+                }
+                // Polling a child's exit status has no blocking-with-deadline form in std.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            if self.status.is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+            if std::thread::panicking() {
+                eprintln!("--- child stderr ---\n{}", self.stderr());
+            }
+        }
+    }
+
+    /// A port that was free a moment ago (for tools that take a fixed port).
+    pub fn free_port() -> u16 {
+        StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Writes a proxy config to `dir/name`.
+    pub fn write_config(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+        let p = dir.join(name);
+        let mut f = std::fs::File::create(&p).expect("create config");
+        f.write_all(yaml.as_bytes()).expect("write config");
+        p
+    }
+
+    /// Reads exactly `n` bytes, with a deadline.
+    pub fn read_n(s: &mut impl Read, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        s.read_exact(&mut b).expect("read echo through the proxy");
+        b
+    }
+}
+
+// === Helpers for the notify protocol ===
+
+/// One datagram from the proxy, split into its `KEY=VALUE` lines.
+#[derive(Debug, Clone)]
+struct Notice {
+    at: Instant,
+    lines: Vec<String>,
+}
+
+impl Notice {
+    fn has(&self, state: &str) -> bool {
+        self.lines.iter().any(|l| l == state)
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    }
+}
+
+/// Receives datagrams until one holds `state` (for example `READY=1`); returns every
+/// datagram received on the way, that one last.
+fn recv_until(sock: &UnixDatagram, state: &str, timeout: Duration, proxy: &Proc) -> Vec<Notice> {
+    recv_until_match(sock, state, timeout, proxy, |n| n.has(state))
+}
+
+fn recv_until_match(
+    sock: &UnixDatagram,
+    what: &str,
+    timeout: Duration,
+    proxy: &Proc,
+    pred: impl Fn(&Notice) -> bool,
+) -> Vec<Notice> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!(
+                "no {what} on NOTIFY_SOCKET within {timeout:?}; got {got:?}\nstderr:\n{}",
+                proxy.stderr()
+            );
+        }
+        sock.set_read_timeout(Some(left)).unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let notice = Notice {
+                    at: Instant::now(),
+                    lines: text
+                        .lines()
+                        .map(str::to_string)
+                        .filter(|l| !l.is_empty())
+                        .collect(),
+                };
+                let done = pred(&notice);
+                got.push(notice);
+                if done {
+                    return got;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => panic!("recv on NOTIFY_SOCKET: {e}"),
+        }
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let addr: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|_| panic!("{addr:?} is not a socket address"));
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn echo(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).expect("write through the proxy");
+    assert_eq!(
+        support::read_n(s, data.len()),
+        data,
+        "echo through the proxy"
+    );
+}
+
+/// Reads to EOF: the proxy closes the client after the master's close.
+fn finish(mut s: TcpStream) {
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after FIN: {rest:?}");
+}
+
+fn proxy_config(pki: &Pki, master: SocketAddr, listeners: &str) -> String {
+    format!(
+        "master_host: 127.0.0.1\nmaster_port: {}\nsecurity:\n  tls:\n    master_cert: {}\nlisteners:\n{listeners}log:\n  format: json\n",
+        master.port(),
+        pki.ca_pem.display()
+    )
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+// === The unit files ===
+
+fn unit(name: &str) -> String {
+    std::fs::read_to_string(Path::new(UNITS).join(name))
+        .unwrap_or_else(|e| panic!("read systemd/{name}: {e}"))
+}
+
+/// Every `Key=value` of a unit file's section, in order (comments skipped).
+fn directives(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut current = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') && line.ends_with(']') {
+            current = line[1..line.len() - 1].to_string();
+            continue;
+        }
+        if current == section {
+            if let Some((k, v)) = line.split_once('=') {
+                out.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn values<'a>(d: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    d.iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_both_units() {
+    if !have("systemd-analyze") {
+        eprintln!("note: systemd-analyze is not installed (Debian package systemd); skipping the verify half of this test");
+        return;
+    }
+    let dir = support::tempdir();
+    // verify insists ExecStart's binary exists: point the copy at the binary under test.
+    let mut copies = Vec::new();
+    for name in ["det-tls-proxy.service", "det-tls-proxy.socket"] {
+        let text = unit(name).replace("/usr/local/bin/det-tls-proxy", BIN);
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        copies.push(p);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(&copies)
+        .current_dir(dir.path())
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .expect("run systemd-analyze verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An unknown key is only a warning (exit 0): any line about our units is a failure.
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&*dir.path().to_string_lossy()) || l.contains("det-tls-proxy"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify ({}):\n{text}",
+        out.status
+    );
+}
+
+#[test]
+fn service_unit_is_notify_with_watchdog_reload_and_hardening() {
+    let text = unit("det-tls-proxy.service");
+    let s = directives(&text, "Service");
+    let one = |k: &str| -> String {
+        let v = values(&s, k);
+        assert_eq!(v.len(), 1, "[Service] {k}= should appear once, found {v:?}");
+        v[0].to_string()
+    };
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(
+        one("ExecStart"),
+        "/usr/local/bin/det-tls-proxy run --config /etc/determined/tls-proxy.yaml"
+    );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(one("Restart"), "on-failure");
+    let watchdog = one("WatchdogSec");
+    assert!(
+        humantime::parse_duration(&watchdog).is_ok_and(|d| d >= Duration::from_secs(1)),
+        "WatchdogSec={watchdog}"
+    );
+    assert!(
+        one("DynamicUser") == "yes" || !values(&s, "User").is_empty(),
+        "DynamicUser=yes or a User="
+    );
+    for (k, v) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("RuntimeDirectory", "det-tls-proxy"),
+        ("LoadCredential", "client.key:/etc/determined/agent.key"),
+        ("Environment", "DET_SECURITY_TLS_CLIENT_KEY=%d/client.key"),
+    ] {
+        assert_eq!(one(k), v, "[Service] {k}=");
+    }
+    assert!(
+        values(&s, "SystemCallFilter").contains(&"@system-service"),
+        "SystemCallFilter=@system-service"
+    );
+    let ro: Vec<&str> = values(&s, "ReadOnlyPaths")
+        .into_iter()
+        .chain(values(&s, "BindReadOnlyPaths"))
+        .collect();
+    assert!(
+        ro.iter().any(|v| v
+            .split_whitespace()
+            .any(|p| p.trim_start_matches('-') == "/etc/determined")),
+        "read-only /etc/determined: {ro:?}"
+    );
+
+    let sock = unit("det-tls-proxy.socket");
+    let k = directives(&sock, "Socket");
+    assert_eq!(values(&k, "ListenStream"), ["127.0.0.1:8080"]);
+    assert_eq!(values(&k, "FileDescriptorName"), ["agent"]);
+    assert_eq!(values(&k, "Service"), ["det-tls-proxy.service"]);
+    assert!(
+        sock.contains("listen: systemd:agent"),
+        "the socket unit shows the config snippet that adopts it"
+    );
+}
+
+/// The credential the unit hands over overrides security.tls.client_key from every file:
+/// the agent-host example (which imports agent.tls.yaml, client_cert and client_key
+/// included) then reads the key from the service's credential directory.
+#[test]
+fn unit_credential_overrides_the_imported_client_key() {
+    let s = directives(&unit("det-tls-proxy.service"), "Service");
+    let env = values(&s, "Environment");
+    let (var, value) = env[0].split_once('=').expect("Environment=NAME=VALUE");
+    let dir = support::tempdir();
+    let creds = dir.path().join("credentials");
+    let value = value.replace("%d", &creds.to_string_lossy());
+
+    let agent_tls = dir.path().join("agent.tls.yaml");
+    std::fs::copy(Path::new(EXAMPLES).join("agent.tls.yaml"), &agent_tls).unwrap();
+    let host = std::fs::read_to_string(Path::new(EXAMPLES).join("agent-host.yaml"))
+        .unwrap()
+        .replace(
+            "/etc/determined/agent.tls.yaml",
+            &agent_tls.to_string_lossy(),
+        );
+    let cfg = support::write_config(dir.path(), "tls-proxy.yaml", &host);
+
+    let out = support::clean(BIN)
+        .arg("config")
+        .arg("--config")
+        .arg(&cfg)
+        .env(var, &value)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "config failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("security.tls.client_key ="))
+        .unwrap_or_else(|| panic!("no client_key line:\n{stdout}"));
+    assert_eq!(
+        line,
+        format!("security.tls.client_key = \"{value}\"  ({var})")
+    );
+    assert!(
+        stdout.contains("security.tls.client_cert = \"/etc/determined/agent.crt\""),
+        "{stdout}"
+    );
+}
+
+// === sd_notify ===
+
+#[test]
+fn notify_ready_watchdog_status_reload_and_stopping() {
+    let dir = support::tempdir();
+    let pki = Pki::new(dir.path());
+    let master = EchoMaster::start(&pki);
+    let cfg = support::write_config(
+        dir.path(),
+        "proxy.yaml",
+        &proxy_config(
+            &pki,
+            master.addr,
+            "  - name: first\n    listen: 127.0.0.1:0\n  - name: second\n    listen: 127.0.0.1:0\n",
+        ),
+    );
+    let notify_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
+
+    // As systemd does: WATCHDOG_PID is the main process's pid. The shell's pid becomes
+    // the proxy's with exec.
+    let mut cmd = support::clean("/bin/sh");
+    cmd.arg("-c")
+        .arg("WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "500000");
+    let mut proxy = Proc::spawn(cmd);
+
+    // READY=1 comes first, and only once every listener is bound.
+    let first = recv_until(&sock, "READY=1", Duration::from_secs(15), &proxy);
+    assert_eq!(
+        first.len(),
+        1,
+        "READY=1 should be the first notification: {first:?}"
+    );
+    for name in ["first", "second"] {
+        let addr = proxy.listening(name, Duration::from_secs(5));
+        drop(connect(&addr));
+    }
+
+    // Watchdog pings, often enough to keep a 500 ms WatchdogSec fed (half of it: 250 ms).
+    let mut pings: Vec<Notice> = Vec::new();
+    while pings.len() < 5 {
+        let got = recv_until(&sock, "WATCHDOG=1", Duration::from_secs(5), &proxy);
+        pings.push(got.last().unwrap().clone());
+    }
+    let span = pings.last().unwrap().at - pings[0].at;
+    let mean = span / (pings.len() as u32 - 1);
+    assert!(
+        mean < Duration::from_millis(500),
+        "mean watchdog interval {mean:?} is not under WATCHDOG_USEC=500ms"
+    );
+    assert!(
+        pings.iter().any(|p| p.get("STATUS").is_some()),
+        "STATUS= with the pings: {pings:?}"
+    );
+
+    let addr = proxy.listening("first", Duration::from_secs(1));
+    let mut conn = connect(&addr);
+    echo(&mut conn, b"before the reload");
+    finish(conn);
+
+    // SIGHUP: RELOADING=1, then READY=1 again.
+    proxy.signal(Signal::SIGHUP);
+    recv_until(&sock, "RELOADING=1", Duration::from_secs(10), &proxy);
+    recv_until(&sock, "READY=1", Duration::from_secs(10), &proxy);
+    proxy.wait_json("the reload line", Duration::from_secs(5), |v| {
+        field(v, "message") == "configuration reloaded"
+    });
+    let mut conn = connect(&addr);
+    echo(&mut conn, b"after the reload");
+    finish(conn);
+
+    // SIGTERM: STOPPING=1, and a clean exit.
+    proxy.signal(Signal::SIGTERM);
+    recv_until(&sock, "STOPPING=1", Duration::from_secs(10), &proxy);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; stderr:\n{}",
+        proxy.stderr()
+    );
+    assert_eq!(master.handshakes(), 2);
+}
+
+/// STATUS= says how many client connections are open: none at first, one while a client
+/// relays, none again once it has gone.
+#[test]
+
+fn notify_status_counts_live_connections() {
+    let dir = support::tempdir();
+    let pki = Pki::new(dir.path());
+    let master = EchoMaster::start(&pki);
+    let cfg = support::write_config(
+        dir.path(),
+        "proxy.yaml",
+        &proxy_config(
+            &pki,
+            master.addr,
+            "  - name: only\n    listen: 127.0.0.1:0\n",
+        ),
+    );
+    let notify_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
+    let mut cmd = support::clean(BIN);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut proxy = Proc::spawn(cmd);
+    recv_until(&sock, "READY=1", Duration::from_secs(15), &proxy);
+    let status = |n: &Notice| n.get("STATUS").map(str::to_string);
+    // The first tick after READY=1, with no client yet.
+    let tick = recv_until_match(
+        &sock,
+        "a STATUS= tick",
+        Duration::from_secs(5),
+        &proxy,
+        |n| !n.has("READY=1") && n.get("STATUS").is_some(),
+    );
+    assert_eq!(
+        status(tick.last().unwrap()).as_deref(),
+        Some("ready, 0 connections")
+    );
+
+    let addr = proxy.listening("only", Duration::from_secs(5));
+    let mut conn = connect(&addr);
+    echo(&mut conn, b"one connection, open");
+    recv_until_match(
+        &sock,
+        "STATUS=ready, 1 connections",
+        Duration::from_secs(5),
+        &proxy,
+        |n| n.get("STATUS") == Some("ready, 1 connections"),
+    );
+    finish(conn);
+    recv_until_match(
+        &sock,
+        "STATUS=ready, 0 connections",
+        Duration::from_secs(5),
+        &proxy,
+        |n| n.get("STATUS") == Some("ready, 0 connections"),
+    );
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+/// A WATCHDOG_PID that is not the proxy's (the variable leaked from a parent) means the
+/// watchdog is someone else's: READY=1 is still sent, pings are not.
+#[test]
+fn notify_without_watchdog_sends_ready_and_status_only() {
+    let dir = support::tempdir();
+    let pki = Pki::new(dir.path());
+    let cfg = support::write_config(
+        dir.path(),
+        "proxy.yaml",
+        &proxy_config(
+            &pki,
+            "127.0.0.1:9".parse().unwrap(),
+            "  - name: only\n    listen: 127.0.0.1:0\n",
+        ),
+    );
+    let notify_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
+    let mut cmd = support::clean(BIN);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", "1");
+    let mut proxy = Proc::spawn(cmd);
+    recv_until(&sock, "READY=1", Duration::from_secs(15), &proxy);
+    // The status ticker's first tick follows READY=1 at once: STATUS= alone, where a
+    // watchdog of ours would have WATCHDOG=1 beside it.
+    let tick = recv_until_match(
+        &sock,
+        "the first STATUS= tick",
+        Duration::from_secs(10),
+        &proxy,
+        |n| n.get("STATUS").is_some() && !n.has("READY=1"),
+    );
+    proxy.signal(Signal::SIGTERM);
+    let rest = recv_until(&sock, "STOPPING=1", Duration::from_secs(10), &proxy);
+    let seen: Vec<&Notice> = tick.iter().chain(rest.iter()).collect();
+    assert!(
+        !seen.iter().any(|n| n.has("WATCHDOG=1")),
+        "watchdog pings for another pid: {seen:?}"
+    );
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+// === Socket activation ===
+
+/// Starts `systemd-socket-activate -l 127.0.0.1:PORT --fdname=agent BIN run --config CFG`
+/// and waits until it listens. It picks a fixed port, so retry if another test took it.
+fn socket_activate(cfg: &Path) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = support::free_port();
+        let mut cmd = support::clean("systemd-socket-activate");
+        cmd.arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--fdname=agent")
+            .arg(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(cfg);
+        let p = Proc::spawn(cmd);
+        let listening = p.try_wait_line(Duration::from_secs(10), |l| {
+            if l.contains("Listening on") {
+                Some(true)
+            } else if l.contains("ailed") {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        if listening == Some(true) {
+            return (p, port);
+        }
+    }
+    panic!("systemd-socket-activate could not listen on a free port in 5 tries");
+}
+
+#[test]
+fn socket_activation_relays_through_the_inherited_socket() {
+    if !have("systemd-socket-activate") {
+        eprintln!(
+            "note: systemd-socket-activate is not installed (Debian package systemd); skipping"
+        );
+        return;
+    }
+    let dir = support::tempdir();
+    let pki = Pki::new(dir.path());
+    let master = EchoMaster::start(&pki);
+    let cfg = support::write_config(
+        dir.path(),
+        "proxy.yaml",
+        &proxy_config(
+            &pki,
+            master.addr,
+            "  - name: agent\n    listen: systemd:agent\n",
+        ),
+    );
+    let (mut proxy, port) = socket_activate(&cfg);
+    let addr = format!("127.0.0.1:{port}");
+
+    // systemd-socket-activate starts the proxy only when the first client connects; the
+    // connection waits in the socket's backlog meanwhile, as it does under systemd.
+    let queued: &[u8] = b"first, queued before the proxy ran";
+    let mut first = connect(&addr);
+    first.write_all(queued).unwrap();
+    let listening = proxy.listening("agent", Duration::from_secs(15));
+    assert_eq!(
+        listening,
+        format!("systemd:agent ({addr})"),
+        "the listener adopted the inherited socket"
+    );
+    assert_eq!(support::read_n(&mut first, queued.len()), queued);
+    finish(first);
+
+    let mut second = connect(&addr);
+    echo(&mut second, b"second connection");
+    finish(second);
+
+    // A reload keeps the inherited socket serving.
+    proxy.signal(Signal::SIGHUP);
+    proxy.wait_json("the reload line", Duration::from_secs(10), |v| {
+        field(v, "message") == "configuration reloaded"
+    });
+    let mut third = connect(&addr);
+    echo(&mut third, b"after the reload");
+    finish(third);
+
+    proxy.signal(Signal::SIGTERM);
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(10)).code(),
+        Some(0),
+        "exit status after SIGTERM"
+    );
+    assert_eq!(master.handshakes(), 3);
+}
+
+/// The service started without its socket (the .socket unit disabled) is a configuration
+/// error, named as such: exit 2, not a restart loop.
+#[test]
+fn systemd_listener_without_an_inherited_socket_exits_2() {
+    let dir = support::tempdir();
+    let pki = Pki::new(dir.path());
+    let cfg = support::write_config(
+        dir.path(),
+        "proxy.yaml",
+        &proxy_config(
+            &pki,
+            "127.0.0.1:9".parse().unwrap(),
+            "  - name: agent\n    listen: systemd:agent\n",
+        ),
+    );
+    let mut proxy = Proc::spawn({
+        let mut c = support::clean(BIN);
+        c.arg("run").arg("--config").arg(&cfg);
+        c
+    });
+    let status = proxy.wait_exit(Duration::from_secs(15));
+    let stderr = proxy.stderr();
+    assert_eq!(status.code(), Some(2), "exit status; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("systemd passed no socket named"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("agent"),
+        "names the socket; stderr:\n{stderr}"
+    );
+}
