@@ -831,11 +831,26 @@ fn figment_errors(e: figment::Error) -> ConfigErrors {
 
 /// Assembles every layer from the given environment and flags.
 pub fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigErrors> {
+    assemble_inner(vars, flags, None)
+}
+
+/// Assembles the layers with `yaml` as the proxy's file (no environment, no flags): for
+/// property tests and fuzzing of the configuration parser.
+pub fn assemble_str(yaml: &str) -> Result<Loaded, ConfigErrors> {
+    assemble_inner(&[], &Overrides::default(), Some(yaml))
+}
+
+fn assemble_inner(
+    vars: &[(String, String)],
+    flags: &Overrides,
+    text: Option<&str>,
+) -> Result<Loaded, ConfigErrors> {
     let mut errors = Vec::new();
     let (env, env_config) = env_layers(vars, &mut errors);
 
     // Which file is the proxy's own: the flag, then the variable, then the default path.
     let (config_file, explicit) = match (&flags.config, env_config) {
+        _ if text.is_some() => (None, None),
         (Some(p), _) => (Some(p.clone()), Some("--config".to_string())),
         (None, Some((p, var))) => (Some(p), Some(var)),
         (None, None) => {
@@ -868,6 +883,9 @@ pub fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, 
                 explicit.clone(),
             )),
         }
+    }
+    if let Some(text) = text {
+        file_figment = Figment::from(Yaml::string(text));
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));

@@ -56,7 +56,8 @@ impl ListenerPolicy {
     }
 }
 
-fn looks_like_h2(first: &[u8]) -> bool {
+/// Whether a client's first bytes are the whole HTTP/2 connection preface.
+pub fn looks_like_h2(first: &[u8]) -> bool {
     first.len() == H2_PREFACE.len() && first == H2_PREFACE
 }
 
