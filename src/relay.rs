@@ -286,7 +286,11 @@ where
             this.last_activity = now;
         }
         if this.close_deadline.is_none() && (this.up.done() || this.down.done()) {
-            this.close_deadline = Some(now + this.timeouts.close);
+            let close_at = now + this.timeouts.close;
+            this.close_deadline = Some(close_at);
+            if close_at < this.timer.deadline() {
+                this.timer.as_mut().reset(close_at);
+            }
         }
         // The timer is re-armed only when it fires, never per byte: activity just moves
         // `last_activity`, and a fired timer checks the real deadlines.
