@@ -314,3 +314,94 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    fn timeouts(idle_ms: u64, close_ms: u64) -> RelayTimeouts {
+        RelayTimeouts {
+            idle: Duration::from_millis(idle_ms),
+            close: Duration::from_millis(close_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn answer_after_client_eof_still_arrives() {
+        let (client_far, client_near) = duplex(64 * 1024);
+        let (server_near, server_far) = duplex(64 * 1024);
+        let relay = tokio::spawn(Relay::new(client_near, server_near, timeouts(5_000, 5_000)));
+        let (mut cr, mut cw) = tokio::io::split(client_far);
+        let (mut sr, mut sw) = tokio::io::split(server_far);
+        cw.write_all(b"question").await.unwrap();
+        cw.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        sr.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"question");
+        sw.write_all(b"answer after EOF").await.unwrap();
+        sw.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        cr.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"answer after EOF");
+        let r = relay.await.unwrap();
+        assert_eq!((r.up, r.down, r.outcome), (8, 16, Outcome::Ok));
+    }
+
+    #[tokio::test]
+    async fn close_timeout_ends_a_half_closed_connection() {
+        let (client_far, client_near) = duplex(1024);
+        let (server_near, _server_far) = duplex(1024);
+        let relay = tokio::spawn(Relay::new(client_near, server_near, timeouts(60_000, 200)));
+        let (_cr, mut cw) = tokio::io::split(client_far);
+        cw.shutdown().await.unwrap();
+        let started = Instant::now();
+        let r = relay.await.unwrap();
+        assert_eq!(r.outcome, Outcome::CloseTimeout);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_is_rolling() {
+        let (client_far, client_near) = duplex(1024);
+        let (server_near, mut server_far) = duplex(1024);
+        let relay = tokio::spawn(Relay::new(client_near, server_near, timeouts(300, 60_000)));
+        let (_cr, mut cw) = tokio::io::split(client_far);
+        let started = Instant::now();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            cw.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            server_far.read_exact(&mut b).await.unwrap();
+        }
+        let r = relay.await.unwrap();
+        assert_eq!(r.outcome, Outcome::IdleTimeout);
+        assert!(
+            started.elapsed() >= Duration::from_millis(750),
+            "activity must push the deadline"
+        );
+        assert_eq!(r.up, 4);
+    }
+
+    #[tokio::test]
+    async fn backpressure_keeps_bytes_in_order() {
+        // A tiny pipe toward the server forces partial writes and the pending path.
+        let (client_far, client_near) = duplex(256 * 1024);
+        let (server_near, server_far) = duplex(512);
+        let relay = tokio::spawn(Relay::new(client_near, server_near, timeouts(5_000, 5_000)));
+        let (_cr, mut cw) = tokio::io::split(client_far);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let expect = data.clone();
+        let writer = tokio::spawn(async move {
+            cw.write_all(&data).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let (mut sr, mut sw) = tokio::io::split(server_far);
+        let mut got = Vec::new();
+        sr.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        sw.shutdown().await.unwrap();
+        assert_eq!(got, expect);
+        assert_eq!(relay.await.unwrap().outcome, Outcome::Ok);
+    }
+}
