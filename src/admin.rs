@@ -143,6 +143,7 @@ pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketA
                     route(req, shared.clone(), probe_state.clone())
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;

@@ -302,7 +302,7 @@ pub async fn handle(mut client: ClientStream, peer: Peer, listener: String, shar
     let mut rec = Record::default();
 
     let result = tokio::select! {
-        r = serve(&mut client, &state, &policy, &shared, &mut rec) => r,
+        r = serve(&mut client, &state, &policy, &shared, &peer, &mut rec) => r,
         _ = shared.force_close.cancelled() => Err("shutdown"),
     };
     let outcome = match result {
@@ -342,6 +342,7 @@ async fn serve(
     state: &State,
     policy: &ListenerPolicy,
     shared: &Shared,
+    peer: &Peer,
     rec: &mut Record,
 ) -> Result<&'static str, &'static str> {
     let (first, n) = match first_bytes(client, policy).await {
@@ -355,7 +356,7 @@ async fn serve(
     let dialed = match state.upstream.connect().await {
         Ok(d) => d,
         Err(e) => {
-            upstream_failed(shared, policy, &e);
+            upstream_failed(shared, policy, peer, &e);
             return Err("upstream_error");
         }
     };
@@ -385,7 +386,7 @@ async fn serve(
             {
                 Ok(s) => s,
                 Err(e) => {
-                    upstream_failed(shared, policy, &e);
+                    upstream_failed(shared, policy, peer, &e);
                     return Err("upstream_error");
                 }
             };
@@ -447,7 +448,7 @@ where
     }
 }
 
-fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, e: &UpstreamError) {
+fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, peer: &Peer, e: &UpstreamError) {
     let kind = e.kind();
     shared.metrics.upstream_error(kind);
     let detail = e.to_string();
@@ -455,6 +456,7 @@ fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, e: &UpstreamError) 
     shared.log_failure(&format!("{kind}:{detail}"), |suppressed| {
         tracing::warn!(
             listener = listener,
+            client = %peer,
             kind = kind,
             error = %detail,
             repeated = suppressed,

@@ -544,9 +544,13 @@ pub fn provider(post_quantum: bool) -> Arc<CryptoProvider> {
 pub struct TlsContext {
     pub name: NameChoice,
     pub skip_verify: bool,
-    provider: Arc<CryptoProvider>,
-    verifier: Arc<dyn ServerCertVerifier>,
-    client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    /// Base configs, cloned per listener and ALPN choice. rustls resumes a stored session only
+    /// for a config with the same verifier and client-cert resolver objects, and clones share
+    /// them, so one store serves every listener and ALPN choice. Anonymous and authenticated
+    /// configs keep separate resolvers on purpose: a bridge client can never resume the
+    /// agent's authenticated session.
+    anonymous: ClientConfig,
+    authenticated: Option<ClientConfig>,
     sessions: Arc<dyn ClientSessionStore>,
     /// The end-entity certificate found in `master_cert`, if any.
     pub bundle_leaf: Option<CertSummary>,
@@ -559,7 +563,7 @@ impl fmt::Debug for TlsContext {
         f.debug_struct("TlsContext")
             .field("name", &self.name)
             .field("skip_verify", &self.skip_verify)
-            .field("client_auth", &self.client_auth.is_some())
+            .field("client_auth", &self.authenticated.is_some())
             .field("anchors", &self.anchors)
             .finish()
     }
@@ -606,19 +610,24 @@ impl TlsContext {
                     .map_err(|e| TrustError::Tls(rustls::Error::General(e.to_string())))?;
             Arc::new(Diagnosing { inner })
         };
-        let client_auth = match (&tls.client_cert, &tls.client_key) {
+        let builder = || -> Result<_, TrustError> {
+            Ok(ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(TrustError::Tls)?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone()))
+        };
+        let anonymous = builder()?.with_no_client_auth();
+        let authenticated = match (&tls.client_cert, &tls.client_key) {
             (Some(c), Some(k)) => {
                 let chain = load_certs(c).map_err(TrustError::ClientCert)?;
                 let key = load_key(k).map_err(TrustError::ClientKey)?;
-                // Prove the pair is usable now, not at the first handshake.
-                ClientConfig::builder_with_provider(provider.clone())
-                    .with_safe_default_protocol_versions()
-                    .map_err(TrustError::Tls)?
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier.clone())
-                    .with_client_auth_cert(chain.clone(), key.clone_key())
-                    .map_err(TrustError::ClientAuth)?;
-                Some((chain, Arc::new(key)))
+                // Fails now, not at the first handshake, when the pair does not match.
+                Some(
+                    builder()?
+                        .with_client_auth_cert(chain, key)
+                        .map_err(TrustError::ClientAuth)?,
+                )
             }
             _ => None,
         };
@@ -626,9 +635,8 @@ impl TlsContext {
         Ok(TlsContext {
             name,
             skip_verify: tls.skip_verify,
-            provider,
-            verifier,
-            client_auth,
+            anonymous,
+            authenticated,
             sessions: Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE)),
             bundle_leaf: bundle.as_deref().and_then(bundle_leaf),
             anchors: bundle.as_ref().map(|b| b.len()).unwrap_or(0),
@@ -636,7 +644,7 @@ impl TlsContext {
     }
 
     pub fn has_client_cert(&self) -> bool {
-        self.client_auth.is_some()
+        self.authenticated.is_some()
     }
 
     /// A client config offering `alpn`, presenting the client certificate when asked and
@@ -647,16 +655,9 @@ impl TlsContext {
         present_client_cert: bool,
         resume: bool,
     ) -> Result<Arc<ClientConfig>, TrustError> {
-        let builder = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TrustError::Tls)?
-            .dangerous()
-            .with_custom_certificate_verifier(self.verifier.clone());
-        let mut cfg = match (&self.client_auth, present_client_cert) {
-            (Some((chain, key)), true) => builder
-                .with_client_auth_cert(chain.clone(), key.clone_key())
-                .map_err(TrustError::ClientAuth)?,
-            _ => builder.with_no_client_auth(),
+        let mut cfg = match (&self.authenticated, present_client_cert) {
+            (Some(auth), true) => auth.clone(),
+            _ => self.anonymous.clone(),
         };
         cfg.alpn_protocols = alpn.to_vec();
         cfg.resumption = if resume {

@@ -1,0 +1,164 @@
+//! Shared fixtures for the integration tests: certificates (certs), the master stand-in
+//! (server, http), the proxy process (proxy) and blocking plaintext clients (here).
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod http;
+pub mod proxy;
+pub mod server;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use certs::{Ca, Leaf};
+pub use proxy::{command, q, qp, run_to_exit, Cfg, Proxy};
+pub use server::{Behavior, ClientAuth, ServerBuilder, TlsServer};
+
+/// A generous per-read deadline for clients: a stuck test fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A master stand-in with a fresh CA and a leaf valid for `det-master` and 127.0.0.1,
+/// `ca.pem` written into `dir`.
+pub struct Master {
+    pub ca: Ca,
+    pub leaf: Leaf,
+    pub ca_pem: PathBuf,
+    pub server: TlsServer,
+}
+
+impl Master {
+    pub fn start(dir: &Path, behavior: Behavior) -> Master {
+        Master::start_with(dir, |b| b.behavior(behavior))
+    }
+
+    /// Like `start`, with the server builder adjusted by `f`.
+    pub fn start_with(dir: &Path, f: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Master {
+        let ca = Ca::root("Test Master Root CA");
+        let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
+        let ca_pem = certs::write(dir, "ca.pem", &ca.pem());
+        let server = f(ServerBuilder::new(vec![leaf.der()], leaf.key_der())).start();
+        Master {
+            ca,
+            leaf,
+            ca_pem,
+            server,
+        }
+    }
+
+    /// A config for this master: master_host 127.0.0.1 verified against its IP SAN.
+    pub fn cfg(&self) -> Cfg {
+        Cfg::new("127.0.0.1", self.server.port()).master_cert(&self.ca_pem)
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dtp-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// A plaintext client connection with read/write deadlines set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Writes `data` and reads back exactly as many bytes.
+pub fn roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).expect("write to proxy");
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).expect("read echo from proxy");
+    back
+}
+
+/// Reads until EOF (or reset) and returns what arrived; panics if the connection is
+/// still open after `within`.
+pub fn read_until_closed(s: &mut impl ReadTimeout, within: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!(
+                "connection still open after {within:?} ({} bytes received)",
+                got.len()
+            );
+        }
+        s.set_deadline(left);
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                continue
+            }
+            Err(e) => panic!("read error while waiting for close: {e}"),
+        }
+    }
+}
+
+/// A readable stream whose read deadline can be set.
+pub trait ReadTimeout: Read {
+    fn set_deadline(&mut self, d: Duration);
+}
+
+impl ReadTimeout for TcpStream {
+    fn set_deadline(&mut self, d: Duration) {
+        self.set_read_timeout(Some(d.max(Duration::from_millis(1))))
+            .unwrap();
+    }
+}
+
+impl ReadTimeout for std::os::unix::net::UnixStream {
+    fn set_deadline(&mut self, d: Duration) {
+        self.set_read_timeout(Some(d.max(Duration::from_millis(1))))
+            .unwrap();
+    }
+}
+
+/// The ordinary end of an echo exchange: shut down our write side and expect EOF.
+pub fn finish(s: &mut TcpStream) {
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let rest = read_until_closed(s, IO_TIMEOUT);
+    assert!(rest.is_empty(), "unexpected bytes after FIN: {rest:?}");
+}
+
+/// A deterministic byte stream (xorshift64), the same for the same seed however it is
+/// chunked as long as chunks are multiples of 8 bytes.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Pattern {
+        Pattern(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// A string field of a JSON log line ("" when absent).
+pub fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or("")
+}

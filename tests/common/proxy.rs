@@ -1,0 +1,497 @@
+//! Running the det-tls-proxy binary: a clean environment, stderr collected line by line
+//! (JSON when the config says `log: {format: json}`), waits on log lines with deadlines,
+//! and the child killed when the test ends.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
+
+/// How long a proxy may take to bind its listeners and log "ready".
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A command for the proxy binary with no inherited `DET_*` variable, no `RUST_LOG`
+/// and no proxy variables: each test states the whole environment it depends on.
+pub fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str() {
+            if k.starts_with("DET_") {
+                cmd.env_remove(k);
+            }
+        }
+    }
+    for k in [
+        "RUST_LOG",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_USEC",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// The proxy's combined output and exit status, for commands that end by themselves.
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Exited {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion; kills it and panics if it is still running after `timeout`.
+pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> Exited {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn det-tls-proxy");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = t_err.join().unwrap();
+            panic!("det-tls-proxy still running after {timeout:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exited {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// `det-tls-proxy run --config <path>` expected to fail at start: returns what it printed.
+pub fn run_expecting_exit(config: &Path) -> Exited {
+    let mut cmd = command();
+    cmd.arg("run").arg("--config").arg(config);
+    run_to_exit(cmd, Duration::from_secs(15))
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    stdout: Vec<String>,
+    closed: bool,
+}
+
+type Log = Arc<(Mutex<LogState>, Condvar)>;
+
+/// A running proxy. Killed on drop; its stderr is printed if the test is failing.
+pub struct Proxy {
+    child: Child,
+    log: Log,
+    exit: Option<ExitStatus>,
+}
+
+impl Proxy {
+    /// Spawns `cmd` without waiting for anything.
+    pub fn spawn(mut cmd: Command) -> Proxy {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn det-tls-proxy");
+        let log: Log = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
+        let err = child.stderr.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(err);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        l.0.lock().unwrap().lines.push(line);
+                        l.1.notify_all();
+                    }
+                }
+            }
+            l.0.lock().unwrap().closed = true;
+            l.1.notify_all();
+        });
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(line) => l.0.lock().unwrap().stdout.push(line),
+                    Err(_) => break,
+                }
+            }
+        });
+        Proxy {
+            child,
+            log,
+            exit: None,
+        }
+    }
+
+    /// `det-tls-proxy run --config <config>`, waiting for "ready".
+    pub fn start(config: &Path) -> Proxy {
+        let mut cmd = command();
+        cmd.arg("run").arg("--config").arg(config);
+        Proxy::start_cmd(cmd)
+    }
+
+    /// Spawns `cmd` and waits for "ready".
+    pub fn start_cmd(cmd: Command) -> Proxy {
+        let p = Proxy::spawn(cmd);
+        p.wait_ready();
+        p
+    }
+
+    pub fn wait_ready(&self) {
+        self.wait_for("the \"ready\" line", READY_TIMEOUT, |v| {
+            v["message"] == "ready"
+        });
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal proxy");
+    }
+
+    /// Every stderr line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().lines.clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Every stderr line that is a JSON object.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.is_object())
+            .collect()
+    }
+
+    /// The first JSON line matching `pred`, if any yet.
+    pub fn find(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.json_lines().into_iter().find(|v| pred(v))
+    }
+
+    /// Waits for a JSON line matching `pred`; panics with the whole log on timeout or if
+    /// the proxy's stderr closes first.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        let mut st = self.log.0.lock().unwrap();
+        loop {
+            for line in &st.lines[seen..] {
+                if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    if v.is_object() && pred(&v) {
+                        return v;
+                    }
+                }
+            }
+            seen = st.lines.len();
+            if st.closed {
+                let log = st.lines.join("\n");
+                drop(st);
+                panic!("proxy exited before logging {what}; stderr:\n{log}");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let log = st.lines.join("\n");
+                drop(st);
+                panic!("timed out after {timeout:?} waiting for {what}; stderr:\n{log}");
+            }
+            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until `n` JSON lines match `pred` and returns the `n`-th.
+    pub fn wait_for_nth(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.log.0.lock().unwrap();
+        loop {
+            let found: Vec<Value> = st
+                .lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v.is_object() && pred(v))
+                .collect();
+            if let Some(v) = found.into_iter().nth(n - 1) {
+                return v;
+            }
+            let now = Instant::now();
+            if st.closed || now >= deadline {
+                let log = st.lines.join("\n");
+                drop(st);
+                panic!("no {what} #{n} within {timeout:?}; stderr:\n{log}");
+            }
+            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a raw stderr line containing `needle` (for text-format logs).
+    pub fn wait_for_text(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.log.0.lock().unwrap();
+        loop {
+            if let Some(l) = st.lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if st.closed || now >= deadline {
+                let log = st.lines.join("\n");
+                drop(st);
+                panic!("no stderr line containing {needle:?}; stderr:\n{log}");
+            }
+            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The address a listener logged in its "listening" line, as logged.
+    pub fn listener_addr(&self, name: &str) -> String {
+        let v = self.wait_for(
+            &format!("listener {name:?} to be listening"),
+            READY_TIMEOUT,
+            |v| v["message"] == "listening" && v["listener"] == name,
+        );
+        v["addr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("listening line without addr: {v}"))
+            .to_string()
+    }
+
+    /// A TCP address to dial for a listener (a wildcard address becomes loopback).
+    pub fn tcp_addr(&self, name: &str) -> SocketAddr {
+        let s = self.listener_addr(name);
+        let mut a: SocketAddr = s
+            .parse()
+            .unwrap_or_else(|e| panic!("listener {name} addr {s:?}: {e}"));
+        if a.ip().is_unspecified() {
+            a.set_ip(if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        a
+    }
+
+    /// The access-log line for the connection from `client`.
+    pub fn access_line(&self, client: SocketAddr) -> Value {
+        let c = client.to_string();
+        self.wait_for(
+            &format!("the access line of client {c}"),
+            Duration::from_secs(15),
+            |v| is_access(v) && v["client"] == c.as_str(),
+        )
+    }
+
+    /// The `n`-th (1-based) access-log line of `listener`.
+    pub fn nth_access_line(&self, listener: &str, n: usize) -> Value {
+        self.wait_for_nth(
+            &format!("access line of listener {listener}"),
+            n,
+            Duration::from_secs(15),
+            |v| is_access(v) && v["listener"] == listener,
+        )
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().unwrap();
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_exit() {
+                // Let the reader thread drain what is left of stderr.
+                let st2 = self.log.0.lock().unwrap();
+                let _ = self
+                    .log
+                    .1
+                    .wait_timeout_while(st2, Duration::from_secs(5), |s| !s.closed)
+                    .unwrap();
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub fn is_access(v: &Value) -> bool {
+    v["target"] == "access" && v["message"] == "connection"
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let st = self.log.0.lock().unwrap();
+            eprintln!(
+                "--- det-tls-proxy stderr ({} lines) ---\n{}",
+                st.lines.len(),
+                st.lines.join("\n")
+            );
+            if !st.stdout.is_empty() {
+                eprintln!("--- det-tls-proxy stdout ---\n{}", st.stdout.join("\n"));
+            }
+        }
+    }
+}
+
+/// A YAML string literal (JSON strings are YAML).
+pub fn q(s: impl AsRef<str>) -> String {
+    serde_json::to_string(s.as_ref()).unwrap()
+}
+
+/// A YAML string literal for a path.
+pub fn qp(p: &Path) -> String {
+    q(p.to_str().expect("utf-8 path"))
+}
+
+/// A proxy configuration file, built up by the tests. Always JSON logs at debug level.
+pub struct Cfg {
+    pub master_host: Option<String>,
+    pub master_port: Option<u16>,
+    pub tls: Vec<(String, String)>,
+    pub listeners: Vec<String>,
+    pub extra: Vec<String>,
+}
+
+impl Cfg {
+    /// One listener named `main` on 127.0.0.1:0.
+    pub fn new(master_host: &str, master_port: u16) -> Cfg {
+        Cfg {
+            master_host: Some(master_host.to_string()),
+            master_port: Some(master_port),
+            tls: vec![],
+            listeners: vec![r#"{name: main, listen: "127.0.0.1:0"}"#.to_string()],
+            extra: vec![],
+        }
+    }
+
+    /// `security.tls.<key>: <yaml value>`.
+    pub fn tls(mut self, key: &str, yaml_value: impl Into<String>) -> Cfg {
+        self.tls.push((key.to_string(), yaml_value.into()));
+        self
+    }
+
+    pub fn master_cert(self, path: &Path) -> Cfg {
+        self.tls("master_cert", qp(path))
+    }
+
+    /// Replaces the listeners; each item is one YAML flow mapping.
+    pub fn listeners(mut self, items: &[&str]) -> Cfg {
+        self.listeners = items.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Extra top-level YAML (e.g. "timeouts: {idle: 1s}").
+    pub fn extra(mut self, yaml: &str) -> Cfg {
+        self.extra.push(yaml.to_string());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut y = String::from("log: {format: json, level: debug}\n");
+        if let Some(h) = &self.master_host {
+            y += &format!("master_host: {}\n", q(h));
+        }
+        if let Some(p) = self.master_port {
+            y += &format!("master_port: {p}\n");
+        }
+        if !self.tls.is_empty() {
+            y += "security:\n  tls:\n";
+            for (k, v) in &self.tls {
+                y += &format!("    {k}: {v}\n");
+            }
+        }
+        if !self.listeners.is_empty() {
+            y += "listeners:\n";
+            for l in &self.listeners {
+                y += &format!("  - {l}\n");
+            }
+        }
+        for e in &self.extra {
+            y += e;
+            y += "\n";
+        }
+        y
+    }
+
+    /// Writes the file as `dir/proxy.yaml`.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("proxy.yaml");
+        std::fs::write(&path, self.render()).unwrap();
+        path
+    }
+
+    /// Writes the file and starts the proxy on it.
+    pub fn start(&self, dir: &Path) -> Proxy {
+        Proxy::start(&self.write(dir))
+    }
+}

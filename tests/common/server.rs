@@ -1,0 +1,555 @@
+//! An in-process TLS server standing in for the Determined master. It runs on its own
+//! tokio runtime, listens on 127.0.0.1:0 and records, per connection, what the proxy
+//! presented: SNI, ALPN, client certificate, TLS version, resumption.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{HandshakeKind, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::http;
+use super::Pattern;
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// What the server does with a connection once the handshake is done.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// Echo every byte; on EOF, close (close_notify + FIN).
+    Echo,
+    /// Read until EOF, then write this answer and close.
+    AnswerAfterEof(Vec<u8>),
+    /// Write this greeting, close the write side (close_notify + FIN), then keep
+    /// reading until EOF.
+    GreetThenHalfClose(Vec<u8>),
+    /// Read `expect` bytes, write `reply`, then drop the TCP socket without a TLS
+    /// close_notify.
+    ReplyThenDropWithoutCloseNotify { expect: usize, reply: Vec<u8> },
+    /// Read until EOF hashing what arrives while sending `send` bytes of the pattern
+    /// seeded with `seed`, then close.
+    Hash { send: u64, seed: u64 },
+    /// A tiny HTTP/1.1 and HTTP/2 responder; the body says which ALPN was negotiated.
+    Http,
+    /// Read until EOF, then keep the connection open without ever writing.
+    Hold,
+}
+
+pub enum ClientAuth {
+    None,
+    /// Ask for a client certificate signed by this CA, accept clients without one.
+    Optional(CertificateDer<'static>),
+    /// Require a client certificate signed by this CA.
+    Required(CertificateDer<'static>),
+}
+
+/// What the server saw of one successful handshake.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    pub peer: SocketAddr,
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+    pub client_cert: bool,
+    pub version: String,
+    pub resumed: bool,
+    /// The key exchange group, e.g. "X25519MLKEM768" or "X25519".
+    pub kx: String,
+}
+
+/// The end of one connection's behaviour.
+#[derive(Clone, Debug, Default)]
+pub struct Finished {
+    pub received: u64,
+    /// The first MiB of what was received.
+    pub received_data: Vec<u8>,
+    pub received_sha256: Vec<u8>,
+    pub sent_sha256: Vec<u8>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServerState {
+    pub tcp_accepts: usize,
+    pub handshakes: Vec<Handshake>,
+    pub handshake_errors: Vec<String>,
+    pub finished: Vec<Finished>,
+}
+
+type Shared = Arc<(Mutex<ServerState>, Condvar)>;
+
+pub struct ServerBuilder {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    versions: Vec<&'static SupportedProtocolVersion>,
+    alpn: Vec<Vec<u8>>,
+    client_auth: ClientAuth,
+    behavior: Behavior,
+}
+
+impl ServerBuilder {
+    /// `chain` is what the server sends: leaf first, then any intermediates.
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        ServerBuilder {
+            chain,
+            key,
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            alpn: vec![],
+            client_auth: ClientAuth::None,
+            behavior: Behavior::Echo,
+        }
+    }
+
+    pub fn tls12_only(mut self) -> Self {
+        self.versions = vec![&rustls::version::TLS12];
+        self
+    }
+
+    pub fn tls13_only(mut self) -> Self {
+        self.versions = vec![&rustls::version::TLS13];
+        self
+    }
+
+    /// Protocols the server is willing to select, in its order of preference.
+    pub fn alpn(mut self, protocols: &[&str]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        self
+    }
+
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = auth;
+        self
+    }
+
+    pub fn behavior(mut self, behavior: Behavior) -> Self {
+        self.behavior = behavior;
+        self
+    }
+
+    pub fn start(self) -> TlsServer {
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&self.versions)
+            .expect("protocol versions");
+        let verifier = |root: CertificateDer<'static>, optional: bool| {
+            let mut roots = RootCertStore::empty();
+            roots.add(root).expect("client CA");
+            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let b = if optional {
+                b.allow_unauthenticated()
+            } else {
+                b
+            };
+            b.build().expect("client verifier")
+        };
+        let builder = match self.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Optional(root) => builder.with_client_cert_verifier(verifier(root, true)),
+            ClientAuth::Required(root) => builder.with_client_cert_verifier(verifier(root, false)),
+        };
+        let mut config = builder
+            .with_single_cert(self.chain, self.key)
+            .expect("server cert");
+        config.alpn_protocols = self.alpn;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind server");
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let shared: Shared = Arc::new((Mutex::new(ServerState::default()), Condvar::new()));
+        let behavior = self.behavior;
+        let s = shared.clone();
+        rt.spawn(async move {
+            let listener = TcpListener::from_std(std_listener).expect("tokio listener");
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                };
+                update(&s, |st| st.tcp_accepts += 1);
+                let acceptor = acceptor.clone();
+                let behavior = behavior.clone();
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                update(&s, |st| st.handshake_errors.push(e.to_string()));
+                                return;
+                            }
+                            Err(_) => {
+                                update(&s, |st| st.handshake_errors.push("timeout".into()));
+                                return;
+                            }
+                        };
+                    let conn = tls.get_ref().1;
+                    let hs = Handshake {
+                        peer,
+                        sni: conn.server_name().map(str::to_string),
+                        alpn: conn
+                            .alpn_protocol()
+                            .map(|p| String::from_utf8_lossy(p).into_owned()),
+                        client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                        version: format!("{:?}", conn.protocol_version()),
+                        resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+                        kx: conn
+                            .negotiated_key_exchange_group()
+                            .map(|g| format!("{:?}", g.name()))
+                            .unwrap_or_default(),
+                    };
+                    update(&s, |st| st.handshakes.push(hs.clone()));
+                    let fin = serve(tls, &hs, behavior).await;
+                    update(&s, |st| st.finished.push(fin));
+                });
+            }
+        });
+        TlsServer {
+            addr,
+            shared,
+            rt: Some(rt),
+        }
+    }
+}
+
+fn update(s: &Shared, f: impl FnOnce(&mut ServerState)) {
+    let mut st = s.0.lock().unwrap();
+    f(&mut st);
+    s.1.notify_all();
+}
+
+async fn serve<S>(
+    mut tls: tokio_rustls::server::TlsStream<S>,
+    hs: &Handshake,
+    b: Behavior,
+) -> Finished
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut fin = Finished::default();
+    match b {
+        Behavior::Echo => {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        record(&mut fin, &buf[..n]);
+                        if let Err(e) = tls.write_all(&buf[..n]).await {
+                            fin.error = Some(e.to_string());
+                            return fin;
+                        }
+                        let _ = tls.flush().await;
+                    }
+                    Err(e) => {
+                        fin.error = Some(e.to_string());
+                        return fin;
+                    }
+                }
+            }
+            let _ = tls.shutdown().await;
+        }
+        Behavior::AnswerAfterEof(answer) => {
+            if let Err(e) = read_to_eof(&mut tls, &mut fin).await {
+                fin.error = Some(e.to_string());
+                return fin;
+            }
+            if let Err(e) = tls.write_all(&answer).await {
+                fin.error = Some(e.to_string());
+            }
+            let _ = tls.shutdown().await;
+        }
+        Behavior::GreetThenHalfClose(greeting) => {
+            if let Err(e) = tls.write_all(&greeting).await {
+                fin.error = Some(e.to_string());
+                return fin;
+            }
+            let _ = tls.shutdown().await;
+            if let Err(e) = read_to_eof(&mut tls, &mut fin).await {
+                fin.error = Some(e.to_string());
+            }
+        }
+        Behavior::ReplyThenDropWithoutCloseNotify { expect, reply } => {
+            let mut buf = vec![0u8; expect];
+            if let Err(e) = tls.read_exact(&mut buf).await {
+                fin.error = Some(e.to_string());
+                return fin;
+            }
+            record(&mut fin, &buf);
+            let _ = tls.write_all(&reply).await;
+            let _ = tls.flush().await;
+            let (tcp, _conn) = tls.into_inner();
+            drop(tcp);
+        }
+        Behavior::Hash { send, seed } => {
+            let (mut r, mut w) = tokio::io::split(tls);
+            let reader = async {
+                let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n_total = 0u64;
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) => break Ok((n_total, ctx.finish().as_ref().to_vec())),
+                        Ok(n) => {
+                            ctx.update(&buf[..n]);
+                            n_total += n as u64;
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+            };
+            let writer = async {
+                let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                let mut pattern = Pattern::new(seed);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut left = send;
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    pattern.fill(&mut buf[..n]);
+                    ctx.update(&buf[..n]);
+                    w.write_all(&buf[..n]).await?;
+                    left -= n as u64;
+                }
+                w.shutdown().await?;
+                Ok::<_, std::io::Error>(ctx.finish().as_ref().to_vec())
+            };
+            let (rr, wr) = tokio::join!(reader, writer);
+            match rr {
+                Ok((n, sha)) => {
+                    fin.received = n;
+                    fin.received_sha256 = sha;
+                }
+                Err(e) => fin.error = Some(format!("read: {e}")),
+            }
+            match wr {
+                Ok(sha) => fin.sent_sha256 = sha,
+                Err(e) => fin.error = Some(format!("write: {e}")),
+            }
+        }
+        Behavior::Http => {
+            let result = if hs.alpn.as_deref() == Some("h2") {
+                http::serve_h2(&mut tls, "alpn=h2").await
+            } else {
+                let alpn = hs.alpn.clone().unwrap_or_default();
+                http::serve_http1(&mut tls, &format!("alpn={alpn}")).await
+            };
+            if let Err(e) = result {
+                fin.error = Some(e.to_string());
+            }
+            let _ = tls.shutdown().await;
+        }
+        Behavior::Hold => {
+            if let Err(e) = read_to_eof(&mut tls, &mut fin).await {
+                fin.error = Some(e.to_string());
+                return fin;
+            }
+            std::future::pending::<()>().await;
+        }
+    }
+    fin
+}
+
+fn record(fin: &mut Finished, data: &[u8]) {
+    fin.received += data.len() as u64;
+    let room = (1usize << 20).saturating_sub(fin.received_data.len());
+    fin.received_data
+        .extend_from_slice(&data[..data.len().min(room)]);
+}
+
+async fn read_to_eof<R: AsyncRead + Unpin>(r: &mut R, fin: &mut Finished) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        record(fin, &buf[..n]);
+    }
+}
+
+pub struct TlsServer {
+    pub addr: SocketAddr,
+    shared: Shared,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl TlsServer {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn state(&self) -> ServerState {
+        self.shared.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `f` returns Some, or panics after `timeout` with the state seen.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&ServerState) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.0.lock().unwrap();
+        loop {
+            if let Some(t) = f(&st) {
+                return t;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "test server: timed out waiting for {what}; state: {:#?}",
+                    *st
+                );
+            }
+            st = self.shared.1.wait_timeout(st, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for the `n`-th (1-based) successful handshake and returns it.
+    pub fn handshake(&self, n: usize) -> Handshake {
+        self.wait(&format!("handshake #{n}"), Duration::from_secs(10), |st| {
+            st.handshakes.get(n - 1).cloned()
+        })
+    }
+
+    /// Waits for the `n`-th (1-based) connection to finish its behaviour.
+    pub fn finished(&self, n: usize) -> Finished {
+        self.wait(
+            &format!("connection #{n} to finish"),
+            Duration::from_secs(20),
+            |st| st.finished.get(n - 1).cloned(),
+        )
+    }
+
+    /// Waits for the `n`-th failed handshake and returns its error.
+    pub fn handshake_error(&self, n: usize) -> String {
+        self.wait(
+            &format!("handshake error #{n}"),
+            Duration::from_secs(10),
+            |st| st.handshake_errors.get(n - 1).cloned(),
+        )
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 on which nothing listens (connections are refused).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A listener whose accept queue is full and that never accepts: further SYNs are
+/// dropped, so connecting to it hangs until the connector's own timeout.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    pub fn new() -> BlackHole {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        s.listen(0).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        // Fill the accept queue until a connect attempt goes unanswered: that proves
+        // the next SYN (the proxy's) is dropped too.
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(c) => fillers.push(c),
+                Err(_) => {
+                    return BlackHole {
+                        addr,
+                        _listener: s,
+                        _fillers: fillers,
+                    }
+                }
+            }
+        }
+        panic!("could not fill the accept queue of a backlog-0 listener");
+    }
+}
+
+/// A plain TCP server that accepts and reads but never says anything (a master that
+/// never answers the TLS handshake). Counts accepts.
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    accepts: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl SilentServer {
+    pub fn new() -> SilentServer {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepts = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let a = accepts.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().flatten() {
+                held.push(s);
+                *a.0.lock().unwrap() += 1;
+                a.1.notify_all();
+            }
+        });
+        SilentServer { addr, accepts }
+    }
+
+    pub fn accepts(&self) -> usize {
+        *self.accepts.0.lock().unwrap()
+    }
+}
+
+/// A plain TCP echo server (a master with TLS disabled). Counts accepts.
+pub struct PlainEcho {
+    pub addr: SocketAddr,
+}
+
+impl PlainEcho {
+    pub fn new() -> PlainEcho {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        PlainEcho { addr }
+    }
+}

@@ -1,0 +1,109 @@
+//! SIGTERM / SIGINT: stop accepting, let connections in flight finish, exit 0 when the
+//! last one ends and at the latest after timeouts.shutdown.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Waits until connecting to `addr` is refused (the listener is closed).
+fn wait_until_refused(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+            // Accepted before the listener closed, or queued: leave without a word,
+            // so the proxy never dials for it.
+            Ok(s) => drop(s),
+            Err(e) => panic!("connect to {addr}: {e}"),
+        }
+        if Instant::now() >= deadline {
+            panic!("{addr} still accepts connections {timeout:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_connection_then_exits_zero() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = master.cfg().start(dir.path());
+    let addr = proxy.tcp_addr("main");
+    let mut c = connect(addr);
+    let local = c.local_addr().unwrap();
+    assert_eq!(roundtrip(&mut c, b"before"), b"before");
+
+    proxy.signal(Signal::SIGTERM);
+    wait_until_refused(addr, Duration::from_secs(5));
+
+    // The connection in flight keeps relaying both ways during the drain.
+    assert_eq!(roundtrip(&mut c, b"during drain"), b"during drain");
+    assert!(
+        proxy.try_exit().is_none(),
+        "exited with a connection still in flight"
+    );
+
+    finish(&mut c);
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("still running after its last connection ended");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert_eq!(proxy.access_line(local)["outcome"], "ok");
+}
+
+#[test]
+fn sigterm_drain_bounded_by_shutdown_timeout() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = master
+        .cfg()
+        .extra("timeouts: {shutdown: 1s}")
+        .start(dir.path());
+    let mut c = connect(proxy.tcp_addr("main"));
+    let local = c.local_addr().unwrap();
+    assert_eq!(roundtrip(&mut c, b"stay"), b"stay");
+
+    let signalled = Instant::now();
+    proxy.signal(Signal::SIGTERM);
+    let status = proxy
+        .wait_exit(Duration::from_secs(6))
+        .expect("still running well after timeouts.shutdown");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, without draining for timeouts.shutdown"
+    );
+    let rest = read_until_closed(&mut c, Duration::from_secs(2));
+    assert!(rest.is_empty());
+    assert_eq!(proxy.access_line(local)["outcome"], "shutdown");
+}
+
+#[test]
+fn sigterm_without_connections_exits_zero_promptly() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = master.cfg().start(dir.path());
+    proxy.signal(Signal::SIGTERM);
+    let status = proxy
+        .wait_exit(Duration::from_secs(3))
+        .expect("idle proxy did not exit promptly on SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
+#[test]
+fn sigint_without_connections_exits_zero_promptly() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = master.cfg().start(dir.path());
+    proxy.signal(Signal::SIGINT);
+    let status = proxy
+        .wait_exit(Duration::from_secs(3))
+        .expect("idle proxy did not exit promptly on SIGINT");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}
