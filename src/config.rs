@@ -812,6 +812,8 @@ fn figment_errors(e: figment::Error) -> ConfigErrors {
             figment::error::Kind::UnknownField(field, expected) => {
                 let key_full = if one.path.is_empty() {
                     field.clone()
+                } else if one.path.last() == Some(field) {
+                    one.path.join(".")
                 } else {
                     format!("{}.{field}", one.path.join("."))
                 };
@@ -938,6 +940,23 @@ fn assemble_inner(
         agent_config: agent_path,
         agent_has_port,
     })
+}
+
+/// The `log.format` the layers ask for, read even when the configuration is otherwise broken,
+/// so its errors can be printed in the format the operator's log pipeline expects.
+pub fn log_format_hint(vars: &[(String, String)], flags: &Overrides) -> Option<String> {
+    let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    if let Some(f) = env("DET_TLS_PROXY_LOG_FORMAT") {
+        return Some(f);
+    }
+    let path = flags
+        .config
+        .clone()
+        .or_else(|| env("DET_TLS_PROXY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Figment::from(Yaml::file_exact(path))
+        .extract_inner::<String>("log.format")
+        .ok()
 }
 
 /// Loads and validates the configuration from this process's environment and the flags.

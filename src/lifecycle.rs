@@ -533,7 +533,7 @@ pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
     let (config, _loaded) = match config::load(&flags, Purpose::Serve) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::logging::config_errors(&flags, &e);
             return EXIT_CONFIG;
         }
     };

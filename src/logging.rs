@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{ConfigErrors, LogConfig, LogFormat, Overrides};
 
 pub fn filter(level: &str) -> EnvFilter {
     match std::env::var("RUST_LOG") {
@@ -29,4 +29,29 @@ pub fn init(cfg: &LogConfig) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// Prints configuration errors before logging is set up: as JSON lines when the (otherwise
+/// broken) configuration asks for JSON, so a log pipeline never sees a stray text line.
+pub fn config_errors(flags: &Overrides, errors: &ConfigErrors) {
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let json = crate::config::log_format_hint(&vars, flags).is_some_and(|f| f.trim() == "json");
+    if !json {
+        eprintln!("{errors}");
+        return;
+    }
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    for e in &errors.0 {
+        let line = serde_json::json!({
+            "timestamp": now,
+            "level": "ERROR",
+            "message": format!("configuration error: {e}"),
+            "key": e.key,
+            "source": e.source,
+            "target": "det_tls_proxy::config",
+        });
+        eprintln!("{line}");
+    }
 }
