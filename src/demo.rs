@@ -229,30 +229,23 @@ async fn start_master(certs: &MasterCerts) -> DemoResult<SocketAddr> {
 
 // === The exchanges ===
 
-async fn http1(proxy: SocketAddr) -> DemoResult<String> {
+async fn connect(proxy: SocketAddr) -> DemoResult<TokioIo<TcpStream>> {
     let tcp = TcpStream::connect(proxy)
         .await
         .map_err(e("connect to the proxy"))?;
     let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(e("HTTP/1.1 handshake"))?;
-    tokio::spawn(conn);
-    let req = Request::get("/api/v1/master")
-        .header(hyper::header::HOST, DEMO_NAME)
-        .body(Empty::<Bytes>::new())
-        .map_err(e("request"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(e("HTTP/1.1 request"))?;
+    Ok(TokioIo::new(tcp))
+}
+
+/// "200 OK HTTP/1.1 {body}" for a response, once its body has arrived.
+async fn describe(resp: Response<Incoming>) -> DemoResult<String> {
     let status = resp.status();
     let version = resp.version();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(e("HTTP/1.1 body"))?
+        .map_err(e("response body"))?
         .to_bytes();
     Ok(format!(
         "{status} {version:?} {}",
@@ -260,35 +253,40 @@ async fn http1(proxy: SocketAddr) -> DemoResult<String> {
     ))
 }
 
-async fn http2(proxy: SocketAddr) -> DemoResult<String> {
-    let tcp = TcpStream::connect(proxy)
+async fn http1(proxy: SocketAddr) -> DemoResult<String> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(connect(proxy).await?)
         .await
-        .map_err(e("connect to the proxy"))?;
-    let _ = tcp.set_nodelay(true);
+        .map_err(e("HTTP/1.1 handshake"))?;
+    tokio::spawn(conn);
+    let req = Request::get("/api/v1/master")
+        .header(hyper::header::HOST, DEMO_NAME)
+        .body(Empty::<Bytes>::new())
+        .map_err(e("request"))?;
+    describe(
+        sender
+            .send_request(req)
+            .await
+            .map_err(e("HTTP/1.1 request"))?,
+    )
+    .await
+}
+
+async fn http2(proxy: SocketAddr) -> DemoResult<String> {
     let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), connect(proxy).await?)
             .await
             .map_err(e("HTTP/2 handshake"))?;
     tokio::spawn(conn);
     let req = Request::get(format!("http://{DEMO_NAME}/api/v1/master"))
         .body(Empty::<Bytes>::new())
         .map_err(e("request"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(e("HTTP/2 request"))?;
-    let status = resp.status();
-    let version = resp.version();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(e("HTTP/2 body"))?
-        .to_bytes();
-    Ok(format!(
-        "{status} {version:?} {}",
-        String::from_utf8_lossy(&body).trim()
-    ))
+    describe(
+        sender
+            .send_request(req)
+            .await
+            .map_err(e("HTTP/2 request"))?,
+    )
+    .await
 }
 
 async fn websocket(proxy: SocketAddr) -> DemoResult<String> {
