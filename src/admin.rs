@@ -61,6 +61,36 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
+/// Rewrites OpenMetrics text as the classic Prometheus format (0.0.4) for scrapers that did
+/// not ask for OpenMetrics: counters are named with their `_total` suffix in HELP/TYPE, and
+/// the `# EOF` and `# UNIT` lines go.
+pub fn classic_exposition(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -78,11 +108,27 @@ async fn route(
     let plain = "text/plain; charset=utf-8";
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "ok\n", plain),
-        ("GET" | "HEAD", "/metrics") => text(
-            StatusCode::OK,
-            shared.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        ("GET" | "HEAD", "/metrics") => {
+            let openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            let body = shared.metrics.encode();
+            if openmetrics {
+                text(
+                    StatusCode::OK,
+                    body,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    classic_exposition(&body),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            }
+        }
         ("GET" | "HEAD", "/readyz") => {
             let mut last = probe_state.last.lock().await;
             let fresh = last

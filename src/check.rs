@@ -529,7 +529,9 @@ fn from_cli_store(path: &Path, config: &Config) -> Result<(String, String), Trus
     }
 }
 
-fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+/// A temporary file beside `path` holding `contents` (mode 0644, synced), ready to be renamed
+/// over it.
+fn stage(path: &Path, contents: &str) -> std::io::Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
@@ -540,8 +542,7 @@ fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// `det-tls-proxy trust`. Returns the lines to print on success.
@@ -653,19 +654,47 @@ pub async fn trust(
         }
     }
 
-    match std::fs::read_to_string(&target) {
-        Ok(existing) if existing == pem => {
-            let _ = writeln!(out, "{} already holds this chain", target.display());
-        }
+    let unchanged = match std::fs::read_to_string(&target) {
+        Ok(existing) if existing == pem => true,
         Ok(_) if !opts.force => {
             return Err(TrustCmdError::Failed(format!(
                 "{} exists with other contents; pass --force to replace it",
                 target.display()
             )))
         }
-        _ => {
-            write_atomically(&target, &pem).map_err(|e| {
-                TrustCmdError::Failed(format!("cannot write {}: {e}", target.display()))
+        _ => false,
+    };
+    // Written beside the target first and proven with the same verification as `run`; only
+    // a chain that verifies replaces the file (atomically), so a failure leaves nothing behind.
+    let staged = if unchanged {
+        None
+    } else {
+        Some(stage(&target, &pem).map_err(|e| {
+            TrustCmdError::Failed(format!("cannot write beside {}: {e}", target.display()))
+        })?)
+    };
+    let mut verify_cfg = config.clone();
+    verify_cfg.tls.master_cert = Some(
+        staged
+            .as_ref()
+            .map(|t| t.path().to_path_buf())
+            .unwrap_or_else(|| target.clone()),
+    );
+    verify_cfg.tls.skip_verify = false;
+    let report = check(&verify_cfg).await;
+    if !report.ok || report.error.is_some() {
+        return Err(TrustCmdError::Failed(format!(
+            "the chain does not verify as `run` would, so nothing was written: {}",
+            report.error.clone().unwrap_or_default()
+        )));
+    }
+    match staged {
+        None => {
+            let _ = writeln!(out, "{} already holds this chain", target.display());
+        }
+        Some(tmp) => {
+            tmp.persist(&target).map_err(|e| {
+                TrustCmdError::Failed(format!("cannot write {}: {}", target.display(), e.error))
             })?;
             let _ = writeln!(
                 out,
@@ -675,28 +704,14 @@ pub async fn trust(
             );
         }
     }
-    // The proof: the same verification as `run`, against the file just written.
-    let mut verify_cfg = config.clone();
-    verify_cfg.tls.master_cert = Some(target.clone());
-    verify_cfg.tls.skip_verify = false;
-    let report = check(&verify_cfg).await;
-    match (&report.error, report.ok) {
-        (None, true) => {
-            let _ = writeln!(
-                out,
-                "OK: verified {} as {} with the new {}",
-                report.master,
-                report.name.as_deref().unwrap_or("?"),
-                target.display()
-            );
-            Ok(())
-        }
-        (e, _) => Err(TrustCmdError::Failed(format!(
-            "wrote {} but verification still fails: {}",
-            target.display(),
-            e.clone().unwrap_or_default()
-        ))),
-    }
+    let _ = writeln!(
+        out,
+        "OK: verified {} as {} with {}",
+        report.master,
+        report.name.as_deref().unwrap_or("?"),
+        target.display()
+    );
+    Ok(())
 }
 
 pub fn is_cert_failure(e: &UpstreamError) -> bool {

@@ -49,8 +49,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Import the chain Determined's CLI stored for this master (default ~/.config/determined/certs.json).
-        #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "")]
-        from_cli_store: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true)]
+        from_cli_store: Option<Option<PathBuf>>,
     },
     /// Print the effective configuration and where each value came from.
     Config,

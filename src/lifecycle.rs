@@ -50,6 +50,21 @@ pub struct Server {
     retired: Vec<Arc<Bound>>,
     semaphore: Arc<Semaphore>,
     tracker: TaskTracker,
+    /// The files the live configuration names, with their state when it was loaded.
+    watched: Arc<std::sync::Mutex<Watched>>,
+}
+
+type Stamp = Option<(u64, u64, Option<SystemTime>)>;
+type Watched = Vec<(PathBuf, Stamp)>;
+
+fn watch_list(c: &Config) -> Watched {
+    watched_files(c)
+        .into_iter()
+        .map(|p| {
+            let s = stamp(&p);
+            (p, s)
+        })
+        .collect()
 }
 
 fn spawn_accept_loop(
@@ -152,7 +167,7 @@ fn watched_files(c: &Config) -> Vec<PathBuf> {
 
 /// A file's identity as far as reload cares: follows symlinks, so a Kubernetes Secret whose
 /// `..data` link is swapped shows up as a new inode.
-fn stamp(p: &PathBuf) -> Option<(u64, u64, Option<SystemTime>)> {
+fn stamp(p: &PathBuf) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
     Some((m.ino(), m.len(), m.modified().ok()))
@@ -231,6 +246,7 @@ impl Server {
             .collect();
         log_trust_summary(&config, tls.as_ref());
         let max = config.max_connections;
+        let watched = watch_list(&config);
         let state = State::build(
             config,
             &present,
@@ -247,6 +263,7 @@ impl Server {
             retired: Vec::new(),
             semaphore: Arc::new(Semaphore::new(max)),
             tracker: TaskTracker::new(),
+            watched: Arc::new(std::sync::Mutex::new(watched)),
         };
         for (lc, b) in bound {
             server.launch(lc, b);
@@ -316,6 +333,7 @@ impl Server {
     fn try_reload(&mut self) -> Result<(), String> {
         let (config, _) = config::load(&self.flags, Purpose::Serve)
             .map_err(|e| e.to_string().replace('\n', "; "))?;
+        let watched = watch_list(&config);
         let tls = if config.tls.enabled {
             Some(TlsContext::new(&config).map_err(|e| e.to_string())?)
         } else {
@@ -396,6 +414,7 @@ impl Server {
                 r.config = lc.clone();
             }
         }
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = watched;
         Ok(())
     }
 
@@ -431,7 +450,7 @@ impl Server {
 
         let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(1);
         let watcher_stop = CancellationToken::new();
-        spawn_file_watch(watched_files(initial), reload_tx, watcher_stop.clone());
+        spawn_file_watch(self.watched.clone(), reload_tx, watcher_stop.clone());
         let status_stop = CancellationToken::new();
         spawn_status(self.tracker.clone(), status_stop.clone());
 
@@ -474,20 +493,27 @@ impl Server {
     }
 }
 
-fn spawn_file_watch(files: Vec<PathBuf>, tx: mpsc::Sender<&'static str>, stop: CancellationToken) {
-    if files.is_empty() {
-        return;
-    }
+/// Polls the files the live configuration names and queues a reload when one differs from
+/// its state at load time. The list and its baseline are replaced by every successful reload,
+/// so files named only by a reloaded configuration are watched too, and a change made right
+/// after a reload is not lost. A change whose reload failed is not retried until the next one.
+fn spawn_file_watch(
+    watched: Arc<std::sync::Mutex<Watched>>,
+    tx: mpsc::Sender<&'static str>,
+    stop: CancellationToken,
+) {
     tokio::spawn(async move {
-        let mut last: Vec<_> = files.iter().map(stamp).collect();
+        let mut last_triggered: Option<Vec<Stamp>> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(WATCH_PERIOD) => {}
                 _ = stop.cancelled() => return,
             }
-            let now: Vec<_> = files.iter().map(stamp).collect();
-            if now != last {
-                last = now;
+            let list = watched.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let now: Vec<Stamp> = list.iter().map(|(p, _)| stamp(p)).collect();
+            let changed = list.iter().zip(&now).any(|((_, then), now)| then != now);
+            if changed && last_triggered.as_ref() != Some(&now) {
+                last_triggered = Some(now);
                 // A full channel means a reload is already queued.
                 let _ = tx.try_send("file change");
             }

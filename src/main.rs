@@ -32,7 +32,7 @@ fn main() {
                 yes,
                 out,
                 force,
-                from_cli_store: from_cli_store.map(|p| (!p.as_os_str().is_empty()).then_some(p)),
+                from_cli_store,
             },
         ),
     };

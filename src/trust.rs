@@ -190,6 +190,12 @@ fn bundle_leaf(certs: &[CertificateDer<'static>]) -> Option<CertSummary> {
         .iter()
         .find(|s| !s.is_ca && !s.dns_names.is_empty())
         .or_else(|| summaries.iter().find(|s| !s.is_ca))
+        // `openssl req -x509` marks a self-signed master certificate CA:TRUE.
+        .or_else(|| {
+            summaries
+                .iter()
+                .find(|s| s.self_signed && !s.dns_names.is_empty())
+        })
         .cloned()
 }
 
@@ -239,6 +245,8 @@ pub enum FailureKind {
     UnknownIssuer,
     Expired,
     NotYetValid,
+    /// The master presents a CA certificate as its own and it is not pinned in master_cert.
+    CaAsLeaf,
     Other,
 }
 
@@ -250,6 +258,7 @@ impl FailureKind {
             FailureKind::UnknownIssuer => "cert_unknown_issuer",
             FailureKind::Expired => "cert_expired",
             FailureKind::NotYetValid => "cert_not_yet_valid",
+            FailureKind::CaAsLeaf => "cert_ca_as_leaf",
             FailureKind::Other => "cert_invalid",
         }
     }
@@ -343,6 +352,19 @@ impl fmt::Display for CertFailure {
                 }
                 write!(f, "; check this host's clock")
             }
+            FailureKind::CaAsLeaf => {
+                write!(
+                    f,
+                    "the master presents a CA certificate (CA:TRUE) as its own certificate"
+                )?;
+                if let Some(l) = leaf {
+                    write!(f, " (subject {}, holds {})", l.subject, l.names())?;
+                }
+                write!(
+                    f,
+                    "; put exactly that certificate in security.tls.master_cert (run `det-tls-proxy trust`) to pin it, or reissue it as a leaf signed by a CA"
+                )
+            }
             FailureKind::Other => {
                 write!(f, "the master's certificate was rejected: {:?}", self.cause)?;
                 if let Some(l) = leaf {
@@ -365,6 +387,9 @@ fn classify(e: &CertificateError) -> FailureKind {
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => FailureKind::Expired,
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             FailureKind::NotYetValid
+        }
+        CertificateError::Other(o) if o.0.to_string().contains("CaUsedAsEndEntity") => {
+            FailureKind::CaAsLeaf
         }
         _ => FailureKind::Other,
     }
@@ -399,6 +424,59 @@ pub fn cert_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
 #[derive(Debug)]
 struct Diagnosing {
     inner: Arc<WebPkiServerVerifier>,
+    /// The certificates of `master_cert`. A master certificate that is exactly one of them is
+    /// trusted as pinned even where WebPKI path building refuses it: a self-signed certificate
+    /// made with `openssl req -x509` is marked CA:TRUE, which WebPKI will not accept as an end
+    /// entity, while the agent (Go's crypto/x509) and curl do.
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl Diagnosing {
+    fn failure(
+        cause: CertificateError,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+    ) -> rustls::Error {
+        let leaf = CertSummary::from_der(end_entity);
+        let chain_end = intermediates
+            .last()
+            .and_then(|c| CertSummary::from_der(c))
+            .or_else(|| leaf.clone());
+        let expected = match server_name {
+            ServerName::DnsName(d) => d.as_ref().to_string(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => "the master".to_string(),
+        };
+        let failure = CertFailure {
+            kind: classify(&cause),
+            cause,
+            expected,
+            leaf,
+            chain_end,
+        };
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(failure))))
+    }
+
+    /// Verifies a pinned certificate: its validity dates and the name, nothing else to do.
+    fn verify_pinned(
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), CertificateError> {
+        let summary = CertSummary::from_der(end_entity).ok_or(CertificateError::BadEncoding)?;
+        let now = now.as_secs() as i64;
+        if now > summary.not_after {
+            return Err(CertificateError::Expired);
+        }
+        if now < summary.not_before {
+            return Err(CertificateError::NotValidYet);
+        }
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| CertificateError::BadEncoding)?;
+        ee.verify_is_valid_for_subject_name(server_name)
+            .map_err(|_| CertificateError::NotValidForName)
+    }
 }
 
 impl ServerCertVerifier for Diagnosing {
@@ -419,26 +497,19 @@ impl ServerCertVerifier for Diagnosing {
         ) {
             Ok(v) => Ok(v),
             Err(rustls::Error::InvalidCertificate(cause)) => {
-                let leaf = CertSummary::from_der(end_entity);
-                let chain_end = intermediates
-                    .last()
-                    .and_then(|c| CertSummary::from_der(c))
-                    .or_else(|| leaf.clone());
-                let expected = match server_name {
-                    ServerName::DnsName(d) => d.as_ref().to_string(),
-                    ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-                    _ => "the master".to_string(),
+                let pinned = self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref());
+                let cause = if pinned {
+                    match Self::verify_pinned(end_entity, server_name, now) {
+                        Ok(()) => return Ok(ServerCertVerified::assertion()),
+                        Err(e) => e,
+                    }
+                } else {
+                    cause
                 };
-                let failure = CertFailure {
-                    kind: classify(&cause),
-                    cause,
-                    expected,
-                    leaf,
-                    chain_end,
-                };
-                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                    OtherError(Arc::new(failure)),
-                )))
+                Err(Self::failure(cause, end_entity, intermediates, server_name))
             }
             Err(e) => Err(e),
         }
@@ -608,7 +679,10 @@ impl TlsContext {
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| TrustError::Tls(rustls::Error::General(e.to_string())))?;
-            Arc::new(Diagnosing { inner })
+            Arc::new(Diagnosing {
+                inner,
+                pinned: bundle.clone().unwrap_or_default(),
+            })
         };
         let builder = || -> Result<_, TrustError> {
             Ok(ClientConfig::builder_with_provider(provider.clone())
