@@ -711,6 +711,7 @@ fn agent_layer(path: &Path) -> Result<(Named, bool), ConfigError> {
             None,
         )
     })?;
+    refuse_duplicate_keys(&text, &format!("{} (agent_config)", path.display()))?;
     let doc: Value = Figment::from(Yaml::string(&text)).extract().map_err(|e| {
         err(
             "agent_config",
@@ -799,23 +800,53 @@ fn describe_metadata(md: &Metadata) -> String {
     }
 }
 
+/// A dotted key as an operator would write it; an empty name is shown as `""`.
+fn dotted(path: &[String]) -> String {
+    path.iter()
+        .map(|p| if p.is_empty() { "\"\"" } else { p.as_str() })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// YAML lets a key appear twice and figment keeps the last one whole, which can silently drop
+/// a `listeners:` or `security:` block; refuse it instead.
+fn refuse_duplicate_keys(text: &str, source: &str) -> Result<(), ConfigError> {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Err(e) if e.to_string().contains("duplicate entry") => {
+            let msg = e.to_string();
+            let key = msg
+                .split("with key ")
+                .nth(1)
+                .and_then(|k| k.split_whitespace().next())
+                .map(|k| k.trim_matches('"').to_string())
+                .unwrap_or_else(|| "config".to_string());
+            Err(err(
+                &key,
+                format!("{msg}: a key may appear only once; merge the two entries"),
+                Some(source.to_string()),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn figment_errors(e: figment::Error) -> ConfigErrors {
     let mut out = Vec::new();
     for one in e {
         let key = if one.path.is_empty() {
             "(top level)".to_string()
         } else {
-            one.path.join(".")
+            dotted(&one.path)
         };
         let source = one.metadata.as_ref().map(describe_metadata);
         let message = match &one.kind {
             figment::error::Kind::UnknownField(field, expected) => {
                 let key_full = if one.path.is_empty() {
-                    field.clone()
+                    dotted(std::slice::from_ref(field))
                 } else if one.path.last() == Some(field) {
-                    one.path.join(".")
+                    dotted(&one.path)
                 } else {
-                    format!("{}.{field}", one.path.join("."))
+                    dotted(&[one.path.clone(), vec![field.clone()]].concat())
                 };
                 out.push(err(
                     &key_full,
@@ -865,12 +896,17 @@ fn assemble_inner(
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {
                 // Read it here so an unreadable file is reported as such, not as "missing".
-                if let Err(e) = std::fs::File::open(path) {
-                    errors.push(err(
+                match std::fs::read_to_string(path) {
+                    Ok(text) => {
+                        if let Err(e) = refuse_duplicate_keys(&text, &path.display().to_string()) {
+                            errors.push(e);
+                        }
+                    }
+                    Err(e) => errors.push(err(
                         "config",
                         format!("cannot read {}: {e}", path.display()),
                         explicit.clone(),
-                    ));
+                    )),
                 }
                 file_figment = Figment::from(Yaml::file_exact(path));
             }
@@ -887,6 +923,9 @@ fn assemble_inner(
         }
     }
     if let Some(text) = text {
+        if let Err(e) = refuse_duplicate_keys(text, "the given text") {
+            errors.push(e);
+        }
         file_figment = Figment::from(Yaml::string(text));
     }
     if !errors.is_empty() {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use x509_parser::extensions::GeneralName;
@@ -119,13 +119,26 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` for any time a certificate can hold, before 1970 and after 9999
+/// included (proleptic Gregorian calendar, days to civil date after Howard Hinnant).
 pub fn rfc3339(secs: i64) -> String {
-    let t = if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    };
-    humantime::format_rfc3339_seconds(t).to_string()
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// SHA-256 over `der`, lowercase hex pairs joined by ':'.
@@ -183,6 +196,34 @@ pub fn parse_fingerprint(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_covers_every_certificate_time() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_673_045), "2026-11-26T06:04:05Z");
+        assert_eq!(rfc3339(-315_619_200), "1960-01-01T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        for secs in [
+            i64::MIN / 4,
+            -62_135_596_800,
+            0,
+            4_102_444_800,
+            i64::MAX / 4,
+        ] {
+            let _ = rfc3339(secs);
+        }
+        // Agrees with humantime wherever humantime works.
+        for secs in (0..4_000_000_000i64).step_by(77_777_777) {
+            let t = UNIX_EPOCH + Duration::from_secs(secs as u64);
+            assert_eq!(
+                rfc3339(secs),
+                humantime::format_rfc3339_seconds(t).to_string()
+            );
+        }
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

@@ -77,12 +77,6 @@ fn spawn_accept_loop(
     tokio::spawn(async move {
         let mut backoff = Backoff::default();
         loop {
-            // The permit comes before accept: beyond max_connections, clients wait in the
-            // kernel's backlog instead of being accepted and starved.
-            let permit = tokio::select! {
-                p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.cancelled() => return,
-            };
             let accepted = tokio::select! {
                 r = bound.accept() => r,
                 _ = stop.cancelled() => return,
@@ -95,6 +89,15 @@ fn spawn_accept_loop(
                         drop(stream);
                         continue;
                     }
+                    // Beyond max_connections this loop stops accepting until a connection
+                    // ends, so further clients wait in the kernel's backlog: at most one
+                    // accepted client per listener waits here. The permit is taken after
+                    // accept, not before, so an idle listener never holds one that another
+                    // listener's client needs.
+                    let permit = tokio::select! {
+                        p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                        _ = stop.cancelled() => return,
+                    };
                     let shared = shared.clone();
                     let name = bound.name.clone();
                     tracker.spawn(async move {
