@@ -271,13 +271,21 @@ impl Upstream {
 
 // === impl Sniffed ===
 
-/// Keeps the first bytes the master sent, so a failed handshake can tell plaintext HTTP from
-/// a broken TLS stack. Costs a few bytes per connection and one comparison per read.
+/// How much is read from the master's socket at once. rustls asks for 4 KiB at a time, which
+/// costs four or five system calls per 16 KiB record; one read of this size serves them all.
+pub const READ_AHEAD: usize = 64 * 1024;
+
+/// The master's socket as rustls sees it:
+/// - it keeps the first bytes the master sent, so a failed handshake can tell plaintext HTTP
+///   from a broken TLS stack (a few bytes per connection);
+/// - it reads ahead in [`READ_AHEAD`] chunks while data is flowing, and gives the buffer back
+///   as soon as the socket has nothing more, so an idle connection holds none.
 #[derive(Debug)]
 pub struct Sniffed<IO> {
     io: IO,
     first: [u8; 8],
     len: u8,
+    ahead: bytes::BytesMut,
 }
 
 impl<IO> Sniffed<IO> {
@@ -286,6 +294,7 @@ impl<IO> Sniffed<IO> {
             io,
             first: [0; 8],
             len: 0,
+            ahead: bytes::BytesMut::new(),
         }
     }
     pub fn first(&self) -> &[u8] {
@@ -293,6 +302,17 @@ impl<IO> Sniffed<IO> {
     }
     pub fn get_ref(&self) -> &IO {
         &self.io
+    }
+    /// Bytes read from the socket and not yet taken by rustls (0 when idle).
+    pub fn buffered(&self) -> usize {
+        self.ahead.len()
+    }
+
+    fn sniff(&mut self, new: &[u8]) {
+        let at = self.len as usize;
+        let take = new.len().min(self.first.len() - at);
+        self.first[at..at + take].copy_from_slice(&new[..take]);
+        self.len += take as u8;
     }
 }
 
@@ -302,20 +322,41 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        use bytes::Buf;
         let this = self.get_mut();
-        if (this.len as usize) == this.first.len() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.ahead.is_empty() {
+            // A reader with room for a whole chunk gets the socket directly.
+            if buf.remaining() >= READ_AHEAD {
+                let before = buf.filled().len();
+                let r = Pin::new(&mut this.io).poll_read(cx, buf);
+                if (this.len as usize) < this.first.len() {
+                    let new = buf.filled()[before..].to_vec();
+                    this.sniff(&new);
+                }
+                return r;
+            }
+            if this.ahead.capacity() < READ_AHEAD / 4 {
+                this.ahead = bytes::BytesMut::with_capacity(READ_AHEAD);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.ahead) {
+                Poll::Pending => {
+                    // Nothing more for now: an idle connection keeps no buffer.
+                    this.ahead = bytes::BytesMut::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {}
+            }
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            let new = &buf.filled()[before..];
-            let take = new.len().min(this.first.len() - this.len as usize);
-            let at = this.len as usize;
-            this.first[at..at + take].copy_from_slice(&new[..take]);
-            this.len += take as u8;
+        let n = buf.remaining().min(this.ahead.len());
+        buf.put_slice(&this.ahead[..n]);
+        if (this.len as usize) < this.first.len() {
+            let new = this.ahead[..n].to_vec();
+            this.sniff(&new);
         }
-        r
+        this.ahead.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
