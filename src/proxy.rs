@@ -46,12 +46,13 @@ pub struct ListenerPolicy {
 }
 
 impl ListenerPolicy {
-    fn client_config(&self, first: &[u8]) -> Option<(Arc<ClientConfig>, bool)> {
+    /// The client config for a connection whose first bytes are `first`.
+    fn client_config(&self, first: &[u8]) -> Option<Arc<ClientConfig>> {
         let tls = self.tls.as_ref()?;
         Some(match self.config.alpn {
-            AlpnPolicy::Auto if looks_like_h2(first) => (tls.h2.clone(), true),
-            AlpnPolicy::Auto => (tls.http11.clone(), false),
-            _ => (tls.fixed.clone(), false),
+            AlpnPolicy::Auto if looks_like_h2(first) => tls.h2.clone(),
+            AlpnPolicy::Auto => tls.http11.clone(),
+            _ => tls.fixed.clone(),
         })
     }
 }
@@ -376,7 +377,7 @@ async fn serve(
         policy.client_config(first)
     };
     match (tls_choice, &state.tls) {
-        (Some((cfg, _)), Some(tls)) => {
+        (Some(cfg), Some(tls)) => {
             let hs_started = Instant::now();
             let name = tls.name.server_name.clone();
             let mut stream = match state
