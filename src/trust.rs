@@ -824,3 +824,72 @@ impl TlsContext {
         Ok(Arc::new(cfg))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{ServerConfig, ServerConnection};
+
+    /// Runs one TLS 1.3 handshake in memory and lets the client read the server's tickets.
+    fn handshake_in_memory(client_cfg: Arc<ClientConfig>, server_cfg: Arc<ServerConfig>) {
+        let name = ServerName::try_from("det-master").unwrap();
+        let mut client = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut server = ServerConnection::new(server_cfg).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking());
+    }
+
+    #[test]
+    fn session_store_keeps_a_burst_worth_of_tickets() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["det-master".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let provider = provider(false);
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        server.send_tls13_tickets = 40;
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let store = Arc::new(SessionStore::new());
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.resumption = Resumption::store(store.clone());
+        handshake_in_memory(Arc::new(client), Arc::new(server));
+        let name = ServerName::try_from("det-master").unwrap();
+        // rustls' own cache would hold 8; a reconnect storm needs more at hand.
+        assert_eq!(store.tickets(&name), 40);
+        for _ in 0..40 {
+            assert!(store.take_tls13_ticket(&name).is_some());
+        }
+        assert!(
+            store.take_tls13_ticket(&name).is_none(),
+            "each ticket is used once"
+        );
+    }
+}
