@@ -217,8 +217,21 @@ impl Server {
     pub fn start(
         config: Config,
         flags: Overrides,
+        inherited: Inherited,
+        metrics: Arc<Metrics>,
+    ) -> Result<Server, (i32, String)> {
+        let resolver = Arc::new(crate::upstream::SystemResolver);
+        Self::start_with_resolver(config, flags, inherited, metrics, resolver)
+    }
+
+    /// As [`Server::start`], resolving `master_host` with `resolver` (tests swap it to move a
+    /// name mid-run).
+    pub fn start_with_resolver(
+        config: Config,
+        flags: Overrides,
         mut inherited: Inherited,
         metrics: Arc<Metrics>,
+        resolver: Arc<dyn crate::upstream::Resolve>,
     ) -> Result<Server, (i32, String)> {
         // Trust problems are configuration problems: report them before binding anything.
         let tls = if config.tls.enabled {
@@ -250,14 +263,9 @@ impl Server {
         log_trust_summary(&config, tls.as_ref());
         let max = config.max_connections;
         let watched = watch_list(&config);
-        let state = State::build(
-            config,
-            &present,
-            &metrics,
-            Arc::new(crate::upstream::SystemResolver),
-        )
-        .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
-        let shared = Shared::with_system_resolver(state, metrics);
+        let state = State::with_tls(config, tls, &present, &metrics, resolver.clone())
+            .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
+        let shared = Shared::new(state, metrics, resolver);
         let mut server = Server {
             flags,
             shared,
@@ -378,8 +386,9 @@ impl Server {
             }
         }
         log_trust_summary(&config, tls.as_ref());
-        let state = State::build(
+        let state = State::with_tls(
             config.clone(),
+            tls,
             &present,
             &self.shared.metrics,
             self.shared.resolver.clone(),

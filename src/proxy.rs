@@ -17,7 +17,7 @@ use crate::listen::{ClientStream, Peer};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::relay::{Outcome, Relay, RelayResult, RelayTimeouts};
 use crate::trust::{TlsContext, TrustError};
-use crate::upstream::{version_name, Resolve, SystemResolver, Upstream, UpstreamError};
+use crate::upstream::{version_name, Resolve, Upstream, UpstreamError};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -84,6 +84,17 @@ impl State {
         } else {
             None
         };
+        Self::with_tls(config, tls, present, metrics, resolver)
+    }
+
+    /// As [`State::build`], with a TLS context the caller has already built (and checked).
+    pub fn with_tls(
+        config: Config,
+        tls: Option<TlsContext>,
+        present: &HashMap<String, bool>,
+        metrics: &Metrics,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<State, TrustError> {
         let mut listeners = HashMap::new();
         for lc in &config.listeners {
             let present_client_cert = present
@@ -164,10 +175,6 @@ impl Shared {
             failures: Mutex::new(HashMap::new()),
             resolver,
         })
-    }
-
-    pub fn with_system_resolver(state: State, metrics: Arc<Metrics>) -> Arc<Shared> {
-        Self::new(state, metrics, Arc::new(SystemResolver))
     }
 
     pub fn current(&self) -> Arc<State> {
