@@ -29,12 +29,6 @@ use det_tls_proxy::upstream::{Resolve, ResolveFuture};
 
 // === Process probes (/proc of the proxy child) ===
 
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// The open descriptor numbers of a process.
 fn fds(pid: i32) -> Vec<i64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -52,20 +46,6 @@ fn limit_leaving(open: &[i64], free: usize) -> usize {
     (0..)
         .find(|&l| l - open.iter().filter(|&&f| f < l as i64).count() == free)
         .unwrap()
-}
-
-/// A `VmRSS:`/`VmHWM:` line of /proc/PID/status, in KiB.
-fn status_kib(pid: i32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    status_kib(pid, "VmRSS:")
 }
 
 /// utime + stime of a process, in clock ticks (USER_HZ, 100 per second on Linux).
@@ -450,10 +430,6 @@ impl PatternCheck {
         }
         true
     }
-}
-
-fn figure(line: String) {
-    eprintln!("FIGURE {line}");
 }
 
 // === Master down at start ===

@@ -69,10 +69,6 @@ fn metrics(proxy: &Proxy) -> String {
     http_get(&proxy.listener_addr("admin"), None, "/metrics").expect("metrics")
 }
 
-fn figure(line: String) {
-    eprintln!("FIGURE {line}");
-}
-
 // === allowed_clients ===
 
 #[test]

@@ -29,25 +29,6 @@ fn count_from_env(var: &str, default: usize) -> usize {
 
 // === Process probes ===
 
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn status_kib(pid: i32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
 fn cpu_secs(pid: i32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
@@ -102,10 +83,6 @@ fn start_quiet(cfg: Cfg, dir: &std::path::Path) -> Proxy {
     let path = dir.join("proxy.yaml");
     std::fs::write(&path, yaml).unwrap();
     Proxy::start(&path)
-}
-
-fn figure(line: String) {
-    eprintln!("FIGURE {line}");
 }
 
 fn mib(kib: u64) -> String {

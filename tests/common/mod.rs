@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod http;
+pub mod probes;
 pub mod proxy;
 pub mod server;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use certs::{Ca, Leaf};
+pub use probes::{fd_count, figure, rss_kib, status_kib};
 pub use proxy::{command, q, qp, run_to_exit, Cfg, Proxy};
 pub use server::{Behavior, ClientAuth, ServerBuilder, TlsServer};
 
