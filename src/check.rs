@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
-use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Config, TlsSettings};
 use crate::diagnose::{parse_fingerprint, CertSummary};
-use crate::trust::{choose_name, provider, NameReason, NoVerify, TlsContext};
+use crate::trust::{NameReason, TlsContext};
 use crate::upstream::{version_name, Attempt, SystemResolver, Upstream, UpstreamError};
 
 // === The report ===
@@ -93,16 +92,6 @@ fn trust_source(tls: &TlsSettings, ctx: Option<&TlsContext>) -> String {
     }
 }
 
-fn upstream_for(config: &Config) -> Upstream {
-    Upstream {
-        host: config.master.host.clone(),
-        port: config.master.port,
-        connect_timeout: config.timeouts.connect,
-        handshake_timeout: config.timeouts.handshake,
-        resolver: Arc::new(SystemResolver),
-    }
-}
-
 /// Gives a TLS 1.3 master the moment to send its session tickets, then closes politely.
 async fn settle_and_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
     let mut b = [0u8; 1];
@@ -112,53 +101,33 @@ async fn settle_and_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
 
 /// Fetches the master's chain without verifying it (for `trust`, and to show a chain that
 /// failed verification).
-pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>, UpstreamError> {
-    let p = provider(config.tls.post_quantum);
-    let builder = ClientConfig::builder_with_provider(p.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| UpstreamError::Handshake {
-            addr: ([0, 0, 0, 0], 0).into(),
-            detail: e.to_string(),
-            kind: "tls",
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify::new(p)));
-    let key = match (&config.tls.client_cert, &config.tls.client_key) {
-        (Some(c), Some(k)) => match (crate::trust::load_certs(c), crate::trust::load_key(k)) {
-            (Ok(c), Ok(k)) => Some((c, k)),
-            _ => None,
-        },
-        _ => None,
-    };
-    let mut cfg = match key {
-        Some((c, k)) => {
-            builder
-                .with_client_auth_cert(c, k)
-                .map_err(|e| UpstreamError::Handshake {
-                    addr: ([0, 0, 0, 0], 0).into(),
-                    detail: e.to_string(),
-                    kind: "tls",
-                })?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let bundle = config
-        .tls
+pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>, String> {
+    // The same TLS context as `run`, verifying nothing; a master_cert that does not exist yet
+    // (`trust` is about to write it) simply offers no name to substitute.
+    let mut tls = config.tls.clone();
+    tls.skip_verify = true;
+    if tls
         .master_cert
         .as_ref()
-        .and_then(|p| crate::trust::load_certs(p).ok());
-    let name = choose_name(&config.master, &config.tls, bundle.as_deref());
-    let up = upstream_for(config);
-    let dialed = up.connect().await?;
+        .is_some_and(|p| crate::trust::load_certs(p).is_err())
+    {
+        tls.master_cert = None;
+    }
+    let ctx = TlsContext::build(&config.master, &tls).map_err(|e| e.to_string())?;
+    let cfg = ctx
+        .client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), false)
+        .map_err(|e| e.to_string())?;
+    let up = Upstream::for_config(config, Arc::new(SystemResolver));
+    let dialed = up.connect().await.map_err(|e| e.to_string())?;
     let mut tls = up
         .handshake(
             dialed.addr,
             dialed.stream,
-            Arc::new(cfg),
-            name.server_name.clone(),
+            cfg,
+            ctx.name.server_name.clone(),
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let chain = tls
         .get_ref()
         .1
@@ -177,7 +146,7 @@ pub async fn check(config: &Config) -> Report {
         tls_enabled: config.tls.enabled,
         ..Default::default()
     };
-    let up = upstream_for(config);
+    let up = Upstream::for_config(config, Arc::new(SystemResolver));
     if !config.tls.enabled {
         r.trust = "none: security.tls.enabled is false (plain TCP)".into();
         r.warnings.push(

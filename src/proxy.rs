@@ -130,13 +130,7 @@ impl State {
                 }),
             );
         }
-        let upstream = Upstream {
-            host: config.master.host.clone(),
-            port: config.master.port,
-            connect_timeout: config.timeouts.connect,
-            handshake_timeout: config.timeouts.handshake,
-            resolver,
-        };
+        let upstream = Upstream::for_config(&config, resolver);
         Ok(State {
             config,
             tls,

@@ -178,6 +178,17 @@ pub struct Dialed {
 }
 
 impl Upstream {
+    /// The master of `config`, reached through `resolver`.
+    pub fn for_config(config: &crate::config::Config, resolver: Arc<dyn Resolve>) -> Upstream {
+        Upstream {
+            host: config.master.host.clone(),
+            port: config.master.port,
+            connect_timeout: config.timeouts.connect,
+            handshake_timeout: config.timeouts.handshake,
+            resolver,
+        }
+    }
+
     pub async fn resolve(&self) -> Result<Vec<SocketAddr>, UpstreamError> {
         let addrs = self
             .resolver
