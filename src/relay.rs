@@ -14,9 +14,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Bytes moved per read: four full TLS records, which rustls encrypts into one vectored write.
-/// The buffer lives on the stack of each poll, never in a connection's state.
-pub const CHUNK: usize = 64 * 1024;
+/// Bytes moved per read: sixteen full TLS records, which rustls encrypts into one vectored
+/// write. Measured against 64 KiB (benches/, proxy CPU per GiB uploaded): about 12 % less CPU,
+/// from a quarter of the reads, writes and wake-ups. The buffer lives on the stack of each poll,
+/// never in a connection's state, so it costs an idle connection nothing; a connection whose
+/// peer stops reading holds at most this much in `pending` per direction.
+pub const CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

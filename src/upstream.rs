@@ -270,7 +270,11 @@ impl Upstream {
             .connect(name, Sniffed::new(stream))
             .into_fallible();
         match tokio::time::timeout(self.handshake_timeout, connect).await {
-            Ok(Ok(tls)) => Ok(tls),
+            Ok(Ok(mut tls)) => {
+                // Room for one relay read's worth of records, so a read becomes one write.
+                tls.get_mut().1.set_buffer_limit(Some(crate::relay::CHUNK));
+                Ok(tls)
+            }
             Ok(Err((e, io))) => Err(handshake_error(dialed_addr, e, io.first())),
             Err(_) => Err(UpstreamError::HandshakeTimeout {
                 addr: dialed_addr,
