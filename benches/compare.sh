@@ -4,7 +4,7 @@
 # server (benches/tlssink.rs), verifying the same certificate, with the same cipher suite, and
 # faces the same load generator (benches/loadgen.rs).
 #
-#   benches/compare.sh            full run (2 GiB transfers, R=5): writes benches/results.{md,svg,json}
+#   benches/compare.sh            full run (2 GiB transfers, R=7): writes benches/results.{md,svg,json}
 #   benches/compare.sh --quick    CI mode (a few MiB, a few hundred connections, R=1): proves the
 #                                 harness works; writes target/bench-quick/results.{md,svg,json}
 #
@@ -59,7 +59,7 @@ else
   CONN_COUNT=${BENCH_CONN_COUNT:-}
   LAT_COUNT=${BENCH_LAT_COUNT:-20000}; LAT_WARMUP=1000
   HOLD=${BENCH_HOLD:-1000}
-  REPS=${REPS_OPT:-${BENCH_REPS:-5}}
+  REPS=${REPS_OPT:-${BENCH_REPS:-7}}
   SPEED_SECS=3
   QUIET_WAIT=${BENCH_QUIET_WAIT:-180}
   OUT=${OUT:-$ROOT/benches}
