@@ -32,9 +32,7 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
     let Some(tls) = &state.tls else {
         return Ok(());
     };
-    let cfg = tls
-        .client_config(&[], tls.has_client_cert(), false)
-        .map_err(|e| e.to_string())?;
+    let cfg = tls.client_config(&[], tls.has_client_cert(), false);
     let stream = state
         .upstream
         .handshake(

@@ -114,9 +114,7 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
         tls.master_cert = None;
     }
     let ctx = TlsContext::build(&config.master, &tls).map_err(|e| e.to_string())?;
-    let cfg = ctx
-        .client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), false)
-        .map_err(|e| e.to_string())?;
+    let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), false);
     let up = Upstream::for_config(config, Arc::new(SystemResolver));
     let dialed = up.connect().await.map_err(|e| e.to_string())?;
     let mut tls = up
@@ -183,14 +181,7 @@ pub async fn check(config: &Config) -> Report {
     if matches!(ctx.name.reason, NameReason::IpSan) && config.tls.master_cert.is_none() {
         r.warnings.push("master_host is an IP and no name is set: the certificate must hold this IP as an IP SAN".into());
     }
-    let cfg = match ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), true) {
-        Ok(c) => c,
-        Err(e) => {
-            r.error = Some(e.to_string());
-            r.error_kind = Some("config".into());
-            return r;
-        }
-    };
+    let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), true);
 
     let dialed = match up.connect().await {
         Ok(d) => d,

@@ -234,14 +234,8 @@ impl Server {
         resolver: Arc<dyn crate::upstream::Resolve>,
     ) -> Result<Server, (i32, String)> {
         // Trust problems are configuration problems: report them before binding anything.
-        let tls = if config.tls.enabled {
-            Some(
-                TlsContext::new(&config)
-                    .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?,
-            )
-        } else {
-            None
-        };
+        let tls = TlsContext::for_config(&config)
+            .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
         let mut bound = Vec::new();
         for lc in &config.listeners {
             match listen::bind(lc, &mut inherited) {
@@ -263,8 +257,7 @@ impl Server {
         log_trust_summary(&config, tls.as_ref());
         let max = config.max_connections;
         let watched = watch_list(&config);
-        let state = State::with_tls(config, tls, &present, &metrics, resolver.clone())
-            .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
+        let state = State::with_tls(config, tls, &present, &metrics, resolver.clone());
         let shared = Shared::new(state, metrics, resolver);
         let mut server = Server {
             flags,
@@ -345,11 +338,7 @@ impl Server {
         let (config, _) = config::load(&self.flags, Purpose::Serve)
             .map_err(|e| e.to_string().replace('\n', "; "))?;
         let watched = watch_list(&config);
-        let tls = if config.tls.enabled {
-            Some(TlsContext::new(&config).map_err(|e| e.to_string())?)
-        } else {
-            None
-        };
+        let tls = TlsContext::for_config(&config).map_err(|e| e.to_string())?;
         // Listeners that stay keep their socket; new ones are bound before anything changes.
         let mut added = Vec::new();
         for lc in &config.listeners {
@@ -379,12 +368,6 @@ impl Server {
         for (_, b) in &added {
             present.insert(b.name.clone(), b.present_client_cert);
         }
-        // Explicit settings in the new config win over what was derived at bind time.
-        for lc in &config.listeners {
-            if let Some(p) = lc.present_client_cert {
-                present.insert(lc.name.clone(), p);
-            }
-        }
         log_trust_summary(&config, tls.as_ref());
         let state = State::with_tls(
             config.clone(),
@@ -392,8 +375,7 @@ impl Server {
             &present,
             &self.shared.metrics,
             self.shared.resolver.clone(),
-        )
-        .map_err(|e| e.to_string())?;
+        );
         self.shared.replace(state);
 
         let keep: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();

@@ -79,12 +79,8 @@ impl State {
         metrics: &Metrics,
         resolver: Arc<dyn Resolve>,
     ) -> Result<State, TrustError> {
-        let tls = if config.tls.enabled {
-            Some(TlsContext::new(&config)?)
-        } else {
-            None
-        };
-        Self::with_tls(config, tls, present, metrics, resolver)
+        let tls = TlsContext::for_config(&config)?;
+        Ok(Self::with_tls(config, tls, present, metrics, resolver))
     }
 
     /// As [`State::build`], with a TLS context the caller has already built (and checked).
@@ -94,13 +90,13 @@ impl State {
         present: &HashMap<String, bool>,
         metrics: &Metrics,
         resolver: Arc<dyn Resolve>,
-    ) -> Result<State, TrustError> {
+    ) -> State {
         let mut listeners = HashMap::new();
         for lc in &config.listeners {
-            let present_client_cert = present
-                .get(&lc.name)
-                .copied()
-                .or(lc.present_client_cert)
+            // An explicit setting wins; otherwise what was derived from the bound socket.
+            let present_client_cert = lc
+                .present_client_cert
+                .or_else(|| present.get(&lc.name).copied())
                 .unwrap_or(false);
             let ltls = match &tls {
                 Some(t) => {
@@ -109,13 +105,9 @@ impl State {
                         _ => Vec::new(),
                     };
                     Some(ListenerTls {
-                        h2: t.client_config(&[b"h2".to_vec()], present_client_cert, true)?,
-                        http11: t.client_config(
-                            &[b"http/1.1".to_vec()],
-                            present_client_cert,
-                            true,
-                        )?,
-                        fixed: t.client_config(&fixed_alpn, present_client_cert, true)?,
+                        h2: t.client_config(&[b"h2".to_vec()], present_client_cert, true),
+                        http11: t.client_config(&[b"http/1.1".to_vec()], present_client_cert, true),
+                        fixed: t.client_config(&fixed_alpn, present_client_cert, true),
                     })
                 }
                 None => None,
@@ -131,12 +123,12 @@ impl State {
             );
         }
         let upstream = Upstream::for_config(&config, resolver);
-        Ok(State {
+        State {
             config,
             tls,
             upstream,
             listeners,
-        })
+        }
     }
 }
 

@@ -57,8 +57,6 @@ pub struct RelayResult {
     /// Bytes from the master to the client.
     pub down: u64,
     pub outcome: Outcome,
-    /// The error that ended the relay, when `outcome` is `Reset`.
-    pub error_kind: Option<io::ErrorKind>,
 }
 
 // === impl Half ===
@@ -233,17 +231,11 @@ where
         }
     }
 
-    /// Bytes moved so far: (client → server, server → client).
-    pub fn bytes(&self) -> (u64, u64) {
-        (self.up.bytes, self.down.bytes)
-    }
-
-    fn result(&self, outcome: Outcome, error_kind: Option<io::ErrorKind>) -> RelayResult {
+    fn result(&self, outcome: Outcome) -> RelayResult {
         RelayResult {
             up: self.up.bytes,
             down: self.down.bytes,
             outcome,
-            error_kind,
         }
     }
 }
@@ -262,27 +254,27 @@ where
         let mut scratch = [MaybeUninit::<u8>::uninit(); CHUNK];
 
         if !this.up.done() {
-            if let Poll::Ready(Err(e)) = this.up.poll_copy(
+            if let Poll::Ready(Err(_)) = this.up.poll_copy(
                 cx,
                 Pin::new(&mut this.client),
                 Pin::new(&mut this.server),
                 &mut scratch,
             ) {
-                return Poll::Ready(this.result(Outcome::Reset, Some(e.kind())));
+                return Poll::Ready(this.result(Outcome::Reset));
             }
         }
         if !this.down.done() {
-            if let Poll::Ready(Err(e)) = this.down.poll_copy(
+            if let Poll::Ready(Err(_)) = this.down.poll_copy(
                 cx,
                 Pin::new(&mut this.server),
                 Pin::new(&mut this.client),
                 &mut scratch,
             ) {
-                return Poll::Ready(this.result(Outcome::Reset, Some(e.kind())));
+                return Poll::Ready(this.result(Outcome::Reset));
             }
         }
         if this.up.done() && this.down.done() {
-            return Poll::Ready(this.result(Outcome::Ok, None));
+            return Poll::Ready(this.result(Outcome::Ok));
         }
 
         let now = Instant::now();
@@ -305,12 +297,12 @@ where
             let now = Instant::now();
             let idle_at = this.last_activity + this.timeouts.idle;
             if now >= idle_at {
-                return Poll::Ready(this.result(Outcome::IdleTimeout, None));
+                return Poll::Ready(this.result(Outcome::IdleTimeout));
             }
             let mut next = idle_at;
             if let Some(close_at) = this.close_deadline {
                 if now >= close_at {
-                    return Poll::Ready(this.result(Outcome::CloseTimeout, None));
+                    return Poll::Ready(this.result(Outcome::CloseTimeout));
                 }
                 next = next.min(close_at);
             }

@@ -705,8 +705,6 @@ pub struct TlsContext {
     anonymous: ClientConfig,
     authenticated: Option<ClientConfig>,
     sessions: Arc<dyn ClientSessionStore>,
-    /// The end-entity certificate found in `master_cert`, if any.
-    pub bundle_leaf: Option<CertSummary>,
     /// How many certificates `master_cert` holds (0 when the system roots are used).
     pub anchors: usize,
 }
@@ -725,6 +723,11 @@ impl fmt::Debug for TlsContext {
 impl TlsContext {
     pub fn new(config: &Config) -> Result<TlsContext, TrustError> {
         Self::build(&config.master, &config.tls)
+    }
+
+    /// The context `run` serves with: `None` when `security.tls.enabled` is false.
+    pub fn for_config(config: &Config) -> Result<Option<TlsContext>, TrustError> {
+        config.tls.enabled.then(|| Self::new(config)).transpose()
     }
 
     pub fn build(master: &MasterConfig, tls: &TlsSettings) -> Result<TlsContext, TrustError> {
@@ -794,7 +797,6 @@ impl TlsContext {
             anonymous,
             authenticated,
             sessions: Arc::new(SessionStore::new()),
-            bundle_leaf: bundle.as_deref().and_then(bundle_leaf),
             anchors: bundle.as_ref().map(|b| b.len()).unwrap_or(0),
         })
     }
@@ -810,7 +812,7 @@ impl TlsContext {
         alpn: &[Vec<u8>],
         present_client_cert: bool,
         resume: bool,
-    ) -> Result<Arc<ClientConfig>, TrustError> {
+    ) -> Arc<ClientConfig> {
         let mut cfg = match (&self.authenticated, present_client_cert) {
             (Some(auth), true) => auth.clone(),
             _ => self.anonymous.clone(),
@@ -821,7 +823,7 @@ impl TlsContext {
         } else {
             Resumption::disabled()
         };
-        Ok(Arc::new(cfg))
+        Arc::new(cfg)
     }
 }
 

@@ -315,13 +315,6 @@ impl<IO> Sniffed<IO> {
     pub fn first(&self) -> &[u8] {
         &self.first[..self.len as usize]
     }
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-    /// Bytes read from the socket and not yet taken by rustls (0 when idle).
-    pub fn buffered(&self) -> usize {
-        self.ahead.len()
-    }
 
     fn sniff(&mut self, new: &[u8]) {
         let at = self.len as usize;
