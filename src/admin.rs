@@ -175,7 +175,7 @@ pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketA
                 }
             };
             if let Some(nets) = &allowed {
-                if !nets.iter().any(|n| n.contains(&peer.ip())) {
+                if !crate::listen::client_allowed(nets, peer.ip()) {
                     tracing::debug!(client = %peer, "admin client not in admin.allowed_clients: closed");
                     continue;
                 }

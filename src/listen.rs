@@ -175,18 +175,19 @@ impl Bound {
     pub fn allows(&self, peer: &Peer) -> bool {
         match (peer, &self.allowed_clients) {
             (Peer::Unix, _) | (_, None) => true,
-            (Peer::Ip(a), Some(nets)) => {
-                let ip = match a.ip() {
-                    std::net::IpAddr::V6(v6) => v6
-                        .to_ipv4_mapped()
-                        .map(std::net::IpAddr::V4)
-                        .unwrap_or(a.ip()),
-                    v4 => v4,
-                };
-                nets.iter().any(|n| n.contains(&ip))
-            }
+            (Peer::Ip(a), Some(nets)) => client_allowed(nets, a.ip()),
         }
     }
+}
+
+/// Whether a client address is in `allowed_clients`. An IPv4 client of a dual-stack socket
+/// arrives as an IPv4-mapped IPv6 address and is judged as the IPv4 address it is.
+pub fn client_allowed(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 impl Drop for Bound {

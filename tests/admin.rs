@@ -588,6 +588,20 @@ fn admin_on_a_non_loopback_address_needs_allowed_clients() {
     );
 }
 
+#[test]
+fn a_dual_stack_admin_address_judges_ipv4_clients_as_ipv4() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let proxy = master
+        .cfg()
+        .extra(r#"admin: {listen: "[::]:0", allowed_clients: ["127.0.0.0/8"]}"#)
+        .start(dir.path());
+    // An IPv4 client of the [::] socket arrives as ::ffff:127.0.0.1.
+    let port = proxy.tcp_addr("admin").port();
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get(v4, "/healthz", None).status, 200);
+}
+
 // === Live reload from disk ===
 
 /// An echo master whose certificate can be changed between connections; it records which
