@@ -138,6 +138,13 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
 
 /// Runs the checks of `det-tls-proxy check` against `config`.
 pub async fn check(config: &Config) -> Report {
+    dial_and_report(config, true).await
+}
+
+/// One dial as `run` makes it, reported. With `explain`, as `check` prints it: a certificate
+/// failure fetches the chain unverified to show it, and a second dial tests resumption;
+/// `trust`, which only needs the verdict, skips both.
+async fn dial_and_report(config: &Config, explain: bool) -> Report {
     let mut r = Report {
         master: format!("{}:{}", config.master.host, config.master.port),
         master_port_source: config.master.port_source.clone(),
@@ -204,7 +211,7 @@ pub async fn check(config: &Config) -> Report {
         Ok(t) => t,
         Err(e) => {
             fail(&mut r, &e);
-            if matches!(&e, UpstreamError::Handshake { kind, .. } if kind.starts_with("cert_")) {
+            if explain && is_cert_failure(&e) {
                 if let Ok(chain) = fetch_chain(config).await {
                     r.chain = chain
                         .iter()
@@ -237,7 +244,7 @@ pub async fn check(config: &Config) -> Report {
     r.verified = !ctx.skip_verify;
     r.ok = true;
     if let Some(leaf) = r.chain.first() {
-        if leaf.days_left < 14 {
+        if leaf.days_left < crate::proxy::EXPIRY_WARNING.as_secs() as i64 / 86_400 {
             r.warnings.push(format!(
                 "the master's certificate expires in {} days",
                 leaf.days_left
@@ -245,6 +252,9 @@ pub async fn check(config: &Config) -> Report {
         }
     }
 
+    if !explain {
+        return r;
+    }
     // A second dial shows whether the master resumes sessions (it saves a handshake per
     // agent reconnect).
     if let Ok(d) = up.connect().await {
@@ -641,7 +651,7 @@ pub async fn trust(
             .unwrap_or_else(|| target.clone()),
     );
     verify_cfg.tls.skip_verify = false;
-    let report = check(&verify_cfg).await;
+    let report = dial_and_report(&verify_cfg, false).await;
     if !report.ok || report.error.is_some() {
         return Err(TrustCmdError::Failed(format!(
             "the chain does not verify as `run` would, so nothing was written: {}",
@@ -674,7 +684,7 @@ pub async fn trust(
     Ok(())
 }
 
-pub fn is_cert_failure(e: &UpstreamError) -> bool {
+fn is_cert_failure(e: &UpstreamError) -> bool {
     match e {
         UpstreamError::Handshake { kind, .. } => kind.starts_with("cert_"),
         _ => false,
