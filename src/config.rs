@@ -19,6 +19,16 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/determined/tls-proxy.yaml";
 /// The listener used when no layer names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SOURCE: &str = "default";
+/// Built-in values, used by the default layer and by validation when a layer sets a key to null.
+const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(10),
+    handshake: Duration::from_secs(10),
+    idle: Duration::from_secs(3600),
+    close: Duration::from_secs(60),
+    shutdown: Duration::from_secs(30),
+};
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_LOG_LEVEL: &str = "info";
 
 // === Errors ===
 
@@ -246,20 +256,20 @@ fn defaults() -> RawConfig {
             tls_passthrough: None,
         }]),
         timeouts: RawTimeouts {
-            connect: Some(HumanDuration(Duration::from_secs(10))),
-            handshake: Some(HumanDuration(Duration::from_secs(10))),
-            idle: Some(HumanDuration(Duration::from_secs(3600))),
-            close: Some(HumanDuration(Duration::from_secs(60))),
-            shutdown: Some(HumanDuration(Duration::from_secs(30))),
+            connect: Some(HumanDuration(DEFAULT_TIMEOUTS.connect)),
+            handshake: Some(HumanDuration(DEFAULT_TIMEOUTS.handshake)),
+            idle: Some(HumanDuration(DEFAULT_TIMEOUTS.idle)),
+            close: Some(HumanDuration(DEFAULT_TIMEOUTS.close)),
+            shutdown: Some(HumanDuration(DEFAULT_TIMEOUTS.shutdown)),
         },
-        max_connections: Some(10_000),
+        max_connections: Some(DEFAULT_MAX_CONNECTIONS),
         admin: RawAdmin::default(),
         tls: RawTlsOptions {
             post_quantum: Some(true),
         },
         log: RawLog {
             format: Some("text".into()),
-            level: Some("info".into()),
+            level: Some(DEFAULT_LOG_LEVEL.into()),
             access: Some(true),
         },
     }
@@ -998,14 +1008,17 @@ pub fn log_format_hint(vars: &[(String, String)], flags: &Overrides) -> Option<S
         .ok()
 }
 
-/// Loads and validates the configuration from this process's environment and the flags.
-pub fn load(flags: &Overrides, purpose: Purpose) -> Result<(Config, Loaded), ConfigErrors> {
-    let vars: Vec<(String, String)> = std::env::vars_os()
+/// This process's environment, as the layers read it (variables that are not UTF-8 are
+/// skipped).
+pub fn env_vars() -> Vec<(String, String)> {
+    std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let loaded = assemble(&vars, flags)?;
-    let config = validate(&loaded, purpose)?;
-    Ok((config, loaded))
+        .collect()
+}
+
+/// Loads and validates the configuration from this process's environment and the flags.
+pub fn load(flags: &Overrides, purpose: Purpose) -> Result<Config, ConfigErrors> {
+    validate(&assemble(&env_vars(), flags)?, purpose)
 }
 
 // === Validation ===
@@ -1386,14 +1399,13 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     }
 
     let tm = &raw.timeouts;
-    let d =
-        |v: Option<HumanDuration>, dflt: u64| v.map(|h| h.0).unwrap_or(Duration::from_secs(dflt));
+    let d = |v: Option<HumanDuration>, dflt: Duration| v.map_or(dflt, |h| h.0);
     let timeouts = Timeouts {
-        connect: d(tm.connect, 10),
-        handshake: d(tm.handshake, 10),
-        idle: d(tm.idle, 3600),
-        close: d(tm.close, 60),
-        shutdown: d(tm.shutdown, 30),
+        connect: d(tm.connect, DEFAULT_TIMEOUTS.connect),
+        handshake: d(tm.handshake, DEFAULT_TIMEOUTS.handshake),
+        idle: d(tm.idle, DEFAULT_TIMEOUTS.idle),
+        close: d(tm.close, DEFAULT_TIMEOUTS.close),
+        shutdown: d(tm.shutdown, DEFAULT_TIMEOUTS.shutdown),
     };
     for (k, v) in [
         ("timeouts.connect", timeouts.connect),
@@ -1406,7 +1418,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let max_connections = raw.max_connections.unwrap_or(10_000);
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         errors.push(err(
             "max_connections",
@@ -1484,7 +1496,11 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
             LogFormat::Text
         }
     };
-    let level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+    let level = raw
+        .log
+        .level
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         errors.push(err(
             "log.level",
@@ -1533,18 +1549,15 @@ pub fn describe(l: &Loaded, config: Option<&Config>) -> String {
     let value = Value::serialize(&l.raw).unwrap_or_else(|_| Value::from(Dict::new()));
     let mut rows = Vec::new();
     flatten("", &value, &mut rows);
+    // Rows come sorted (the raw value is a BTreeMap) and master_port is always one of them.
     for (key, v) in rows {
         if key == "master_port" {
+            // Its default depends on TLS, so the validated value tells it best.
+            push_port(&mut out, l, config);
             continue;
         }
         let json = serde_json::to_string(&v).unwrap_or_else(|_| "?".into());
         out.push_str(&format!("{key} = {json}  ({})\n", l.source_of(&key)));
-        if key == "master_host" {
-            push_port(&mut out, l, config);
-        }
-    }
-    if !out.contains("master_port =") {
-        push_port(&mut out, l, config);
     }
     out
 }

@@ -335,7 +335,7 @@ impl Server {
     }
 
     fn try_reload(&mut self) -> Result<(), String> {
-        let (config, _) = config::load(&self.flags, Purpose::Serve)
+        let config = config::load(&self.flags, Purpose::Serve)
             .map_err(|e| e.to_string().replace('\n', "; "))?;
         let watched = watch_list(&config);
         let tls = TlsContext::for_config(&config).map_err(|e| e.to_string())?;
@@ -550,7 +550,7 @@ fn spawn_status(tracker: TaskTracker, stop: CancellationToken) {
 
 /// `det-tls-proxy run`: the whole life of the serving process.
 pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
-    let (config, _loaded) = match config::load(&flags, Purpose::Serve) {
+    let config = match config::load(&flags, Purpose::Serve) {
         Ok(c) => c,
         Err(e) => {
             crate::logging::config_errors(&flags, &e);

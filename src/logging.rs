@@ -34,9 +34,7 @@ pub fn init(cfg: &LogConfig) {
 /// Prints configuration errors before logging is set up: as JSON lines when the (otherwise
 /// broken) configuration asks for JSON, so a log pipeline never sees a stray text line.
 pub fn config_errors(flags: &Overrides, errors: &ConfigErrors) {
-    let vars: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let vars = crate::config::env_vars();
     let json = crate::config::log_format_hint(&vars, flags).is_some_and(|f| f.trim() == "json");
     if !json {
         eprintln!("{errors}");

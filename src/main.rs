@@ -40,9 +40,7 @@ fn main() {
 }
 
 fn show_config(flags: &config::Overrides) -> i32 {
-    let vars: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let vars = config::env_vars();
     let loaded = match config::assemble(&vars, flags) {
         Ok(l) => l,
         Err(e) => {
@@ -71,7 +69,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn check(flags: &config::Overrides, json: bool) -> i32 {
-    let (config, _) = match config::load(flags, Purpose::Serve) {
+    let config = match config::load(flags, Purpose::Serve) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -95,7 +93,7 @@ fn check(flags: &config::Overrides, json: bool) -> i32 {
 }
 
 fn trust(flags: &config::Overrides, opts: TrustOptions) -> i32 {
-    let (config, _) = match config::load(flags, Purpose::Trust) {
+    let config = match config::load(flags, Purpose::Trust) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
