@@ -138,23 +138,13 @@ fn deny(bound: &Bound, peer: &listen::Peer, shared: &Shared) {
     shared.log_failure(&format!("deny:{name}:{ip}"), |n| {
         tracing::warn!(listener = %name, client = %peer_s, repeated = n, "client not in allowed_clients: closed");
     });
-    if state.config.log.access {
-        tracing::info!(
-            target: "access",
-            listener = %name,
-            client = %peer_s,
-            master = "",
-            sni = "",
-            alpn = "",
-            tls_version = "",
-            resumed = false,
-            bytes_up = 0u64,
-            bytes_down = 0u64,
-            duration_ms = 0u64,
-            outcome = "denied",
-            "connection"
-        );
-    }
+    shared.access_line(
+        &name,
+        peer,
+        &proxy::Record::default(),
+        Duration::ZERO,
+        "denied",
+    );
 }
 
 /// Files whose change triggers a reload.

@@ -185,9 +185,9 @@ impl Shared {
     /// most once a day when it expires within two weeks.
     pub fn saw_master_cert(&self, leaf: &CertSummary) {
         self.metrics.master_cert_expiry.set(leaf.not_after as f64);
-        let left = leaf.not_after - crate::diagnose::now_secs();
+        let now = crate::diagnose::now_secs();
+        let left = leaf.not_after - now;
         if left < EXPIRY_WARNING.as_secs() as i64 {
-            let now = crate::diagnose::now_secs();
             let last = self.expiry_warned.load(Ordering::Relaxed);
             if now - last >= 86_400
                 && self
@@ -203,6 +203,35 @@ impl Shared {
                 );
             }
         }
+    }
+
+    /// One access-log line for a finished or refused connection, when `log.access` is on.
+    pub fn access_line(
+        &self,
+        listener: &str,
+        client: &Peer,
+        rec: &Record,
+        took: Duration,
+        outcome: &str,
+    ) {
+        if !self.access_log.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::info!(
+            target: "access",
+            listener = %listener,
+            client = %client,
+            master = %rec.master,
+            sni = %rec.sni,
+            alpn = %rec.alpn,
+            tls_version = rec.tls_version,
+            resumed = rec.resumed,
+            bytes_up = rec.up,
+            bytes_down = rec.down,
+            duration_ms = took.as_millis() as u64,
+            outcome = outcome,
+            "connection"
+        );
     }
 
     /// Logs a failure unless the same cause was logged within the last minute; repeats are
@@ -237,7 +266,7 @@ impl Shared {
 
 /// What the access log records of a connection.
 #[derive(Debug, Default)]
-struct Record {
+pub struct Record {
     master: String,
     sni: String,
     alpn: String,
@@ -245,7 +274,6 @@ struct Record {
     resumed: bool,
     up: u64,
     down: u64,
-    outcome: &'static str,
 }
 
 struct ActiveGuard(prometheus_client::metrics::gauge::Gauge);
@@ -303,7 +331,6 @@ pub async fn handle(mut client: ClientStream, peer: Peer, listener: String, shar
         Ok(o) => o,
         Err(o) => o,
     };
-    rec.outcome = outcome;
     let counter = match outcome {
         "ok" => &policy.metrics.ok,
         "upstream_error" => &policy.metrics.upstream_error,
@@ -312,23 +339,7 @@ pub async fn handle(mut client: ClientStream, peer: Peer, listener: String, shar
         _ => &policy.metrics.error,
     };
     counter.inc();
-    if shared.access_log.load(Ordering::Relaxed) {
-        tracing::info!(
-            target: "access",
-            listener = %listener,
-            client = %peer,
-            master = %rec.master,
-            sni = %rec.sni,
-            alpn = %rec.alpn,
-            tls_version = rec.tls_version,
-            resumed = rec.resumed,
-            bytes_up = rec.up,
-            bytes_down = rec.down,
-            duration_ms = started.elapsed().as_millis() as u64,
-            outcome = outcome,
-            "connection"
-        );
-    }
+    shared.access_line(&listener, &peer, &rec, started.elapsed(), outcome);
 }
 
 async fn serve(
