@@ -110,10 +110,7 @@ impl Half {
             match self.state {
                 HalfState::Done => return Poll::Ready(Ok(())),
                 HalfState::ShuttingDown => {
-                    if self.need_flush {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.need_flush = false;
-                    }
+                    ready!(flush_if_needed(writer.as_mut(), cx, &mut self.need_flush))?;
                     // The peer may already be gone; its half is over either way.
                     match ready!(writer.as_mut().poll_shutdown(cx)) {
                         Ok(()) => {}
@@ -126,16 +123,13 @@ impl Half {
                 HalfState::Copying => {}
             }
 
-            while self.pending_pos < self.pending.len() {
-                let n = ready!(writer
-                    .as_mut()
-                    .poll_write(cx, &self.pending[self.pending_pos..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pending_pos += n;
-                self.need_flush = true;
-            }
+            ready!(write_from(
+                writer.as_mut(),
+                cx,
+                &self.pending,
+                &mut self.pending_pos,
+                &mut self.need_flush
+            ))?;
             if !self.pending.is_empty() {
                 // Give the memory back: a connection that goes idle holds no buffer.
                 self.pending = Vec::new();
@@ -145,10 +139,7 @@ impl Half {
             let mut buf = ReadBuf::uninit(scratch);
             match reader.as_mut().poll_read(cx, &mut buf) {
                 Poll::Pending => {
-                    if self.need_flush {
-                        ready!(writer.as_mut().poll_flush(cx))?;
-                        self.need_flush = false;
-                    }
+                    ready!(flush_if_needed(writer.as_mut(), cx, &mut self.need_flush))?;
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -163,27 +154,49 @@ impl Half {
                     }
                     self.bytes += data.len() as u64;
                     let mut off = 0;
-                    while off < data.len() {
-                        match writer.as_mut().poll_write(cx, &data[off..]) {
-                            Poll::Ready(Ok(0)) => {
-                                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-                            }
-                            Poll::Ready(Ok(n)) => {
-                                off += n;
-                                self.need_flush = true;
-                            }
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                            Poll::Pending => {
-                                self.pending = data[off..].to_vec();
-                                self.pending_pos = 0;
-                                return Poll::Pending;
-                            }
-                        }
+                    if write_from(writer.as_mut(), cx, data, &mut off, &mut self.need_flush)?
+                        .is_pending()
+                    {
+                        self.pending = data[off..].to_vec();
+                        self.pending_pos = 0;
+                        return Poll::Pending;
                     }
                 }
             }
         }
     }
+}
+
+/// Writes `data[*off..]` until it is all taken (`Ready(Ok)`), the writer is full (`Pending`,
+/// with `*off` at the first byte not taken) or fails.
+fn write_from<W: AsyncWrite + ?Sized>(
+    mut writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    data: &[u8],
+    off: &mut usize,
+    need_flush: &mut bool,
+) -> Poll<io::Result<()>> {
+    while *off < data.len() {
+        let n = ready!(writer.as_mut().poll_write(cx, &data[*off..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *off += n;
+        *need_flush = true;
+    }
+    Poll::Ready(Ok(()))
+}
+
+fn flush_if_needed<W: AsyncWrite + ?Sized>(
+    writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    need_flush: &mut bool,
+) -> Poll<io::Result<()>> {
+    if *need_flush {
+        ready!(writer.poll_flush(cx))?;
+        *need_flush = false;
+    }
+    Poll::Ready(Ok(()))
 }
 
 fn is_disconnect(e: &io::Error) -> bool {
