@@ -75,18 +75,13 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-fn trust_source(tls: &TlsSettings, ctx: Option<&TlsContext>) -> String {
+fn trust_source(tls: &TlsSettings, anchors: usize) -> String {
     match (tls.skip_verify, &tls.master_cert) {
         (true, _) => "NOTHING IS VERIFIED (security.tls.skip_verify)".into(),
         (false, Some(p)) => format!(
-            "security.tls.master_cert {} ({} certificate{}; replaces the system roots)",
+            "security.tls.master_cert {} ({anchors} certificate{}; replaces the system roots)",
             p.display(),
-            ctx.map(|c| c.anchors).unwrap_or(0),
-            if ctx.map(|c| c.anchors).unwrap_or(0) == 1 {
-                ""
-            } else {
-                "s"
-            }
+            if anchors == 1 { "" } else { "s" }
         ),
         (false, None) => "system roots".into(),
     }
@@ -106,14 +101,14 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
     // (`trust` is about to write it) simply offers no name to substitute.
     let mut tls = config.tls.clone();
     tls.skip_verify = true;
-    if tls
-        .master_cert
-        .as_ref()
-        .is_some_and(|p| crate::trust::load_certs(p).is_err())
-    {
-        tls.master_cert = None;
+    let ctx = match TlsContext::build(&config.master, &tls) {
+        Err(crate::trust::TrustError::MasterCert(_)) => {
+            tls.master_cert = None;
+            TlsContext::build(&config.master, &tls)
+        }
+        other => other,
     }
-    let ctx = TlsContext::build(&config.master, &tls).map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), false);
     let up = Upstream::for_config(config, Arc::new(SystemResolver));
     let dialed = up.connect().await.map_err(|e| e.to_string())?;
@@ -174,7 +169,7 @@ async fn dial_and_report(config: &Config, explain: bool) -> Report {
             return r;
         }
     };
-    r.trust = trust_source(&config.tls, Some(&ctx));
+    r.trust = trust_source(&config.tls, ctx.anchors);
     r.name = Some(ctx.name.name());
     r.name_reason = Some(ctx.name.reason.to_string());
     r.sni = ctx.name.sni();

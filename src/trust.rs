@@ -254,11 +254,16 @@ impl NameChoice {
         }
     }
     pub fn name(&self) -> String {
-        match &self.server_name {
-            ServerName::DnsName(d) => d.as_ref().to_string(),
-            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-            _ => String::new(),
-        }
+        server_name_text(&self.server_name).unwrap_or_default()
+    }
+}
+
+/// The DNS name or IP address a `ServerName` holds, as text.
+fn server_name_text(name: &ServerName<'_>) -> Option<String> {
+    match name {
+        ServerName::DnsName(d) => Some(d.as_ref().to_string()),
+        ServerName::IpAddress(ip) => Some(std::net::IpAddr::from(*ip).to_string()),
+        _ => None,
     }
 }
 
@@ -525,11 +530,7 @@ impl Diagnosing {
             .last()
             .and_then(|c| CertSummary::from_der(c))
             .or_else(|| leaf.clone());
-        let expected = match server_name {
-            ServerName::DnsName(d) => d.as_ref().to_string(),
-            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-            _ => "the master".to_string(),
-        };
+        let expected = server_name_text(server_name).unwrap_or_else(|| "the master".into());
         let failure = CertFailure {
             kind: classify(&cause),
             cause,
