@@ -15,7 +15,7 @@ use crate::config::{AlpnPolicy, Config, ListenerConfig};
 use crate::diagnose::CertSummary;
 use crate::listen::{ClientStream, Peer};
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::relay::{Outcome, Relay, RelayResult, RelayTimeouts};
+use crate::relay::{Relay, RelayResult, RelayTimeouts};
 use crate::trust::{TlsContext, TrustError};
 use crate::upstream::{version_name, Resolve, Upstream, UpstreamError};
 
@@ -323,13 +323,9 @@ pub async fn handle(mut client: ClientStream, peer: Peer, listener: String, shar
     let _active = ActiveGuard(policy.metrics.active.clone());
     let mut rec = Record::default();
 
-    let result = tokio::select! {
+    let outcome = tokio::select! {
         r = serve(&mut client, &state, &policy, &shared, &peer, &mut rec) => r,
-        _ = shared.force_close.cancelled() => Err("shutdown"),
-    };
-    let outcome = match result {
-        Ok(o) => o,
-        Err(o) => o,
+        _ = shared.force_close.cancelled() => "shutdown",
     };
     let counter = match outcome {
         "ok" => &policy.metrics.ok,
@@ -349,11 +345,11 @@ async fn serve(
     shared: &Shared,
     peer: &Peer,
     rec: &mut Record,
-) -> Result<&'static str, &'static str> {
+) -> &'static str {
     let (first, n) = match first_bytes(client, policy).await {
         Ok(Some(x)) => x,
-        Ok(None) => return Ok("client_closed_early"),
-        Err(_) => return Err("reset"),
+        Ok(None) => return "client_closed_early",
+        Err(_) => return "reset",
     };
     let first = &first[..n];
     let passthrough = policy.config.tls_passthrough && first.first() == Some(&0x16);
@@ -362,7 +358,7 @@ async fn serve(
         Ok(d) => d,
         Err(e) => {
             upstream_failed(shared, policy, peer, &e);
-            return Err("upstream_error");
+            return "upstream_error";
         }
     };
     shared
@@ -392,7 +388,7 @@ async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     upstream_failed(shared, policy, peer, &e);
-                    return Err("upstream_error");
+                    return "upstream_error";
                 }
             };
             shared
@@ -433,24 +429,19 @@ async fn finish<S>(
     timeouts: RelayTimeouts,
     policy: &ListenerPolicy,
     rec: &mut Record,
-) -> Result<&'static str, &'static str>
+) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if !first.is_empty() && server.write_all(first).await.is_err() {
-        return Err("reset");
+        return "reset";
     }
-    let RelayResult {
-        up, down, outcome, ..
-    } = Relay::new(&mut *client, &mut *server, timeouts).await;
+    let RelayResult { up, down, outcome } = Relay::new(&mut *client, &mut *server, timeouts).await;
     rec.up = up + first.len() as u64;
     rec.down = down;
     policy.metrics.up.inc_by(rec.up);
     policy.metrics.down.inc_by(rec.down);
-    match outcome {
-        Outcome::Ok => Ok("ok"),
-        o => Err(o.as_str()),
-    }
+    outcome.as_str()
 }
 
 fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, peer: &Peer, e: &UpstreamError) {
