@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::Value;
@@ -269,41 +268,7 @@ fn assert_families(s: &Scrape) {
 
 /// A leaf for det-master and 127.0.0.1 expiring on a date of our choosing.
 fn leaf_expiring(ca: &Ca, y: i32, m: u8, d: u8) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(vec!["det-master".to_string(), "127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "det-master");
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    p.not_after = rcgen::date_time_ymd(y, m, d);
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    Leaf { cert, key }
-}
-
-/// Replaces a file the way operators and tools do: write aside, rename over.
-fn replace(path: &Path, contents: &str) {
-    let tmp = path.with_extension("swap");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn relays(addr: SocketAddr, data: &[u8]) -> SocketAddr {
-    let mut c = connect(addr);
-    let local = c.local_addr().unwrap();
-    assert_eq!(roundtrip(&mut c, data), data);
-    finish(&mut c);
-    local
-}
-
-/// A client the proxy turns away: its connection closes with nothing relayed.
-fn refused(addr: SocketAddr) -> SocketAddr {
-    let mut c = connect(addr);
-    let local = c.local_addr().unwrap();
-    let _ = c.write_all(b"ping");
-    let got = read_until_closed(&mut c, Duration::from_secs(10));
-    assert!(got.is_empty(), "relayed: {got:?}");
-    local
+    leaf_valid(ca, &["det-master", "127.0.0.1"], (2020, 1, 1), (y, m, d))
 }
 
 fn is_reloaded(v: &Value) -> bool {
@@ -480,7 +445,7 @@ fn metrics_have_every_family_and_counters_move() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let client = refused(main);
+    let client = refused(main, Duration::from_secs(10));
     assert_eq!(proxy.access_line(client)["outcome"], "upstream_error");
     let s = scrape(admin);
     assert_eq!(
@@ -623,15 +588,6 @@ impl ResolvesServerCert for Current {
     }
 }
 
-fn certified(leaf: &Leaf) -> Arc<CertifiedKey> {
-    let provider = common::server::provider();
-    let key = provider
-        .key_provider
-        .load_private_key(leaf.key_der())
-        .unwrap();
-    Arc::new(CertifiedKey::new(vec![leaf.der()], key))
-}
-
 impl Rotating {
     fn start(label: &str, leaf: &Leaf) -> Rotating {
         let current = Arc::new(Mutex::new((label.to_string(), certified(leaf))));
@@ -733,7 +689,7 @@ fn rotating_master_cert_to_a_new_ca_on_disk_keeps_open_connections() {
         "new",
         &ca2.server("det-master", &["det-master", "127.0.0.1"]),
     );
-    refused(main);
+    refused(main, Duration::from_secs(10));
 
     // The new CA lands on disk; no signal.
     replace(&ca_pem, &ca2.pem());

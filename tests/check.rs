@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::proxy::Exited;
 use common::*;
-use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rcgen::{CertificateParams, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -58,29 +58,6 @@ fn line<'a>(out: &'a Exited, prefix: &str) -> &'a str {
         .lines()
         .find(|l| l.trim_start().starts_with(prefix))
         .unwrap_or_else(|| panic!("no line starting with {prefix:?}:\n{out}"))
-}
-
-/// SHA-256 of DER bytes as `check` prints it: lowercase hex pairs joined by ':'.
-fn fingerprint(der: &[u8]) -> String {
-    sha256(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A server leaf signed by `ca` with the validity given as (year, month, day) pairs.
-fn leaf_valid(ca: &Ca, sans: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> Leaf {
-    let key = KeyPair::generate().expect("key");
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "det-master");
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-    p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("leaf");
-    Leaf { cert, key }
 }
 
 /// A server for `leaf` (sent alone), and a config that trusts `trusted` for it at 127.0.0.1.

@@ -5,15 +5,17 @@
 //! on paths and ports; and deploy/validate.sh passes (and catches a typo) when its tools
 //! are installed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::tempdir;
 use figment::providers::{Format, Yaml};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
 
 /// The examples that are proxy configs (tls-proxy.yaml), and those that are agent configs.
 const PROXY_EXAMPLES: &[&str] = &["agent-host.yaml", "sidecar.yaml"];
@@ -77,29 +79,9 @@ fn yaml_str(text: &str) -> Value {
         .unwrap_or_else(|e| panic!("not valid YAML: {e}\n{text}"))
 }
 
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("dtp-deploy-")
-        .tempdir()
-        .expect("tempdir")
-}
-
-/// The proxy binary with none of the test's own DET_*/RUST_LOG variables.
+/// The proxy binary with none of the test's own DET_*/RUST_LOG/systemd/proxy variables.
 fn proxy() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (k, _) in std::env::vars_os() {
-        if let Some(k) = k.to_str() {
-            if k.starts_with("DET_")
-                || k.starts_with("LISTEN_")
-                || k == "RUST_LOG"
-                || k == "NOTIFY_SOCKET"
-            {
-                cmd.env_remove(k);
-            }
-        }
-    }
-    cmd.stdin(Stdio::null());
-    cmd
+    common::command()
 }
 
 fn show(out: &Output) -> String {

@@ -148,15 +148,6 @@ impl ResolvesServerCert for Current {
     }
 }
 
-fn certified(leaf: &Leaf) -> Arc<CertifiedKey> {
-    let provider = common::server::provider();
-    let key = provider
-        .key_provider
-        .load_private_key(leaf.key_der())
-        .unwrap();
-    Arc::new(CertifiedKey::new(vec![leaf.der()], key))
-}
-
 /// A TLS server that only handshakes (every handshake here is expected to fail on the
 /// proxy's side), presenting whatever certificate is current.
 struct Switching {
@@ -199,19 +190,6 @@ fn handshake_only(mut tcp: TcpStream, config: Arc<rustls::ServerConfig>) {
             return;
         }
     }
-}
-
-fn leaf_valid(ca: &Ca, sans: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "det-master");
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-    p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    Leaf { cert, key }
 }
 
 #[test]

@@ -48,59 +48,6 @@ fn limit_leaving(open: &[i64], free: usize) -> usize {
         .unwrap()
 }
 
-/// utime + stime of a process, in clock ticks (USER_HZ, 100 per second on Linux).
-fn cpu_ticks(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-/// Polls `f` every 20 ms until it returns true or `timeout` passes; returns whether it did.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-// === Metrics ===
-
-fn scrape(admin: &str) -> String {
-    let mut s = TcpStream::connect(admin).expect("connect to admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default()
-}
-
-/// The sum of every sample of `name` carrying all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let base = series.split('{').next().unwrap_or("");
-            base == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
-}
-
 fn admin_yaml() -> &'static str {
     "admin: {listen: \"127.0.0.1:0\"}"
 }
@@ -389,12 +336,6 @@ fn time_to_close(addr: SocketAddr, request: &[u8], within: Duration) -> Duration
     t.elapsed()
 }
 
-fn echo_ok(addr: SocketAddr, msg: &[u8]) {
-    let mut c = connect(addr);
-    assert_eq!(roundtrip(&mut c, msg), msg);
-    finish(&mut c);
-}
-
 /// Checks a byte stream against the pattern with `seed`, however it is chunked.
 struct PatternCheck {
     p: Pattern,
@@ -475,7 +416,7 @@ fn master_down_at_start_clients_closed_within_connect_timeout_then_next_client_s
     let refused = time_to_close(addr, b"hello refused", Duration::from_secs(2));
     assert!(refused < Duration::from_secs(1), "refused took {refused:?}");
 
-    let m = scrape(&admin);
+    let m = scrape_text(&admin);
     assert_eq!(
         metric(
             &m,
@@ -510,7 +451,7 @@ fn master_down_at_start_clients_closed_within_connect_timeout_then_next_client_s
         &cert,
         Script::Echo,
     );
-    echo_ok(addr, b"the master is up");
+    relays(addr, b"the master is up");
     assert_eq!(master.seen(|s| s.handshakes), 1);
     figure(format!(
         "master_down_at_start: timeouts.connect=1s black-hole close after {:?}..{:?}; refused close after {refused:?}; next client after master up: served at first try",
@@ -594,7 +535,7 @@ fn master_restart_mid_stream_ends_clients_cleanly_and_new_clients_work() {
         &cert,
         Script::Echo,
     );
-    echo_ok(addr, b"after restart");
+    relays(addr, b"after restart");
     assert_eq!(master.seen(|s| s.handshakes), 1);
     figure(format!(
         "master_restart: idle client EOF after {idle_closed:?}, busy client closed after {busy_closed:?} ({} MiB intact before), new client served after restart",
@@ -631,7 +572,7 @@ fn black_hole_master_closes_client_at_handshake_timeout_others_unaffected() {
     let mut others = Vec::new();
     for i in 0..5 {
         let t = Instant::now();
-        echo_ok(addr, format!("other {i}").as_bytes());
+        relays(addr, format!("other {i}").as_bytes());
         others.push(t.elapsed());
     }
     let others_max = *others.iter().max().unwrap();
@@ -652,7 +593,7 @@ fn black_hole_master_closes_client_at_handshake_timeout_others_unaffected() {
             "black-holed client closed after {w:?} (timeouts.handshake 2s): {waited:?}"
         );
     }
-    let m = scrape(&admin);
+    let m = scrape_text(&admin);
     assert_eq!(
         metric(
             &m,
@@ -752,7 +693,7 @@ fn master_speaking_garbage_fails_handshake_within_timeout() {
             took <= Duration::from_secs(3),
             "{what}: closed after {took:?}"
         );
-        let m = scrape(&proxy.listener_addr("admin"));
+        let m = scrape_text(&proxy.listener_addr("admin"));
         let expect_kind = if kind.is_empty() {
             "handshake_timeout"
         } else {
@@ -988,9 +929,9 @@ fn client_resets_mid_transfer_1000_times_leak_nothing() {
     let admin = proxy.listener_addr("admin");
     let pid = proxy.pid().as_raw();
 
-    echo_ok(addr, b"warm up");
+    relays(addr, b"warm up");
     master.server.finished(1);
-    let _ = scrape(&admin);
+    let _ = scrape_text(&admin);
     // Settle: the admin connection and the warm-up are over.
     let mut fds_before = fd_count(pid);
     eventually(Duration::from_secs(2), || {
@@ -1040,7 +981,7 @@ fn client_resets_mid_transfer_1000_times_leak_nothing() {
         settled,
         "proxy fds: {fds_before} before, {fds_after} after {N} client resets"
     );
-    let m = scrape(&admin);
+    let m = scrape_text(&admin);
     assert_eq!(
         metric(
             &m,
@@ -1067,7 +1008,7 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
     let proxy = master.cfg().start(dir.path());
     let addr = proxy.tcp_addr("main");
     let pid = proxy.pid().as_raw();
-    echo_ok(addr, b"warm up");
+    relays(addr, b"warm up");
     master.server.finished(1);
     std::thread::sleep(Duration::from_millis(200));
 
@@ -1140,7 +1081,7 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
     for mut c in held {
         finish(&mut c);
     }
-    echo_ok(addr, b"after");
+    relays(addr, b"after");
     figure(format!(
         "fd_exhaustion: RLIMIT_NOFILE={limit} ({base} at rest + {HELD} relays); CPU while exhausted {cpu} ticks ({} ms) in {window:?}; waiting client served {resumed_after:?} after one relay ended",
         cpu * 10

@@ -6,20 +6,22 @@
 //! verify, and which the proxy handles by taking the name from master_cert. Every record must
 //! arrive intact, in order, on one upstream connection, and every response must come back.
 //!
-//! Self-contained: the helpers live in `support` below.
+//! The master (a hyper HTTP/1.1 server) lives in `support` below; the proxy process and the
+//! rest come from tests/common.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use support::{field, Master, Proc};
+use common::{certs, field, tempdir, Proxy, IO_TIMEOUT};
+use support::Master;
 
 mod support {
-    use std::io::{BufRead, BufReader};
     use std::net::{SocketAddr, TcpListener as StdListener};
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
     use std::sync::{Arc, Condvar, Mutex};
     use std::time::{Duration, Instant};
 
@@ -29,20 +31,6 @@ mod support {
     use hyper_util::rt::TokioIo;
     use rcgen::{CertificateParams, DnType, IsCa, KeyPair};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    use serde_json::Value;
-
-    pub const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
-
-    pub fn tempdir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("dtp-fluent-")
-            .tempdir()
-            .expect("tempdir")
-    }
-
-    pub fn field<'a>(v: &'a Value, key: &str) -> &'a str {
-        v[key].as_str().unwrap_or("")
-    }
 
     // === The master: a TLS HTTP/1.1 server ===
 
@@ -220,138 +208,9 @@ mod support {
             }
         }
     }
-
-    // === The proxy process ===
-
-    #[derive(Default)]
-    struct Log {
-        lines: Vec<String>,
-        closed: bool,
-    }
-
-    /// The proxy, its stderr collected line by line; killed on drop, its stderr printed
-    /// if the test failed.
-    pub struct Proc {
-        child: Child,
-        log: Arc<(Mutex<Log>, Condvar)>,
-    }
-
-    impl Proc {
-        /// `det-tls-proxy run --config <config>` with a clean environment, waiting for "ready".
-        pub fn start(config: &Path) -> Proc {
-            let mut cmd = Command::new(BIN);
-            for (k, _) in std::env::vars_os() {
-                if let Some(k) = k.to_str() {
-                    if k.starts_with("DET_")
-                        || k.starts_with("LISTEN_")
-                        || k.starts_with("WATCHDOG_")
-                    {
-                        cmd.env_remove(k);
-                    }
-                }
-            }
-            for k in [
-                "RUST_LOG",
-                "NOTIFY_SOCKET",
-                "HTTPS_PROXY",
-                "https_proxy",
-                "HTTP_PROXY",
-                "http_proxy",
-                "ALL_PROXY",
-                "all_proxy",
-            ] {
-                cmd.env_remove(k);
-            }
-            cmd.arg("run").arg("--config").arg(config);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut child = cmd.spawn().expect("spawn det-tls-proxy");
-            let err = child.stderr.take().unwrap();
-            let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
-            let l = log.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(err);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            l.0.lock()
-                                .unwrap()
-                                .lines
-                                .push(String::from_utf8_lossy(&buf).trim_end().to_string());
-                            l.1.notify_all();
-                        }
-                    }
-                }
-                l.0.lock().unwrap().closed = true;
-                l.1.notify_all();
-            });
-            let p = Proc { child, log };
-            p.wait_json("the \"ready\" line", Duration::from_secs(15), |v| {
-                field(v, "message") == "ready"
-            });
-            p
-        }
-
-        pub fn stderr(&self) -> String {
-            self.log.0.lock().unwrap().lines.join("\n")
-        }
-
-        /// Waits for a JSON log line matching `pred`; panics with the log on timeout or exit.
-        pub fn wait_json(
-            &self,
-            what: &str,
-            timeout: Duration,
-            pred: impl Fn(&Value) -> bool,
-        ) -> Value {
-            let deadline = Instant::now() + timeout;
-            let mut seen = 0;
-            let mut st = self.log.0.lock().unwrap();
-            loop {
-                for line in &st.lines[seen..] {
-                    if let Ok(v) = serde_json::from_str::<Value>(line) {
-                        if v.is_object() && pred(&v) {
-                            return v;
-                        }
-                    }
-                }
-                seen = st.lines.len();
-                let now = Instant::now();
-                if st.closed || now >= deadline {
-                    let log = st.lines.join("\n");
-                    drop(st);
-                    panic!("no {what} within {timeout:?} (or the proxy exited); stderr:\n{log}");
-                }
-                st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
-            }
-        }
-
-        /// The address of listener `name`, from its "listening" line.
-        pub fn listening(&self, name: &str) -> String {
-            let v = self.wait_json(&format!("listener {name}"), Duration::from_secs(5), |v| {
-                field(v, "message") == "listening" && field(v, "listener") == name
-            });
-            field(&v, "addr").to_string()
-        }
-    }
-
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            if std::thread::panicking() {
-                eprintln!("--- proxy stderr ---\n{}", self.stderr());
-            }
-        }
-    }
 }
 
 // === A client that writes what Fluent Bit's http output writes ===
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One keep-alive connection, counting the bytes each way.
 struct Shipper<S: Read + Write> {
@@ -470,17 +329,15 @@ fn batch(n: usize, first: usize, pad: usize) -> Vec<u8> {
 }
 
 fn proxy_config(dir: &std::path::Path, master: &Master, listeners: &str) -> std::path::PathBuf {
-    let p = dir.join("proxy.yaml");
-    std::fs::write(
-        &p,
-        format!(
+    certs::write(
+        dir,
+        "proxy.yaml",
+        &format!(
             "master_host: 127.0.0.1\nmaster_port: {}\nsecurity:\n  tls:\n    master_cert: {}\nlisteners:\n{listeners}log:\n  format: json\n",
             master.addr.port(),
             master.cert_pem.display()
         ),
     )
-    .unwrap();
-    p
 }
 
 /// Sends `batches` over one connection and checks each response.
@@ -515,20 +372,20 @@ fn fluent_batches() -> Vec<Vec<u8>> {
 
 #[test]
 fn fluent_bit_batches_reach_a_master_addressed_by_ip_with_a_dns_only_certificate() {
-    let dir = support::tempdir();
+    let dir = tempdir();
     let master = Master::start(dir.path(), "det-master");
     let cfg = proxy_config(
         dir.path(),
         &master,
         "  - name: logs\n    listen: 127.0.0.1:0\n",
     );
-    let proxy = Proc::start(&cfg);
+    let proxy = Proxy::start(&cfg);
     // The substitution Determined asks operators to do by hand (master_cert_name), done
     // from master_cert.
-    proxy.wait_json("the name substitution line", Duration::from_secs(5), |v| {
+    proxy.wait_for("the name substitution line", Duration::from_secs(5), |v| {
         field(v, "message").contains("substituting") && field(v, "name") == "det-master"
     });
-    let addr = proxy.listening("logs");
+    let addr = proxy.listener_addr("logs");
 
     let stream = std::net::TcpStream::connect(&addr).expect("connect to the logs listener");
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -595,7 +452,7 @@ fn fluent_bit_batches_reach_a_master_addressed_by_ip_with_a_dns_only_certificate
             .sum::<usize>()
     );
 
-    let access = proxy.wait_json("the access line", Duration::from_secs(10), |v| {
+    let access = proxy.wait_for("the access line", Duration::from_secs(10), |v| {
         field(v, "message") == "connection" && field(v, "listener") == "logs"
     });
     assert_eq!(field(&access, "outcome"), "ok", "{access}");
@@ -608,7 +465,7 @@ fn fluent_bit_batches_reach_a_master_addressed_by_ip_with_a_dns_only_certificate
 /// example; two of them at once get a master connection each.
 #[test]
 fn shippers_on_the_unix_logs_listener_each_get_their_own_master_connection() {
-    let dir = support::tempdir();
+    let dir = tempdir();
     let master = Master::start(dir.path(), "det-master");
     let sock = dir.path().join("logs.sock");
     let cfg = proxy_config(
@@ -616,8 +473,11 @@ fn shippers_on_the_unix_logs_listener_each_get_their_own_master_connection() {
         &master,
         &format!("  - name: logs\n    listen: unix:{}\n", sock.display()),
     );
-    let proxy = Proc::start(&cfg);
-    assert_eq!(proxy.listening("logs"), format!("unix:{}", sock.display()));
+    let proxy = Proxy::start(&cfg);
+    assert_eq!(
+        proxy.listener_addr("logs"),
+        format!("unix:{}", sock.display())
+    );
 
     let open = || {
         let s =

@@ -51,24 +51,6 @@ fn socket_from(from: Option<&str>, to: SocketAddr) -> Option<TcpStream> {
     Some(s)
 }
 
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            series.split('{').next() == Some(name)
-                && labels
-                    .iter()
-                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
-}
-
-fn metrics(proxy: &Proxy) -> String {
-    http_get(&proxy.listener_addr("admin"), None, "/metrics").expect("metrics")
-}
-
 // === allowed_clients ===
 
 #[test]
@@ -103,7 +85,7 @@ fn clients_outside_allowed_clients_closed_at_accept_counted_and_never_reach_mast
         Duration::from_secs(5),
         |v| is_access(v) && v["outcome"] == "denied",
     );
-    let m = metrics(&proxy);
+    let m = scrape_text(&proxy.listener_addr("admin"));
     assert_eq!(
         metric(
             &m,
@@ -334,7 +316,7 @@ fn no_key_material_and_no_payload_bytes_in_any_log_line() {
     let _ = c.write_all(canary.as_bytes());
     let _ = read_until_closed(&mut c, Duration::from_secs(5));
     // Scraped, then stopped: every line it will ever write is in.
-    let _ = metrics(&proxy);
+    let _ = scrape_text(&proxy.listener_addr("admin"));
     proxy.wait_for_nth("four access lines", 4, Duration::from_secs(10), is_access);
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(
@@ -389,7 +371,7 @@ fn skip_verify_is_warned_exposed_as_metric_and_reported_by_check() {
         .find(|v| v["level"] == "WARN" && field(v, "message").contains("skip_verify"))
         .expect("a start-up warning about skip_verify");
     assert!(field(&warn, "message").contains("NOT verified"), "{warn}");
-    let m = metrics(&proxy);
+    let m = scrape_text(&proxy.listener_addr("admin"));
     assert_eq!(metric(&m, "det_tls_proxy_skip_verify", &[]), 1.0, "{m}");
 
     let mut cmd = command();

@@ -29,27 +29,6 @@ fn count_from_env(var: &str, default: usize) -> usize {
 
 // === Process probes ===
 
-fn cpu_secs(pid: i32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (n(11) + n(12)) as f64 / 100.0
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (children started
 /// afterwards, the proxy among them, inherit it); returns the new limit.
 fn raise_nofile() -> u64 {

@@ -10,15 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// One echo exchange through the proxy; returns the client's local address.
-fn assert_relays(addr: SocketAddr) -> SocketAddr {
-    let mut c = connect(addr);
-    let local = c.local_addr().unwrap();
-    assert_eq!(roundtrip(&mut c, b"hello master\n"), b"hello master\n");
-    finish(&mut c);
-    local
-}
-
 /// A client whose master cannot be verified: it gets no bytes and is closed promptly.
 /// Returns the proxy's "upstream failed" line.
 fn assert_refused(proxy: &Proxy, addr: SocketAddr) -> Value {
@@ -55,7 +46,7 @@ fn override_name_is_sni_and_verified_name_for_dns_host() {
         .master_cert(&ca_pem)
         .tls("master_cert_name", "det-master")
         .start(dir.path());
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(server.handshake(1).sni.as_deref(), Some("det-master"));
     assert_eq!(proxy.access_line(client)["sni"], "det-master");
 }
@@ -71,7 +62,7 @@ fn override_name_is_sni_and_verified_name_for_ip_host() {
         .master_cert(&ca_pem)
         .tls("master_cert_name", "det-master")
         .start(dir.path());
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(server.handshake(1).sni.as_deref(), Some("det-master"));
     let access = proxy.access_line(client);
     assert_eq!(access["sni"], "det-master");
@@ -91,7 +82,7 @@ fn dns_host_is_sni_and_verified_name() {
     let proxy = Cfg::new("localhost", server.port())
         .master_cert(&ca_pem)
         .start(dir.path());
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(server.handshake(1).sni.as_deref(), Some("localhost"));
     assert_eq!(proxy.access_line(client)["sni"], "localhost");
 }
@@ -107,7 +98,7 @@ fn ip_host_verified_against_ip_san_without_sni() {
     let proxy = Cfg::new("127.0.0.1", server.port())
         .master_cert(&ca_pem)
         .start(dir.path());
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(
         server.handshake(1).sni,
         None,
@@ -145,14 +136,14 @@ fn ip_host_with_dns_only_self_signed_cert_substitutes_first_dns_name() {
         .master_cert(&cert_pem)
         .start(dir.path());
     assert_substitution_logged(&proxy, "det-master.example");
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(
         server.handshake(1).sni.as_deref(),
         Some("det-master.example")
     );
     assert_eq!(proxy.access_line(client)["sni"], "det-master.example");
     // A second connection uses the same name (substitution is not re-logged).
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(
         server.handshake(2).sni.as_deref(),
         Some("det-master.example")
@@ -175,7 +166,7 @@ fn ip_host_with_leaf_and_ca_bundle_substitutes_leaf_dns_name() {
         .master_cert(&bundle)
         .start(dir.path());
     assert_substitution_logged(&proxy, "det-master.example");
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"hello master\n");
     assert_eq!(
         server.handshake(1).sni.as_deref(),
         Some("det-master.example")
@@ -294,7 +285,7 @@ fn skip_verify_accepts_unverifiable_master_and_warns_at_start() {
             "not a JSON line: {line}"
         );
     }
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"hello master\n");
     // Still TLS: the master completed a handshake.
     assert!(server.handshake(1).version.contains("TLS"));
 }

@@ -4,7 +4,10 @@
 //! STATUS= with the live connection count) on a NOTIFY_SOCKET the test owns; and a proxy
 //! started by `systemd-socket-activate` relays through the socket it inherits.
 //!
-//! Self-contained: the helpers live in `support` below.
+//! The notify-socket, master and process helpers live in `support` below; the rest come
+//! from tests/common.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use support::{field, EchoMaster, Pki, Proc, BIN};
+use common::proxy::{clean, BIN};
+use common::{certs, field, tempdir};
+use support::{EchoMaster, Pki, Proc};
 
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
 
 mod support {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Read};
     use std::net::{SocketAddr, TcpListener as StdListener};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,45 +38,7 @@ mod support {
     use serde_json::Value;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    pub const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
-
-    /// A command with none of the variables the proxy (or sd_notify) reads inherited from
-    /// the test's environment: each test states the whole environment it depends on.
-    pub fn clean(program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str() {
-                if k.starts_with("DET_") || k.starts_with("LISTEN_") || k.starts_with("WATCHDOG_") {
-                    cmd.env_remove(k);
-                }
-            }
-        }
-        for k in [
-            "RUST_LOG",
-            "NOTIFY_SOCKET",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd.stdin(Stdio::null());
-        cmd
-    }
-
-    pub fn tempdir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("dtp-systemd-")
-            .tempdir()
-            .expect("tempdir")
-    }
-
-    pub fn field<'a>(v: &'a Value, key: &str) -> &'a str {
-        v[key].as_str().unwrap_or("")
-    }
+    use super::common::field;
 
     // === Certificates ===
 
@@ -346,23 +313,6 @@ mod support {
         }
     }
 
-    /// A port that was free a moment ago (for tools that take a fixed port).
-    pub fn free_port() -> u16 {
-        StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    /// Writes a proxy config to `dir/name`.
-    pub fn write_config(dir: &Path, name: &str, yaml: &str) -> PathBuf {
-        let p = dir.join(name);
-        let mut f = std::fs::File::create(&p).expect("create config");
-        f.write_all(yaml.as_bytes()).expect("write config");
-        p
-    }
-
     /// Reads exactly `n` bytes, with a deadline.
     pub fn read_n(s: &mut impl Read, n: usize) -> Vec<u8> {
         let mut b = vec![0u8; n];
@@ -533,7 +483,7 @@ fn systemd_analyze_verify_accepts_both_units() {
         eprintln!("note: systemd-analyze is not installed (Debian package systemd); skipping the verify half of this test");
         return;
     }
-    let dir = support::tempdir();
+    let dir = tempdir();
     // verify insists ExecStart's binary exists: point the copy at the binary under test.
     let mut copies = Vec::new();
     for name in ["det-tls-proxy.service", "det-tls-proxy.socket"] {
@@ -640,7 +590,7 @@ fn unit_credential_overrides_the_imported_client_key() {
     let s = directives(&unit("det-tls-proxy.service"), "Service");
     let env = values(&s, "Environment");
     let (var, value) = env[0].split_once('=').expect("Environment=NAME=VALUE");
-    let dir = support::tempdir();
+    let dir = tempdir();
     let creds = dir.path().join("credentials");
     let value = value.replace("%d", &creds.to_string_lossy());
 
@@ -652,9 +602,9 @@ fn unit_credential_overrides_the_imported_client_key() {
             "/etc/determined/agent.tls.yaml",
             &agent_tls.to_string_lossy(),
         );
-    let cfg = support::write_config(dir.path(), "tls-proxy.yaml", &host);
+    let cfg = certs::write(dir.path(), "tls-proxy.yaml", &host);
 
-    let out = support::clean(BIN)
+    let out = clean(BIN)
         .arg("config")
         .arg("--config")
         .arg(&cfg)
@@ -686,10 +636,10 @@ fn unit_credential_overrides_the_imported_client_key() {
 
 #[test]
 fn notify_ready_watchdog_status_reload_and_stopping() {
-    let dir = support::tempdir();
+    let dir = tempdir();
     let pki = Pki::new(dir.path());
     let master = EchoMaster::start(&pki);
-    let cfg = support::write_config(
+    let cfg = certs::write(
         dir.path(),
         "proxy.yaml",
         &proxy_config(
@@ -703,7 +653,7 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
 
     // As systemd does: WATCHDOG_PID is the main process's pid. The shell's pid becomes
     // the proxy's with exec.
-    let mut cmd = support::clean("/bin/sh");
+    let mut cmd = clean("/bin/sh");
     cmd.arg("-c")
         .arg("WATCHDOG_PID=$$; export WATCHDOG_PID; exec \"$0\" \"$@\"")
         .arg(BIN)
@@ -777,10 +727,10 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
 #[test]
 
 fn notify_status_counts_live_connections() {
-    let dir = support::tempdir();
+    let dir = tempdir();
     let pki = Pki::new(dir.path());
     let master = EchoMaster::start(&pki);
-    let cfg = support::write_config(
+    let cfg = certs::write(
         dir.path(),
         "proxy.yaml",
         &proxy_config(
@@ -791,7 +741,7 @@ fn notify_status_counts_live_connections() {
     );
     let notify_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
-    let mut cmd = support::clean(BIN);
+    let mut cmd = clean(BIN);
     cmd.arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -839,9 +789,9 @@ fn notify_status_counts_live_connections() {
 /// watchdog is someone else's: READY=1 is still sent, pings are not.
 #[test]
 fn notify_without_watchdog_sends_ready_and_status_only() {
-    let dir = support::tempdir();
+    let dir = tempdir();
     let pki = Pki::new(dir.path());
-    let cfg = support::write_config(
+    let cfg = certs::write(
         dir.path(),
         "proxy.yaml",
         &proxy_config(
@@ -852,7 +802,7 @@ fn notify_without_watchdog_sends_ready_and_status_only() {
     );
     let notify_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
-    let mut cmd = support::clean(BIN);
+    let mut cmd = clean(BIN);
     cmd.arg("run")
         .arg("--config")
         .arg(&cfg)
@@ -886,8 +836,8 @@ fn notify_without_watchdog_sends_ready_and_status_only() {
 /// and waits until it listens. It picks a fixed port, so retry if another test took it.
 fn socket_activate(cfg: &Path) -> (Proc, u16) {
     for _ in 0..5 {
-        let port = support::free_port();
-        let mut cmd = support::clean("systemd-socket-activate");
+        let port = common::server::closed_port();
+        let mut cmd = clean("systemd-socket-activate");
         cmd.arg("-l")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--fdname=agent")
@@ -920,10 +870,10 @@ fn socket_activation_relays_through_the_inherited_socket() {
         );
         return;
     }
-    let dir = support::tempdir();
+    let dir = tempdir();
     let pki = Pki::new(dir.path());
     let master = EchoMaster::start(&pki);
-    let cfg = support::write_config(
+    let cfg = certs::write(
         dir.path(),
         "proxy.yaml",
         &proxy_config(
@@ -975,9 +925,9 @@ fn socket_activation_relays_through_the_inherited_socket() {
 /// error, named as such: exit 2, not a restart loop.
 #[test]
 fn systemd_listener_without_an_inherited_socket_exits_2() {
-    let dir = support::tempdir();
+    let dir = tempdir();
     let pki = Pki::new(dir.path());
-    let cfg = support::write_config(
+    let cfg = certs::write(
         dir.path(),
         "proxy.yaml",
         &proxy_config(
@@ -987,7 +937,7 @@ fn systemd_listener_without_an_inherited_socket_exits_2() {
         ),
     );
     let mut proxy = Proc::spawn({
-        let mut c = support::clean(BIN);
+        let mut c = clean(BIN);
         c.arg("run").arg("--config").arg(&cfg);
         c
     });

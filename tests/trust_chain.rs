@@ -5,18 +5,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-
-fn assert_relays(addr: SocketAddr) -> SocketAddr {
-    let mut c = connect(addr);
-    let local = c.local_addr().unwrap();
-    assert_eq!(roundtrip(&mut c, b"ping\n"), b"ping\n");
-    finish(&mut c);
-    local
-}
 
 /// Root → intermediate → leaf for `det-master`; the server sends leaf + intermediate.
 struct Chain {
@@ -51,7 +42,7 @@ fn full_chain_bundle_leaf_intermediate_root() {
         .master_cert(&bundle)
         .tls("master_cert_name", "det-master")
         .start(dir.path());
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(server.handshake(1).sni.as_deref(), Some("det-master"));
 }
 
@@ -70,7 +61,7 @@ fn bundle_whose_root_is_not_the_first_certificate() {
         .master_cert(&bundle)
         .tls("master_cert_name", "det-master")
         .start(dir.path());
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
 }
 
 #[test]
@@ -82,7 +73,7 @@ fn root_only_bundle_verifies_served_intermediate() {
         .master_cert(&bundle)
         .tls("master_cert_name", "det-master")
         .start(dir.path());
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
 }
 
 struct Mtls {
@@ -121,7 +112,7 @@ fn mutual_tls_required_by_master() {
         .tls("client_cert", qp(&m.client_cert))
         .tls("client_key", qp(&m.client_key))
         .start(m.dir.path());
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
     assert!(m.master.server.handshake(1).client_cert);
 }
 
@@ -155,7 +146,7 @@ fn client_cert_presented_on_loopback_listener_not_on_bridge_listener() {
         .start(m.dir.path());
     let server = &m.master.server;
 
-    assert_relays(proxy.tcp_addr("agent"));
+    relays(proxy.tcp_addr("agent"), b"ping\n");
     assert!(
         server.handshake(1).client_cert,
         "agent listener: no client cert"
@@ -163,20 +154,20 @@ fn client_cert_presented_on_loopback_listener_not_on_bridge_listener() {
 
     // After the agent's session exists: a bridge client must neither present the
     // certificate nor resume a session that was authenticated with it.
-    assert_relays(proxy.tcp_addr("bridge"));
+    relays(proxy.tcp_addr("bridge"), b"ping\n");
     let hs = server.handshake(2);
     assert!(
         !hs.client_cert,
         "bridge listener borrowed the agent's identity: {hs:?}"
     );
 
-    assert_relays(proxy.tcp_addr("agent"));
+    relays(proxy.tcp_addr("agent"), b"ping\n");
     assert!(
         server.handshake(3).client_cert,
         "agent listener, second time"
     );
 
-    assert_relays(proxy.tcp_addr("bridge"));
+    relays(proxy.tcp_addr("bridge"), b"ping\n");
     let hs = server.handshake(4);
     assert!(!hs.client_cert, "bridge listener, second time: {hs:?}");
 }
@@ -195,12 +186,12 @@ fn present_client_cert_overrides_listener_default() {
         ])
         .start(m.dir.path());
     let server = &m.master.server;
-    assert_relays(proxy.tcp_addr("quiet"));
+    relays(proxy.tcp_addr("quiet"), b"ping\n");
     assert!(
         !server.handshake(1).client_cert,
         "present_client_cert: false ignored"
     );
-    assert_relays(proxy.tcp_addr("loud"));
+    relays(proxy.tcp_addr("loud"), b"ping\n");
     assert!(
         server.handshake(2).client_cert,
         "present_client_cert: true ignored"
@@ -212,7 +203,7 @@ fn tls12_only_master_works() {
     let dir = tempdir();
     let master = Master::start_with(dir.path(), |b| b.tls12_only());
     let proxy = master.cfg().start(dir.path());
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(master.server.handshake(1).version, "Some(TLSv1_2)");
     assert_eq!(proxy.access_line(client)["tls_version"], "TLSv1.2");
 }
@@ -222,7 +213,7 @@ fn tls13_only_master_works() {
     let dir = tempdir();
     let master = Master::start_with(dir.path(), |b| b.tls13_only());
     let proxy = master.cfg().start(dir.path());
-    let client = assert_relays(proxy.tcp_addr("main"));
+    let client = relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(master.server.handshake(1).version, "Some(TLSv1_3)");
     assert_eq!(proxy.access_line(client)["tls_version"], "TLSv1.3");
 }
@@ -232,9 +223,9 @@ fn second_connection_resumes_session() {
     let dir = tempdir();
     let master = Master::start(dir.path(), Behavior::Echo);
     let proxy = master.cfg().start(dir.path());
-    let first = assert_relays(proxy.tcp_addr("main"));
+    let first = relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(proxy.access_line(first)["resumed"], false);
-    let second = assert_relays(proxy.tcp_addr("main"));
+    let second = relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(proxy.access_line(second)["resumed"], true);
     assert!(master.server.handshake(2).resumed);
 }
@@ -244,8 +235,8 @@ fn tls12_second_connection_resumes_session() {
     let dir = tempdir();
     let master = Master::start_with(dir.path(), |b| b.tls12_only());
     let proxy = master.cfg().start(dir.path());
-    assert_relays(proxy.tcp_addr("main"));
-    let second = assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
+    let second = relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(proxy.access_line(second)["resumed"], true);
     assert!(master.server.handshake(2).resumed);
 }
@@ -261,8 +252,8 @@ fn session_cache_shared_by_listeners() {
             r#"{name: two, listen: "127.0.0.1:0"}"#,
         ])
         .start(dir.path());
-    assert_relays(proxy.tcp_addr("one"));
-    let second = assert_relays(proxy.tcp_addr("two"));
+    relays(proxy.tcp_addr("one"), b"ping\n");
+    let second = relays(proxy.tcp_addr("two"), b"ping\n");
     assert_eq!(proxy.access_line(second)["resumed"], true);
     assert!(master.server.handshake(2).resumed);
 }
@@ -292,7 +283,7 @@ fn post_quantum_hybrid_offered_by_default() {
     let dir = tempdir();
     let master = Master::start_with(dir.path(), |b| b.tls13_only());
     let proxy = master.cfg().start(dir.path());
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
     assert_eq!(master.server.handshake(1).kx, "X25519MLKEM768");
 }
 
@@ -304,7 +295,7 @@ fn post_quantum_false_uses_classic_groups_only() {
         .cfg()
         .extra("tls: {post_quantum: false}")
         .start(dir.path());
-    assert_relays(proxy.tcp_addr("main"));
+    relays(proxy.tcp_addr("main"), b"ping\n");
     let kx = master.server.handshake(1).kx;
     assert!(
         !kx.contains("MLKEM"),

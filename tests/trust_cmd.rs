@@ -34,14 +34,6 @@ fn check(config: &Path) -> Exited {
     run(cmd)
 }
 
-fn fingerprint(der: &[u8]) -> String {
-    sha256(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The fingerprint `trust` printed for the leaf.
 fn printed_fingerprint(out: &Exited) -> String {
     out.stdout
@@ -97,12 +89,6 @@ fn setup(dir: &Path) -> Setup {
     }
 }
 
-fn assert_relays(proxy: &Proxy) {
-    let mut c = connect(proxy.tcp_addr("main"));
-    assert_eq!(roundtrip(&mut c, b"trusted now"), b"trusted now");
-    finish(&mut c);
-}
-
 #[test]
 fn matching_fingerprint_writes_the_chain_and_run_and_check_verify() {
     let dir = tempdir();
@@ -136,7 +122,7 @@ fn matching_fingerprint_writes_the_chain_and_run_and_check_verify() {
     let out = check(&s.config);
     assert_eq!(out.code(), Some(0), "check after trust failed:\n{out}");
     let proxy = Proxy::start(&s.config);
-    assert_relays(&proxy);
+    relays(proxy.tcp_addr("main"), b"trusted now");
     assert!(s.server.state().handshake_errors.is_empty());
 
     // Running it again with the same chain on disk is fine.
@@ -296,7 +282,7 @@ fn self_signed_leaf_is_its_own_root() {
     // substituted from the file just written.
     let out = check(&config);
     assert_eq!(out.code(), Some(0), "{out}");
-    assert_relays(&Proxy::start(&config));
+    relays(Proxy::start(&config).tcp_addr("main"), b"trusted now");
 }
 
 /// A master certificate made as operators make one with openssl (Determined's docs use
@@ -400,7 +386,7 @@ fn from_cli_store_imports_the_chain_the_cli_saved() {
     );
     assert_eq!(printed_fingerprint(&out), fp);
     assert_eq!(pem_certs(&s.cert_path), vec![s.leaf.der(), s.ca.der()]);
-    assert_relays(&Proxy::start(&s.config));
+    relays(Proxy::start(&s.config).tcp_addr("main"), b"trusted now");
 
     // A store without this master.
     let store2 = dir.path().join("certs2.json");

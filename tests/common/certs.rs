@@ -134,6 +134,31 @@ impl Leaf {
     }
 }
 
+/// A server leaf for `det-master` signed by `ca`, for `sans`, valid from `from` until
+/// `until` (year, month, day): how the expiry and not-yet-valid tests make theirs.
+pub fn leaf_valid(ca: &Ca, sans: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> Leaf {
+    let key = KeyPair::generate().expect("key");
+    let mut p =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "det-master");
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    p.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("leaf");
+    Leaf { cert, key }
+}
+
+/// SHA-256 of DER bytes as the proxy (and openssl) print it: lowercase hex pairs joined
+/// by ':'.
+pub fn fingerprint(der: &[u8]) -> String {
+    super::sha256(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Writes `contents` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);

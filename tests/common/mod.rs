@@ -13,10 +13,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use certs::{Ca, Leaf};
-pub use probes::{fd_count, figure, rss_kib, status_kib};
+pub use certs::{fingerprint, leaf_valid, Ca, Leaf};
+pub use probes::{
+    cpu_secs, cpu_ticks, eventually, fd_count, figure, metric, rss_kib, scrape_text, status_kib,
+};
 pub use proxy::{command, q, qp, run_to_exit, Cfg, Proxy};
-pub use server::{Behavior, ClientAuth, ServerBuilder, TlsServer};
+pub use server::{certified, Behavior, ClientAuth, ServerBuilder, TlsServer};
 
 /// A generous per-read deadline for clients: a stuck test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +133,37 @@ pub fn finish(s: &mut TcpStream) {
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let rest = read_until_closed(s, IO_TIMEOUT);
     assert!(rest.is_empty(), "unexpected bytes after FIN: {rest:?}");
+}
+
+/// One echo exchange through the proxy: `data` comes back whole and the connection then
+/// ends cleanly. Returns the client's local address (to find its access line).
+pub fn relays(addr: SocketAddr, data: &[u8]) -> SocketAddr {
+    let mut c = connect(addr);
+    let local = c.local_addr().unwrap();
+    assert_eq!(roundtrip(&mut c, data), data);
+    finish(&mut c);
+    local
+}
+
+/// A client the proxy turns away: its connection closes within `within` with nothing
+/// relayed. Returns the client's local address.
+pub fn refused(addr: SocketAddr, within: Duration) -> SocketAddr {
+    let mut c = connect(addr);
+    let local = c.local_addr().unwrap();
+    let _ = c.write_all(b"ping");
+    let got = read_until_closed(&mut c, within);
+    assert!(
+        got.is_empty(),
+        "a refused connection relayed bytes: {got:?}"
+    );
+    local
+}
+
+/// Replaces a file the way operators and tools do: write aside, rename over.
+pub fn replace(path: &Path, contents: &str) {
+    let tmp = path.with_extension("swap");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A deterministic byte stream (xorshift64), the same for the same seed however it is

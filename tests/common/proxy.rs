@@ -16,31 +16,41 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
 /// How long a proxy may take to bind its listeners and log "ready".
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A command for the proxy binary with no inherited `DET_*` variable, no `RUST_LOG`
-/// and no proxy variables: each test states the whole environment it depends on.
+/// A command for the proxy binary with none of the variables it (or sd_notify, or a
+/// proxy-aware client) reads inherited from the test's environment: each test states the
+/// whole environment it depends on.
 pub fn command() -> Command {
-    let mut cmd = Command::new(BIN);
+    clean(BIN)
+}
+
+/// Prefixes of inherited variables `clean` removes: the proxy's own settings and the
+/// systemd socket-activation (LISTEN_*) and watchdog (WATCHDOG_*) protocols.
+pub const SCRUBBED_PREFIXES: &[&str] = &["DET_", "LISTEN_", "WATCHDOG_"];
+
+/// Inherited variables `clean` removes by name.
+pub const SCRUBBED: &[&str] = &[
+    "RUST_LOG",
+    "NOTIFY_SOCKET",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// `program` with no inherited variable from `SCRUBBED_PREFIXES`/`SCRUBBED` and stdin
+/// from /dev/null.
+pub fn clean(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str() {
-            if k.starts_with("DET_") {
+            if SCRUBBED_PREFIXES.iter().any(|p| k.starts_with(p)) {
                 cmd.env_remove(k);
             }
         }
     }
-    for k in [
-        "RUST_LOG",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NOTIFY_SOCKET",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        "WATCHDOG_USEC",
-    ] {
+    for k in SCRUBBED {
         cmd.env_remove(k);
     }
     cmd.stdin(Stdio::null());

@@ -19,6 +19,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// `leaf` (sent alone) with its key loaded, for a server whose certificate can change.
+pub fn certified(leaf: &super::Leaf) -> Arc<rustls::sign::CertifiedKey> {
+    let key = provider()
+        .key_provider
+        .load_private_key(leaf.key_der())
+        .unwrap();
+    Arc::new(rustls::sign::CertifiedKey::new(vec![leaf.der()], key))
+}
+
 /// What the server does with a connection once the handshake is done.
 #[derive(Clone, Debug)]
 pub enum Behavior {
