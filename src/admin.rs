@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::AdminConfig;
 use crate::diagnose::CertSummary;
 use crate::proxy::{Shared, State};
 
@@ -127,6 +128,11 @@ async fn route(
                 )
             }
         }
+        ("GET" | "HEAD", "/readyz") if shared.draining.load(Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining (SIGTERM received)\n",
+            plain,
+        ),
         ("GET" | "HEAD", "/readyz") => {
             let mut last = probe_state.last.lock().await;
             let fresh = last
@@ -158,23 +164,53 @@ async fn route(
     })
 }
 
-/// Binds the admin endpoint and serves it in the background.
-pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(cfg.listen).await?;
-    let local = listener.local_addr()?;
+/// Binds the admin endpoint's socket (a reload binds the new address before it commits).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // "[::]:9090" serves IPv4 scrapers too (their addresses are judged as IPv4).
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Serves the admin endpoint on `listener` until `stop`. `admin.allowed_clients` is read from
+/// the live state at each accept, so a reload that narrows it applies to the next scrape.
+pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(listener = "admin", addr = %local, "listening");
-    let allowed = cfg.allowed_clients.clone();
     let probe_state = Arc::new(Probe::default());
     tokio::spawn(async move {
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            if let Some(nets) = &allowed {
+            let state = shared.current();
+            let allowed = state
+                .config
+                .admin
+                .as_ref()
+                .and_then(|a| a.allowed_clients.as_deref());
+            if let Some(nets) = allowed {
                 if !crate::listen::client_allowed(nets, peer.ip()) {
                     tracing::debug!(client = %peer, "admin client not in admin.allowed_clients: closed");
                     continue;
@@ -182,6 +218,7 @@ pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketA
             }
             let shared = shared.clone();
             let probe_state = probe_state.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     route(req, shared.clone(), probe_state.clone())
@@ -190,9 +227,12 @@ pub async fn start(cfg: &AdminConfig, shared: Arc<Shared>) -> io::Result<SocketA
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(60), conn) => {}
+                    _ = stop.cancelled() => {}
+                }
             });
         }
+        tracing::info!(listener = "admin", addr = %local, "admin endpoint closed");
     });
-    Ok(local)
 }

@@ -156,7 +156,7 @@ pub struct RawTls {
     pub client_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     #[serde(default)]
@@ -290,6 +290,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// The imported agent.yaml, when one was read.
     pub agent_config: Option<PathBuf>,
+    /// Every key's merged value (`listeners[0].alpn` → `"auto"`), to say what a reload changed.
+    pub keys: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,7 +328,7 @@ pub struct TlsSettings {
     pub post_quantum: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
@@ -408,6 +410,24 @@ pub struct ListenerConfig {
     /// `None` for systemd listeners: decided on the inherited socket's address.
     pub present_client_cert: Option<bool>,
     pub tls_passthrough: bool,
+}
+
+/// What identifies a listener across reloads: its address, so a reload that keeps the address
+/// keeps the socket even under a new name. A TCP address with port 0 means "any free port"
+/// and may appear more than once, so such a listener is identified by its name as well.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenerKey {
+    Addr(ListenAddr),
+    AnyPort(SocketAddr, String),
+}
+
+impl ListenerConfig {
+    pub fn key(&self) -> ListenerKey {
+        match &self.addr {
+            ListenAddr::Tcp(a) if a.port() == 0 => ListenerKey::AnyPort(*a, self.name.clone()),
+            a => ListenerKey::Addr(a.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1538,6 +1558,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         },
         config_file: l.config_file.clone(),
         agent_config: l.agent_config.clone(),
+        keys: key_values(&l.raw),
     })
 }
 
@@ -1574,6 +1595,72 @@ fn push_port(out: &mut String, l: &Loaded, config: Option<&Config>) {
         )),
         (None, None) => out.push_str("master_port = null  (default)\n"),
     }
+}
+
+/// The merged value of every key, one row per key; list items are spelled `listeners[0].alpn`.
+fn key_values(raw: &RawConfig) -> BTreeMap<String, String> {
+    let mut rows = BTreeMap::new();
+    if let Ok(v) = serde_json::to_value(raw) {
+        json_rows("", &v, &mut rows);
+    }
+    rows
+}
+
+fn json_rows(prefix: &str, v: &serde_json::Value, rows: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                json_rows(&key, v, rows);
+            }
+        }
+        serde_json::Value::Array(items) if items.iter().all(|i| i.is_object()) => {
+            for (i, item) in items.iter().enumerate() {
+                json_rows(&format!("{prefix}[{i}]"), item, rows);
+            }
+        }
+        other => {
+            rows.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// The keys whose merged value differs between two loads (a key present in only one counts).
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys: Vec<String> = old
+        .keys
+        .iter()
+        .filter(|(k, v)| new.keys.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.extend(
+        new.keys
+            .keys()
+            .filter(|k| !old.keys.contains_key(*k))
+            .cloned(),
+    );
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Every key the file schema has, list items as `listeners[].alpn`: read off the schema
+/// types themselves, so a key added there shows up here (and in the reload test) with no
+/// second list to keep.
+pub fn schema_keys() -> Vec<String> {
+    let sample = RawConfig {
+        listeners: Some(vec![RawListener::default()]),
+        ..RawConfig::default()
+    };
+    let mut rows = BTreeMap::new();
+    if let Ok(v) = serde_json::to_value(&sample) {
+        json_rows("", &v, &mut rows);
+    }
+    rows.into_keys().map(|k| k.replace("[0]", "[]")).collect()
 }
 
 fn flatten(prefix: &str, v: &Value, rows: &mut Vec<(String, serde_json::Value)>) {

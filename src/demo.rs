@@ -19,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{self, Overrides, Purpose};
-use crate::lifecycle::Server;
 use crate::listen::Inherited;
 use crate::metrics::Metrics;
+use crate::server::Server;
 
 /// The only name the stand-in master's certificate holds.
 pub const DEMO_NAME: &str = "det-master.demo";

@@ -1,5 +1,6 @@
 //! Listeners: TCP (v4/v6, IP_FREEBIND), unix sockets and sockets inherited from systemd, bound
-//! with socket2; the accept loop with its connection limit, `allowed_clients` and back-off.
+//! with socket2; the client-address check and the accept back-off the accept loop
+//! (`server::accept`) uses.
 
 use std::collections::HashMap;
 use std::io;
@@ -142,15 +143,17 @@ pub enum Socketish {
     Unix(UnixListener),
 }
 
-/// A bound listener with what the accept loop needs to judge its clients.
+/// A bound listener: the socket and the facts about it that no reload changes. Everything a
+/// reload may change (allowed_clients, alpn, present_client_cert, …) is read from the live
+/// state at each accept (`proxy::ListenerPolicy`), never copied here.
 #[derive(Debug)]
 pub struct Bound {
-    pub name: String,
     pub socket: Socketish,
     /// The address actually bound, as logged ("127.0.0.1:41234", "unix:/run/x.sock").
     pub local: String,
-    pub allowed_clients: Option<Vec<IpNet>>,
-    pub present_client_cert: bool,
+    /// Reachable only from this host (loopback TCP or a unix socket): the default for
+    /// `present_client_cert`, and no `allowed_clients` needed.
+    pub host_only: bool,
     /// A unix socket file we created and remove at exit.
     pub unix_path: Option<PathBuf>,
     pub inherited: bool,
@@ -171,12 +174,46 @@ impl Bound {
         }
     }
 
-    /// Whether `peer` may use this listener. Unix sockets are guarded by their file mode.
-    pub fn allows(&self, peer: &Peer) -> bool {
-        match (peer, &self.allowed_clients) {
-            (Peer::Unix, _) | (_, None) => true,
-            (Peer::Ip(a), Some(nets)) => client_allowed(nets, a.ip()),
+    /// Applies a unix listener's `mode` and `group` to the socket file we created (a reload
+    /// that keeps the path). Sockets systemd passed keep the unit's SocketMode/SocketGroup.
+    pub fn set_unix_permissions(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
+        let Some(path) = &self.unix_path else {
+            return Ok(());
+        };
+        unix_permissions(lc, path)
+    }
+
+    /// The mode and group the socket file has now (to undo a reload that fails later).
+    pub fn unix_permissions_now(&self) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.unix_path.as_ref()?).ok()?;
+        Some((m.mode() & 0o7777, m.gid()))
+    }
+
+    /// Refuses a policy this socket cannot take: an inherited socket reachable from other
+    /// hosts needs `allowed_clients` (the rule validation applies to configured addresses).
+    pub fn check_policy(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
+        if let (Socketish::Tcp(l), ListenAddr::Systemd(socket)) = (&self.socket, &lc.addr) {
+            if !self.host_only && lc.allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
+                return Err(ListenError::SystemdNeedsAllowedClients {
+                    name: lc.name.clone(),
+                    socket: socket.clone(),
+                    addr: l
+                        .local_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                });
+            }
         }
+        Ok(())
+    }
+}
+
+/// Whether `peer` may use a listener with these `allowed_clients`. Unix sockets are guarded by
+/// their file mode; `None` means no restriction (only accepted for host-only addresses).
+pub fn peer_allowed(allowed: Option<&[IpNet]>, peer: &Peer) -> bool {
+    match (peer, allowed) {
+        (Peer::Unix, _) | (_, None) => true,
+        (Peer::Ip(a), Some(nets)) => client_allowed(nets, a.ip()),
     }
 }
 
@@ -272,11 +309,9 @@ fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError>
         .map(|a| a.to_string())
         .unwrap_or_else(|_| addr.to_string());
     Ok(Bound {
-        name: lc.name.clone(),
         socket: Socketish::Tcp(listener),
         local,
-        allowed_clients: lc.allowed_clients.clone(),
-        present_client_cert: lc.present_client_cert.unwrap_or(addr.ip().is_loopback()),
+        host_only: addr.ip().is_loopback(),
         unix_path: None,
         inherited: false,
     })
@@ -308,21 +343,26 @@ fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
             .map_err(|e| unix_err(lc, path, format!("cannot remove the stale socket: {e}")))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| bind_err(lc, e))?;
+    let bound = Bound {
+        socket: Socketish::Unix(listener),
+        local: format!("unix:{}", path.display()),
+        host_only: true,
+        unix_path: Some(path.to_path_buf()),
+        inherited: false,
+    };
+    // On failure `bound` is dropped, which removes the socket file again.
+    unix_permissions(lc, path)?;
+    Ok(bound)
+}
+
+fn unix_permissions(lc: &ListenerConfig, path: &Path) -> Result<(), ListenError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(lc.mode))
         .map_err(|e| unix_err(lc, path, format!("cannot set mode {:o}: {e}", lc.mode)))?;
     if let Some(gid) = lc.group {
         std::os::unix::fs::chown(path, None, Some(gid))
             .map_err(|e| unix_err(lc, path, format!("cannot set group {gid}: {e}")))?;
     }
-    Ok(Bound {
-        name: lc.name.clone(),
-        socket: Socketish::Unix(listener),
-        local: format!("unix:{}", path.display()),
-        allowed_clients: None,
-        present_client_cert: lc.present_client_cert.unwrap_or(true),
-        unix_path: Some(path.to_path_buf()),
-        inherited: false,
-    })
+    Ok(())
 }
 
 fn adopt_systemd(
@@ -345,25 +385,17 @@ fn adopt_systemd(
     socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
     let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
     if let Some(addr) = local.as_socket() {
-        let is_loopback = addr.ip().is_loopback();
-        if !is_loopback && lc.allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
-            return Err(ListenError::SystemdNeedsAllowedClients {
-                name: lc.name.clone(),
-                socket: socket_name.to_string(),
-                addr,
-            });
-        }
         let std_listener: std::net::TcpListener = socket.into();
         let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-        Ok(Bound {
-            name: lc.name.clone(),
+        let bound = Bound {
             socket: Socketish::Tcp(listener),
             local: format!("systemd:{socket_name} ({addr})"),
-            allowed_clients: lc.allowed_clients.clone(),
-            present_client_cert: lc.present_client_cert.unwrap_or(is_loopback),
+            host_only: addr.ip().is_loopback(),
             unix_path: None,
             inherited: true,
-        })
+        };
+        bound.check_policy(lc)?;
+        Ok(bound)
     } else {
         let path = local
             .as_pathname()
@@ -372,11 +404,9 @@ fn adopt_systemd(
         let std_listener: std::os::unix::net::UnixListener = socket.into();
         let listener = UnixListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
         Ok(Bound {
-            name: lc.name.clone(),
             socket: Socketish::Unix(listener),
             local: format!("systemd:{socket_name} (unix:{path})"),
-            allowed_clients: None,
-            present_client_cert: lc.present_client_cert.unwrap_or(true),
+            host_only: true,
             unix_path: None,
             inherited: true,
         })

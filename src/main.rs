@@ -6,8 +6,8 @@ use clap::Parser;
 use det_tls_proxy::check::{TrustCmdError, TrustOptions};
 use det_tls_proxy::cli::{Cli, Command};
 use det_tls_proxy::config::{self, Purpose};
-use det_tls_proxy::lifecycle::{self, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 use det_tls_proxy::listen::Inherited;
+use det_tls_proxy::server::{self, EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME};
 
 fn main() {
     // Taken before any thread exists: reading clears LISTEN_* from the environment.
@@ -15,7 +15,7 @@ fn main() {
     let cli = Cli::parse();
     let flags = cli.flags.overrides();
     let code = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => lifecycle::run(flags, inherited),
+        Command::Run => server::run(flags, inherited),
         Command::Config => show_config(&flags),
         Command::Check { json } => check(&flags, json),
         Command::Demo { hold } => demo(hold),

@@ -11,7 +11,7 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AlpnPolicy, Config, ListenerConfig};
+use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey};
 use crate::diagnose::CertSummary;
 use crate::listen::{ClientStream, Peer};
 use crate::metrics::{ListenerMetrics, Metrics};
@@ -46,6 +46,11 @@ pub struct ListenerPolicy {
 }
 
 impl ListenerPolicy {
+    /// Whether `peer` may use this listener under this configuration.
+    pub fn allows(&self, peer: &Peer) -> bool {
+        crate::listen::peer_allowed(self.config.allowed_clients.as_deref(), peer)
+    }
+
     /// The client config for a connection whose first bytes are `first`.
     fn client_config(&self, first: &[u8]) -> Option<Arc<ClientConfig>> {
         let tls = self.tls.as_ref()?;
@@ -62,42 +67,47 @@ pub fn looks_like_h2(first: &[u8]) -> bool {
     first.len() == H2_PREFACE.len() && first == H2_PREFACE
 }
 
-/// Everything a connection reads from the configuration; replaced whole on reload.
+/// Everything a connection reads from the configuration; replaced whole on reload. Each
+/// connection takes the state current at its accept and keeps it for its life.
 pub struct State {
     pub config: Config,
     pub tls: Option<TlsContext>,
     pub upstream: Upstream,
-    pub listeners: HashMap<String, Arc<ListenerPolicy>>,
+    /// By listen address: a reload that keeps an address keeps its socket, whatever its name.
+    pub listeners: HashMap<ListenerKey, Arc<ListenerPolicy>>,
 }
 
 impl State {
-    /// Builds the state for `config`, with the listeners' client-cert decisions taken from the
-    /// bound sockets (`present`: listener name → present_client_cert).
+    /// Builds the state for `config`. `host_only` tells, for sockets systemd passed, whether
+    /// each is reachable only from this host (other addresses tell it themselves).
     pub fn build(
         config: Config,
-        present: &HashMap<String, bool>,
+        host_only: &HashMap<ListenerKey, bool>,
         metrics: &Metrics,
         resolver: Arc<dyn Resolve>,
     ) -> Result<State, TrustError> {
         let tls = TlsContext::for_config(&config)?;
-        Ok(Self::with_tls(config, tls, present, metrics, resolver))
+        Ok(Self::with_tls(config, tls, host_only, metrics, resolver))
     }
 
     /// As [`State::build`], with a TLS context the caller has already built (and checked).
     pub fn with_tls(
         config: Config,
         tls: Option<TlsContext>,
-        present: &HashMap<String, bool>,
+        host_only: &HashMap<ListenerKey, bool>,
         metrics: &Metrics,
         resolver: Arc<dyn Resolve>,
     ) -> State {
         let mut listeners = HashMap::new();
         for lc in &config.listeners {
-            // An explicit setting wins; otherwise what was derived from the bound socket.
-            let present_client_cert = lc
-                .present_client_cert
-                .or_else(|| present.get(&lc.name).copied())
-                .unwrap_or(false);
+            // An explicit setting wins; otherwise only listeners no other host can reach
+            // present the agent's certificate.
+            let present_client_cert = lc.present_client_cert.unwrap_or_else(|| {
+                host_only
+                    .get(&lc.key())
+                    .copied()
+                    .unwrap_or_else(|| lc.addr.is_local())
+            });
             let ltls = match &tls {
                 Some(t) => {
                     let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
@@ -113,7 +123,7 @@ impl State {
                 None => None,
             };
             listeners.insert(
-                lc.name.clone(),
+                lc.key(),
                 Arc::new(ListenerPolicy {
                     config: lc.clone(),
                     present_client_cert,
@@ -140,6 +150,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled when `timeouts.shutdown` has passed: cut what is still relaying.
     pub force_close: CancellationToken,
+    /// Set at the first SIGTERM/SIGINT: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
     access_log: AtomicBool,
     expiry_warned: AtomicI64,
     failures: Mutex<HashMap<String, (Instant, u64)>>,
@@ -156,6 +168,7 @@ impl Shared {
             state: RwLock::new(Arc::new(state)),
             metrics,
             force_close: CancellationToken::new(),
+            draining: AtomicBool::new(false),
             access_log: AtomicBool::new(access),
             expiry_warned: AtomicI64::new(0),
             failures: Mutex::new(HashMap::new()),
@@ -313,12 +326,16 @@ async fn first_bytes(
     }
 }
 
-pub async fn handle(mut client: ClientStream, peer: Peer, listener: String, shared: Arc<Shared>) {
+/// Serves one accepted client under `policy`, both taken from `state`, the state current when
+/// the client was accepted: a reload while it is open changes nothing for it.
+pub async fn handle(
+    mut client: ClientStream,
+    peer: Peer,
+    state: Arc<State>,
+    policy: Arc<ListenerPolicy>,
+    shared: Arc<Shared>,
+) {
     let started = Instant::now();
-    let state = shared.current();
-    let Some(policy) = state.listeners.get(&listener).cloned() else {
-        return;
-    };
     policy.metrics.active.inc();
     let _active = ActiveGuard(policy.metrics.active.clone());
     let mut rec = Record::default();
@@ -335,7 +352,21 @@ pub async fn handle(mut client: ClientStream, peer: Peer, listener: String, shar
         _ => &policy.metrics.error,
     };
     counter.inc();
-    shared.access_line(&listener, &peer, &rec, started.elapsed(), outcome);
+    shared.access_line(&policy.config.name, &peer, &rec, started.elapsed(), outcome);
+}
+
+/// A client `allowed_clients` turns away: closed at once, counted and logged (rate-limited).
+pub fn deny(policy: &ListenerPolicy, peer: &Peer, shared: &Shared) {
+    policy.metrics.denied.inc();
+    let name = policy.config.name.as_str();
+    let ip = match peer {
+        Peer::Ip(a) => a.ip().to_string(),
+        Peer::Unix => "unix".into(),
+    };
+    shared.log_failure(&format!("deny:{name}:{ip}"), |n| {
+        tracing::warn!(listener = %name, client = %peer, repeated = n, "client not in allowed_clients: closed");
+    });
+    shared.access_line(name, peer, &Record::default(), Duration::ZERO, "denied");
 }
 
 async fn serve(

@@ -824,8 +824,8 @@ async fn serve_in_process(yaml: &str, resolver: Arc<dyn Resolve>) -> (SocketAddr
     let loaded = config::assemble_str(yaml).expect("config");
     let cfg = config::validate(&loaded, Purpose::Serve).expect("valid config");
     let metrics = Arc::new(Metrics::new());
-    let present: HashMap<String, bool> = [("main".to_string(), true)].into();
-    let state = State::build(cfg, &present, &metrics, resolver.clone()).expect("state");
+    // The listener's address (127.0.0.1:0) is loopback: it presents the client certificate.
+    let state = State::build(cfg, &HashMap::new(), &metrics, resolver.clone()).expect("state");
     let shared = Shared::new(state, metrics.clone(), resolver);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -835,10 +835,18 @@ async fn serve_in_process(yaml: &str, resolver: Arc<dyn Resolve>) -> (SocketAddr
                 continue;
             };
             let _ = s.set_nodelay(true);
+            let state = shared.current();
+            let policy = state
+                .listeners
+                .values()
+                .next()
+                .expect("one listener")
+                .clone();
             tokio::spawn(dataplane::handle(
                 ClientStream::Tcp(s),
                 Peer::Ip(peer),
-                "main".into(),
+                state,
+                policy,
                 shared.clone(),
             ));
         }

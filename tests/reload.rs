@@ -119,3 +119,1083 @@ fn sighup_removing_ca_refuses_new_connections_despite_cached_session() {
     proxy.wait_for("a reload line", Duration::from_secs(10), is_reload_ok);
     refused(addr, Duration::from_secs(5));
 }
+
+// === Every key reloads live (issue 10) ===
+//
+// One case per key (or per pair of keys that only make sense together), each observed from
+// outside: a client relayed or refused, the master's view of the handshake, a socket file's
+// mode, an admin address, a log line's format. The key list is read off the schema types
+// (`config::schema_keys`), so a key added there without a case here fails
+// `the_reload_table_covers_every_key_of_the_schema`.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::server::{closed_port, BlackHole, PlainEcho, SilentServer};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Trigger {
+    Sighup,
+    FileWatch,
+}
+
+struct Case {
+    name: &'static str,
+    /// The schema keys this case changes (list items as `listeners[].key`).
+    keys: &'static [&'static str],
+    run: fn(&Case, Trigger),
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "master_host",
+            keys: &["master_host"],
+            run: case_master_host,
+        },
+        Case {
+            name: "master_port",
+            keys: &["master_port"],
+            run: case_master_port,
+        },
+        Case {
+            name: "tls_enabled",
+            keys: &["security.tls.enabled"],
+            run: case_tls_enabled,
+        },
+        Case {
+            name: "skip_verify",
+            keys: &["security.tls.skip_verify"],
+            run: case_skip_verify,
+        },
+        Case {
+            name: "master_cert",
+            keys: &["security.tls.master_cert"],
+            run: case_master_cert,
+        },
+        Case {
+            name: "master_cert_name",
+            keys: &["security.tls.master_cert_name"],
+            run: case_master_cert_name,
+        },
+        Case {
+            name: "client_cert_and_key",
+            keys: &["security.tls.client_cert", "security.tls.client_key"],
+            run: case_client_cert,
+        },
+        Case {
+            name: "agent_config",
+            keys: &["agent_config"],
+            run: case_agent_config,
+        },
+        Case {
+            name: "listener_name",
+            keys: &["listeners[].name"],
+            run: case_listener_name,
+        },
+        Case {
+            name: "listener_listen",
+            keys: &["listeners[].listen"],
+            run: case_listener_listen,
+        },
+        Case {
+            name: "allowed_clients",
+            keys: &["listeners[].allowed_clients"],
+            run: case_allowed_clients,
+        },
+        Case {
+            name: "unix_mode",
+            keys: &["listeners[].mode"],
+            run: case_unix_mode,
+        },
+        Case {
+            name: "unix_group",
+            keys: &["listeners[].group"],
+            run: case_unix_group,
+        },
+        Case {
+            name: "alpn",
+            keys: &["listeners[].alpn"],
+            run: case_alpn,
+        },
+        Case {
+            name: "present_client_cert",
+            keys: &["listeners[].present_client_cert"],
+            run: case_present_client_cert,
+        },
+        Case {
+            name: "tls_passthrough",
+            keys: &["listeners[].tls_passthrough"],
+            run: case_tls_passthrough,
+        },
+        Case {
+            name: "connect_timeout",
+            keys: &["timeouts.connect"],
+            run: case_connect_timeout,
+        },
+        Case {
+            name: "handshake_timeout",
+            keys: &["timeouts.handshake"],
+            run: case_handshake_timeout,
+        },
+        Case {
+            name: "idle_timeout",
+            keys: &["timeouts.idle"],
+            run: case_idle_timeout,
+        },
+        Case {
+            name: "close_timeout",
+            keys: &["timeouts.close"],
+            run: case_close_timeout,
+        },
+        Case {
+            name: "shutdown_timeout",
+            keys: &["timeouts.shutdown"],
+            run: case_shutdown_timeout,
+        },
+        Case {
+            name: "max_connections",
+            keys: &["max_connections"],
+            run: case_max_connections,
+        },
+        Case {
+            name: "admin_listen",
+            keys: &["admin.listen"],
+            run: case_admin_listen,
+        },
+        Case {
+            name: "admin_allowed_clients",
+            keys: &["admin.allowed_clients"],
+            run: case_admin_allowed_clients,
+        },
+        Case {
+            name: "post_quantum",
+            keys: &["tls.post_quantum"],
+            run: case_post_quantum,
+        },
+        Case {
+            name: "log_format",
+            keys: &["log.format"],
+            run: case_log_format,
+        },
+        Case {
+            name: "log_level",
+            keys: &["log.level"],
+            run: case_log_level,
+        },
+        Case {
+            name: "log_access",
+            keys: &["log.access"],
+            run: case_log_access,
+        },
+    ]
+}
+
+#[test]
+fn the_reload_table_covers_every_key_of_the_schema() {
+    let schema: std::collections::BTreeSet<String> =
+        det_tls_proxy::config::schema_keys().into_iter().collect();
+    let covered: std::collections::BTreeSet<String> = cases()
+        .iter()
+        .flat_map(|c| c.keys.iter().map(|k| k.to_string()))
+        .collect();
+    let missing: Vec<&String> = schema.difference(&covered).collect();
+    let unknown: Vec<&String> = covered.difference(&schema).collect();
+    assert!(
+        missing.is_empty(),
+        "configuration keys without a reload case in tests/reload.rs: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "reload cases for keys the schema does not have: {unknown:?}"
+    );
+}
+
+fn run_all(trigger: Trigger) {
+    let mut failed = Vec::new();
+    for case in cases() {
+        let started = Instant::now();
+        eprintln!("== reload case {} ({trigger:?})", case.name);
+        let r = std::panic::catch_unwind(|| (case.run)(&case, trigger));
+        eprintln!("== reload case {} took {:?}", case.name, started.elapsed());
+        if r.is_err() {
+            failed.push(case.name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "reload cases that failed ({trigger:?}): {failed:?}"
+    );
+}
+
+#[test]
+fn every_key_reloads_live_on_sighup() {
+    run_all(Trigger::Sighup);
+}
+
+#[test]
+fn every_key_reloads_live_on_a_file_change() {
+    run_all(Trigger::FileWatch);
+}
+
+// --- The harness ---
+
+/// A proxy on a config file the case rewrites, reloaded by the case's trigger.
+struct Live {
+    proxy: Proxy,
+    path: PathBuf,
+    trigger: Trigger,
+}
+
+/// A config file body with JSON logs at debug (cases that test `log` write their own).
+fn yaml(body: &str) -> String {
+    format!("log: {{format: json, level: debug}}\n{body}")
+}
+
+/// The master and CA lines for `master`.
+fn master_lines(m: &Master) -> String {
+    format!(
+        "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}}}}}\n",
+        m.server.port(),
+        qp(&m.ca_pem)
+    )
+}
+
+const READY: Duration = Duration::from_secs(15);
+
+const MAIN: &str = "listeners: [{name: main, listen: \"127.0.0.1:0\"}]\n";
+
+impl Live {
+    fn start(dir: &Path, text: &str, trigger: Trigger) -> Live {
+        let path = dir.join("proxy.yaml");
+        std::fs::write(&path, text).unwrap();
+        Live {
+            proxy: Proxy::start(&path),
+            path,
+            trigger,
+        }
+    }
+
+    fn main(&self) -> SocketAddr {
+        self.proxy.tcp_addr("main")
+    }
+
+    /// Rewrites the file, reloads by the trigger, and waits for the reload line; checks it
+    /// names every key of the case.
+    fn change(&self, case: &Case, text: &str) {
+        let before = self.proxy.lines().len();
+        replace(&self.path, text);
+        let word = match self.trigger {
+            Trigger::Sighup => {
+                self.proxy.signal(Signal::SIGHUP);
+                "SIGHUP"
+            }
+            Trigger::FileWatch => "file change",
+        };
+        let reloaded = |l: &String| l.contains("configuration reloaded");
+        let ok = eventually(Duration::from_secs(15), || {
+            self.proxy.lines()[before..]
+                .iter()
+                .any(|l| reloaded(l) && l.contains(word))
+        });
+        assert!(
+            ok,
+            "no \"configuration reloaded\" line by {word}; stderr:\n{}",
+            self.proxy.stderr()
+        );
+        // The file watcher may have won the race against SIGHUP: some reload line since the
+        // change names the keys.
+        let lines: Vec<String> = self.proxy.lines()[before..]
+            .iter()
+            .filter(|l| reloaded(l))
+            .cloned()
+            .collect();
+        for key in case.keys {
+            let spelled = key.replace("[]", "[0]");
+            assert!(
+                lines.iter().any(|l| l.contains(&spelled)),
+                "the reload line does not name {spelled}: {lines:?}"
+            );
+        }
+    }
+
+    /// The access lines logged since `from` (JSON).
+    fn access_lines(&self) -> Vec<Value> {
+        self.proxy
+            .json_lines()
+            .into_iter()
+            .filter(common::proxy::is_access)
+            .collect()
+    }
+}
+
+fn free_port() -> u16 {
+    closed_port()
+}
+
+/// A client that sends `data` and must see nothing come back while the proxy holds it
+/// for at least `held` (a limit, or a dial or handshake still going on).
+fn held_open(addr: SocketAddr, held: Duration) -> std::net::TcpStream {
+    let mut c = connect(addr);
+    c.write_all(b"ping").unwrap();
+    c.set_read_timeout(Some(held)).unwrap();
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("expected the connection held open for {held:?}, got {other:?}"),
+    }
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c
+}
+
+/// How long until the proxy closes `c` (nothing may arrive).
+fn closed_within(c: &mut std::net::TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    let got = read_until_closed(c, within);
+    assert!(
+        got.is_empty(),
+        "bytes arrived on a connection expected to close: {got:?}"
+    );
+    started.elapsed()
+}
+
+/// One HTTP/1.1 GET; `None` when the connection closes without an answer.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+// --- The cases ---
+
+fn case_master_host(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let rest = format!(
+        "master_port: {}\nsecurity: {{tls: {{master_cert: {}}}}}\n{MAIN}",
+        m.server.port(),
+        qp(&m.ca_pem)
+    );
+    // "localhost" is not a name the master's certificate holds.
+    let live = Live::start(
+        dir.path(),
+        &yaml(&format!("master_host: localhost\n{rest}")),
+        t,
+    );
+    refused(live.main(), Duration::from_secs(10));
+    live.change(case, &yaml(&format!("master_host: \"127.0.0.1\"\n{rest}")));
+    let c = relays(live.main(), b"ping");
+    let line = live.proxy.access_line(c);
+    assert_eq!(line["master"], format!("127.0.0.1:{}", m.server.port()));
+}
+
+fn case_master_port(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let tls = format!(
+        "security: {{tls: {{master_cert: {}}}}}\n{MAIN}",
+        qp(&m.ca_pem)
+    );
+    let before = format!(
+        "master_host: \"127.0.0.1\"\nmaster_port: {}\n{tls}",
+        closed_port()
+    );
+    let live = Live::start(dir.path(), &yaml(&before), t);
+    refused(live.main(), Duration::from_secs(10));
+    let after = format!(
+        "master_host: \"127.0.0.1\"\nmaster_port: {}\n{tls}",
+        m.server.port()
+    );
+    live.change(case, &yaml(&after));
+    relays(live.main(), b"ping");
+}
+
+fn case_tls_enabled(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let plain = PlainEcho::new();
+    let base = format!(
+        "master_host: \"127.0.0.1\"\nmaster_port: {}\n{MAIN}",
+        plain.addr.port()
+    );
+    let live = Live::start(
+        dir.path(),
+        &yaml(&format!("{base}security: {{tls: {{enabled: true}}}}\n")),
+        t,
+    );
+    refused(live.main(), Duration::from_secs(10));
+    live.change(
+        case,
+        &yaml(&format!("{base}security: {{tls: {{enabled: false}}}}\n")),
+    );
+    let c = relays(live.main(), b"plain now");
+    assert_eq!(live.proxy.access_line(c)["tls_version"], "");
+}
+
+fn case_skip_verify(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    // No master_cert: the system roots do not know the test CA.
+    let base = format!(
+        "master_host: \"127.0.0.1\"\nmaster_port: {}\n{MAIN}",
+        m.server.port()
+    );
+    let live = Live::start(
+        dir.path(),
+        &yaml(&format!(
+            "{base}security: {{tls: {{skip_verify: false}}}}\n"
+        )),
+        t,
+    );
+    refused(live.main(), Duration::from_secs(10));
+    live.change(
+        case,
+        &yaml(&format!("{base}security: {{tls: {{skip_verify: true}}}}\n")),
+    );
+    relays(live.main(), b"ping");
+}
+
+fn case_master_cert(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let other = certs::write(dir.path(), "other-ca.pem", &Ca::root("Some Other CA").pem());
+    let with = |ca: &Path| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}}}}}\n{MAIN}",
+            m.server.port(),
+            qp(ca)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(&other), t);
+    refused(live.main(), Duration::from_secs(10));
+    live.change(case, &with(&m.ca_pem));
+    relays(live.main(), b"ping");
+}
+
+fn case_master_cert_name(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |name: &str| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}, master_cert_name: {name}}}}}\n{MAIN}",
+            m.server.port(),
+            qp(&m.ca_pem)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("wrong.example"), t);
+    refused(live.main(), Duration::from_secs(10));
+    live.change(case, &with("det-master"));
+    relays(live.main(), b"ping");
+    let seen = m.server.handshake(1);
+    assert_eq!(
+        seen.sni.as_deref(),
+        Some("det-master"),
+        "the master was not dialled with the new name"
+    );
+}
+
+fn case_client_cert(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let ca = Ca::root("Master and agents CA");
+    let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
+    let ca_pem = certs::write(dir.path(), "ca.pem", &ca.pem());
+    let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der())
+        .client_auth(ClientAuth::Required(ca.der()))
+        .start();
+    let agent = ca.client("agent");
+    let cert = certs::write(dir.path(), "agent.crt", &agent.pem());
+    let key = certs::write(dir.path(), "agent.key", &agent.key_pem());
+    let with = |client: &str| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}{client}}}}}\n{MAIN}",
+            server.port(),
+            qp(&ca_pem)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(""), t);
+    refused(live.main(), Duration::from_secs(10));
+    live.change(
+        case,
+        &with(&format!(
+            ", client_cert: {}, client_key: {}",
+            qp(&cert),
+            qp(&key)
+        )),
+    );
+    relays(live.main(), b"ping");
+    assert!(
+        server.state().handshakes.iter().any(|h| h.client_cert),
+        "the master saw no client certificate"
+    );
+}
+
+fn case_agent_config(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let agent = |name: &str, port: u16| {
+        certs::write(
+            dir.path(),
+            name,
+            &format!(
+                "master_host: \"127.0.0.1\"\nmaster_port: {port}\nsecurity:\n  tls:\n    enabled: true\n    master_cert: {}\n",
+                qp(&m.ca_pem)
+            ),
+        )
+    };
+    let wrong = agent("agent-old.yaml", closed_port());
+    let right = agent("agent-new.yaml", m.server.port());
+    let with = |p: &Path| yaml(&format!("agent_config: {}\n{MAIN}", qp(p)));
+    let live = Live::start(dir.path(), &with(&wrong), t);
+    refused(live.main(), Duration::from_secs(10));
+    live.change(case, &with(&right));
+    relays(live.main(), b"ping");
+}
+
+fn case_listener_name(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    // A fixed port: a listener on port 0 ("any free port") is told apart by its name too.
+    let port = free_port();
+    let with = |name: &str| {
+        yaml(&format!(
+            "{}listeners: [{{name: {name}, listen: \"127.0.0.1:{port}\"}}]\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("main"), t);
+    let addr = live.main();
+    let c = relays(addr, b"ping");
+    assert_eq!(live.proxy.access_line(c)["listener"], "main");
+    let mut open = connect(addr);
+    assert_eq!(roundtrip(&mut open, b"before"), b"before");
+    live.change(case, &with("renamed"));
+    // Same address, same socket, new name in the access log.
+    let c = relays(addr, b"ping");
+    assert_eq!(live.proxy.access_line(c)["listener"], "renamed");
+    assert_eq!(roundtrip(&mut open, b"after"), b"after");
+}
+
+fn case_listener_listen(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let (p1, p2) = (free_port(), free_port());
+    let with = |p: u16| {
+        yaml(&format!(
+            "{}listeners: [{{name: main, listen: \"127.0.0.1:{p}\"}}]\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(p1), t);
+    relays(SocketAddr::from(([127, 0, 0, 1], p1)), b"ping");
+    live.change(case, &with(p2));
+    relays(SocketAddr::from(([127, 0, 0, 1], p2)), b"ping");
+    let old = SocketAddr::from(([127, 0, 0, 1], p1));
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(old)
+            .is_err()),
+        "the old address still accepts"
+    );
+}
+
+fn case_allowed_clients(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |nets: &str| {
+        yaml(&format!(
+            "{}listeners: [{{name: main, listen: \"127.0.0.1:0\", allowed_clients: [{nets}]}}]\nadmin: {{listen: \"127.0.0.1:0\"}}\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("127.0.0.0/8"), t);
+    let addr = live.main();
+    let admin = live.proxy.tcp_addr("admin").to_string();
+    // A client let in before the change, still open across it.
+    let mut open = connect(addr);
+    assert_eq!(roundtrip(&mut open, b"before"), b"before");
+    live.change(case, &with("10.0.0.0/8"));
+    let denied = refused(addr, Duration::from_secs(5));
+    assert_eq!(live.proxy.access_line(denied)["outcome"], "denied");
+    let n = metric(
+        &scrape_text(&admin),
+        "det_tls_proxy_connections_total",
+        &[("listener", "main"), ("result", "denied")],
+    );
+    assert!(n >= 1.0, "the denial is not counted: {n}");
+    // The connection accepted under the old policy is left alone.
+    assert_eq!(roundtrip(&mut open, b"after"), b"after");
+    finish(&mut open);
+}
+
+fn unix_case(
+    case: &Case,
+    t: Trigger,
+    before: &str,
+    after: &str,
+    check: impl Fn(&std::fs::Metadata, bool),
+) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let sock = dir.path().join("logs.sock");
+    let with = |extra: &str| {
+        yaml(&format!(
+            "{}listeners: [{{name: logs, listen: {}{extra}}}]\n",
+            master_lines(&m),
+            q(format!("unix:{}", sock.display()))
+        ))
+    };
+    let live = Live::start(dir.path(), &with(before), t);
+    check(&std::fs::metadata(&sock).unwrap(), false);
+    live.change(case, &with(after));
+    check(&std::fs::metadata(&sock).unwrap(), true);
+    // Same socket file, still serving.
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+}
+
+fn case_unix_mode(case: &Case, t: Trigger) {
+    unix_case(
+        case,
+        t,
+        ", mode: \"0660\"",
+        ", mode: \"0600\"",
+        |m, after| {
+            let want = if after { 0o600 } else { 0o660 };
+            assert_eq!(m.mode() & 0o777, want, "socket mode {:o}", m.mode() & 0o777);
+        },
+    );
+}
+
+fn case_unix_group(case: &Case, t: Trigger) {
+    unix_case(case, t, ", group: 0", ", group: 1", |m, after| {
+        assert_eq!(m.gid(), u32::from(after), "socket group");
+    });
+}
+
+fn case_alpn(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start_with(dir.path(), |b| b.alpn(&["h2", "http/1.1"]));
+    let with = |alpn: &str| {
+        yaml(&format!(
+            "{}listeners: [{{name: main, listen: \"127.0.0.1:0\", alpn: {alpn}}}]\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("none"), t);
+    relays(live.main(), b"ping");
+    assert_eq!(m.server.handshake(1).alpn, None);
+    live.change(case, &with("[h2]"));
+    relays(live.main(), b"ping");
+    assert_eq!(
+        m.server.handshake(2).alpn.as_deref(),
+        Some("h2"),
+        "ALPN h2 not offered"
+    );
+}
+
+fn case_present_client_cert(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let ca = Ca::root("Master and agents CA");
+    let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
+    let ca_pem = certs::write(dir.path(), "ca.pem", &ca.pem());
+    let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der())
+        .client_auth(ClientAuth::Optional(ca.der()))
+        .start();
+    let agent = ca.client("agent");
+    let cert = certs::write(dir.path(), "agent.crt", &agent.pem());
+    let key = certs::write(dir.path(), "agent.key", &agent.key_pem());
+    let with = |present: bool| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}, client_cert: {}, client_key: {}}}}}\nlisteners: [{{name: main, listen: \"127.0.0.1:0\", present_client_cert: {present}}}]\n",
+            server.port(),
+            qp(&ca_pem),
+            qp(&cert),
+            qp(&key)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(false), t);
+    relays(live.main(), b"ping");
+    assert!(!server.handshake(1).client_cert);
+    live.change(case, &with(true));
+    relays(live.main(), b"ping");
+    assert!(
+        server.handshake(2).client_cert,
+        "the agent's certificate was not presented"
+    );
+}
+
+fn case_tls_passthrough(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |mode: &str| {
+        yaml(&format!(
+            "{}listeners: [{{name: main, listen: \"127.0.0.1:0\", tls_passthrough: {mode}}}]\n",
+            master_lines(&m)
+        ))
+    };
+    // Bytes that open like a TLS record: with passthrough off they are relayed inside the
+    // proxy's TLS and echoed; with it on they go raw to the master, which cannot read them.
+    let record = b"\x16\x03\x01\x00\x04ping";
+    let live = Live::start(dir.path(), &with("off"), t);
+    relays(live.main(), record);
+    live.change(case, &with("auto"));
+    let mut c = connect(live.main());
+    let local = c.local_addr().unwrap();
+    c.write_all(record).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    // The master answers the raw bytes with at most a TLS alert, never the echo.
+    let back = read_until_closed(&mut c, Duration::from_secs(10));
+    assert_ne!(back, record.to_vec(), "echoed: not passed through");
+    assert_eq!(
+        live.proxy.access_line(local)["tls_version"],
+        "",
+        "not passed through"
+    );
+}
+
+fn case_connect_timeout(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let hole = BlackHole::new();
+    let with = |d: &str| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{skip_verify: true}}}}\ntimeouts: {{connect: {d}}}\n{MAIN}",
+            hole.addr.port()
+        ))
+    };
+    let live = Live::start(dir.path(), &with("1h"), t);
+    let _held = held_open(live.main(), Duration::from_secs(2));
+    live.change(case, &with("1s"));
+    let mut c = connect(live.main());
+    let _ = c.write_all(b"ping");
+    let took = closed_within(&mut c, Duration::from_secs(8));
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before timeouts.connect: {took:?}"
+    );
+}
+
+fn case_handshake_timeout(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let silent = SilentServer::new();
+    let with = |d: &str| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{skip_verify: true}}}}\ntimeouts: {{handshake: {d}}}\n{MAIN}",
+            silent.addr.port()
+        ))
+    };
+    let live = Live::start(dir.path(), &with("1h"), t);
+    let _held = held_open(live.main(), Duration::from_secs(2));
+    live.change(case, &with("1s"));
+    let mut c = connect(live.main());
+    let _ = c.write_all(b"ping");
+    let took = closed_within(&mut c, Duration::from_secs(8));
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before timeouts.handshake: {took:?}"
+    );
+}
+
+fn case_idle_timeout(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |d: &str| {
+        yaml(&format!(
+            "{}timeouts: {{idle: {d}}}\n{MAIN}",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("1h"), t);
+    let mut c = connect(live.main());
+    assert_eq!(roundtrip(&mut c, b"ping"), b"ping");
+    std::thread::sleep(Duration::from_millis(1500)); // idle longer than the new limit
+    assert_eq!(roundtrip(&mut c, b"still"), b"still");
+    live.change(case, &with("1s"));
+    let mut c = connect(live.main());
+    let local = c.local_addr().unwrap();
+    assert_eq!(roundtrip(&mut c, b"ping"), b"ping");
+    closed_within(&mut c, Duration::from_secs(8));
+    assert_eq!(live.proxy.access_line(local)["outcome"], "idle_timeout");
+}
+
+fn case_close_timeout(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Hold);
+    let with = |d: &str| {
+        yaml(&format!(
+            "{}timeouts: {{close: {d}}}\n{MAIN}",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("1h"), t);
+    // The client finishes; the master never does.
+    let mut c = connect(live.main());
+    c.write_all(b"ping").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let _c = held_open_after_fin(c, Duration::from_secs(2));
+    live.change(case, &with("1s"));
+    let mut c = connect(live.main());
+    let local = c.local_addr().unwrap();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    closed_within(&mut c, Duration::from_secs(8));
+    assert_eq!(live.proxy.access_line(local)["outcome"], "close_timeout");
+}
+
+fn held_open_after_fin(mut c: std::net::TcpStream, held: Duration) -> std::net::TcpStream {
+    c.set_read_timeout(Some(held)).unwrap();
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            c
+        }
+        other => panic!("expected the connection held open for {held:?}, got {other:?}"),
+    }
+}
+
+fn case_shutdown_timeout(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |d: &str| {
+        yaml(&format!(
+            "{}timeouts: {{shutdown: {d}}}\n{MAIN}",
+            master_lines(&m)
+        ))
+    };
+    let mut live = Live::start(dir.path(), &with("1h"), t);
+    live.change(case, &with("1s"));
+    let mut c = connect(live.main());
+    assert_eq!(roundtrip(&mut c, b"ping"), b"ping");
+    let started = Instant::now();
+    live.proxy.signal(Signal::SIGTERM);
+    let status = live.proxy.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some(),
+        "still draining 10 s after SIGTERM with timeouts.shutdown 1s"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "did not wait for the open connection"
+    );
+}
+
+fn case_max_connections(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |n: u32| yaml(&format!("{}max_connections: {n}\n{MAIN}", master_lines(&m)));
+    let live = Live::start(dir.path(), &with(100), t);
+    let addr = live.main();
+    let mut a = connect(addr);
+    let mut b = connect(addr);
+    assert_eq!(roundtrip(&mut a, b"a"), b"a");
+    assert_eq!(roundtrip(&mut b, b"b"), b"b");
+    live.change(case, &with(1));
+    // Connections above the lowered limit finish their work; a new one waits.
+    assert_eq!(roundtrip(&mut a, b"a2"), b"a2");
+    assert_eq!(roundtrip(&mut b, b"b2"), b"b2");
+    let mut waiting = held_open(addr, Duration::from_secs(1));
+    finish(&mut a);
+    held_open_after_write(&mut waiting, Duration::from_millis(500));
+    finish(&mut b);
+    let mut back = [0u8; 4];
+    waiting
+        .read_exact(&mut back)
+        .expect("served once below the limit");
+    assert_eq!(&back, b"ping");
+}
+
+/// Nothing arrives on `c` within `held`.
+fn held_open_after_write(c: &mut std::net::TcpStream, held: Duration) {
+    c.set_read_timeout(Some(held)).unwrap();
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("expected nothing for {held:?}, got {other:?}"),
+    }
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+}
+
+fn case_admin_listen(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let (p1, p2) = (free_port(), free_port());
+    let with = |p: u16| {
+        yaml(&format!(
+            "{}{MAIN}admin: {{listen: \"127.0.0.1:{p}\"}}\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(p1), t);
+    let a1 = SocketAddr::from(([127, 0, 0, 1], p1));
+    let a2 = SocketAddr::from(([127, 0, 0, 1], p2));
+    assert_eq!(http_status(a1, "/healthz"), Some(200));
+    live.change(case, &with(p2));
+    assert_eq!(
+        http_status(a2, "/healthz"),
+        Some(200),
+        "admin not answering on its new address"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(a1)
+            .is_err()),
+        "the old admin address still accepts"
+    );
+}
+
+fn case_admin_allowed_clients(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |nets: &str| {
+        yaml(&format!(
+            "{}{MAIN}admin: {{listen: \"127.0.0.1:0\", allowed_clients: [{nets}]}}\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("127.0.0.0/8"), t);
+    let admin = live.proxy.tcp_addr("admin");
+    assert_eq!(http_status(admin, "/healthz"), Some(200));
+    live.change(case, &with("10.0.0.0/8"));
+    assert_eq!(
+        http_status(admin, "/healthz"),
+        None,
+        "a scraper outside admin.allowed_clients was answered"
+    );
+}
+
+fn case_post_quantum(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |pq: bool| {
+        yaml(&format!(
+            "{}{MAIN}tls: {{post_quantum: {pq}}}\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(true), t);
+    relays(live.main(), b"ping");
+    assert_eq!(m.server.handshake(1).kx, "X25519MLKEM768");
+    live.change(case, &with(false));
+    relays(live.main(), b"ping");
+    let kx = m.server.handshake(2).kx;
+    assert!(
+        !kx.contains("MLKEM"),
+        "post_quantum false still negotiated {kx}"
+    );
+}
+
+fn case_log_format(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |f: &str| {
+        format!(
+            "log: {{format: {f}, level: info}}\n{}{MAIN}",
+            master_lines(&m)
+        )
+    };
+    let live = Live::start(dir.path(), &with("json"), t);
+    relays(live.main(), b"ping");
+    live.change(case, &with("text"));
+    let before = live.proxy.lines().len();
+    let c = relays(live.main(), b"ping");
+    let needle = c.to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || live.proxy.lines()[before..]
+            .iter()
+            .any(|l| l.contains(&needle) && !l.starts_with('{'))),
+        "no text access line after log.format: text; stderr:\n{}",
+        live.proxy.stderr()
+    );
+}
+
+fn case_log_level(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let port = free_port();
+    let with = |l: &str| {
+        format!(
+            "log: {{format: json, level: {l}}}\n{}listeners: [{{name: main, listen: \"127.0.0.1:{port}\"}}]\n",
+            master_lines(&m)
+        )
+    };
+    let live = Live::start_quiet(dir.path(), &with("warn"), t);
+    // At warn the "listening" and "ready" lines are not written: wait for the port instead.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(eventually(READY, || std::net::TcpStream::connect(addr).is_ok()));
+    relays(addr, b"ping");
+    // Nor is the access line (info).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        live.access_lines().is_empty(),
+        "info lines at log.level warn"
+    );
+    live.change(case, &with("info"));
+    let c = relays(addr, b"ping");
+    live.proxy.access_line(c);
+}
+
+fn case_log_access(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |on: bool| {
+        format!(
+            "log: {{format: json, level: info, access: {on}}}\n{}{MAIN}admin: {{listen: \"127.0.0.1:0\"}}\n",
+            master_lines(&m)
+        )
+    };
+    let live = Live::start(dir.path(), &with(true), t);
+    let admin = live.proxy.tcp_addr("admin").to_string();
+    let c = relays(live.main(), b"ping");
+    live.proxy.access_line(c);
+    live.change(case, &with(false));
+    relays(live.main(), b"ping");
+    // The connection is counted (so it has ended) yet no access line follows.
+    assert!(eventually(Duration::from_secs(5), || metric(
+        &scrape_text(&admin),
+        "det_tls_proxy_connections_total",
+        &[("listener", "main"), ("result", "ok")]
+    ) >= 2.0));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        live.access_lines().len(),
+        1,
+        "an access line with log.access false"
+    );
+}
+
+impl Live {
+    /// As `start`, for a configuration whose level hides the "ready" line: waits for the
+    /// listener to answer instead.
+    fn start_quiet(dir: &Path, text: &str, trigger: Trigger) -> Live {
+        let path = dir.join("proxy.yaml");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = command();
+        cmd.arg("run").arg("--config").arg(&path);
+        Live {
+            proxy: Proxy::spawn(cmd),
+            path,
+            trigger,
+        }
+    }
+}

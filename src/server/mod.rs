@@ -1,0 +1,401 @@
+//! The serving process around the data path: bind, announce readiness, watch signals and
+//! files, reload (`reload.rs`), drain on SIGTERM, and talk to systemd. The live configuration
+//! is one `proxy::State` behind `Shared`; this module owns what a state cannot hold: the
+//! sockets, the accept loops, the connection limit and the admin endpoint.
+
+mod accept;
+mod reload;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config, ListenerKey, Overrides, Purpose};
+use crate::limit::Limit;
+use crate::listen::{self, Bound, Inherited};
+use crate::metrics::Metrics;
+use crate::proxy::{Shared, State};
+use crate::trust::{NameReason, TlsContext};
+
+pub use watch::WATCH_PERIOD;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_RUNTIME: i32 = 1;
+pub const EXIT_CONFIG: i32 = 2;
+
+// === systemd notification ===
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(false, states);
+    }
+}
+
+// === The server ===
+
+/// A listener's socket and the switch that stops its accept loop.
+struct Running {
+    bound: Arc<Bound>,
+    stop: CancellationToken,
+}
+
+/// The admin endpoint: the address it was configured with, and its stop switch.
+struct AdminRunning {
+    listen: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The serving process: its listeners, the shared state and the drain machinery.
+pub struct Server {
+    flags: Overrides,
+    shared: Arc<Shared>,
+    inherited: Inherited,
+    /// By configured address: the identity a reload keeps a socket by.
+    listeners: HashMap<ListenerKey, Running>,
+    /// Inherited sockets a reload stopped using: systemd's sockets live as long as we do.
+    retired: HashMap<ListenerKey, Arc<Bound>>,
+    limit: Arc<Limit>,
+    tracker: TaskTracker,
+    admin: Option<AdminRunning>,
+    /// The files the live configuration names, with their state when it was loaded.
+    watched: Arc<Mutex<watch::Watched>>,
+}
+
+/// Start-up lines an operator should see once: what is verified, and what is not.
+pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
+    match tls {
+        None => tracing::warn!(
+            master = %format!("{}:{}", config.master.host, config.master.port),
+            "security.tls.enabled is false: relaying plain TCP to the master, nothing is encrypted"
+        ),
+        Some(t) if t.skip_verify => tracing::warn!(
+            "security.tls.skip_verify is true: the master's certificate is NOT verified; traffic is encrypted to whoever answers. Set security.tls.master_cert instead"
+        ),
+        Some(t) => {
+            if let NameReason::Substituted { from } = &t.name.reason {
+                tracing::info!(
+                    master_host = %config.master.host,
+                    name = %t.name.name(),
+                    bundle = %from.display(),
+                    "master_host is an IP address: substituting the certificate name {:?} from master_cert for verification and SNI (set security.tls.master_cert_name to choose another)",
+                    t.name.name()
+                );
+            }
+        }
+    }
+    if let Some(key) = &config.tls.client_key {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(key) {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %key.display(),
+                    mode = %format!("{:04o}", m.permissions().mode() & 0o7777),
+                    "security.tls.client_key is readable by group or others; chmod 0600 it"
+                );
+            }
+        }
+    }
+}
+
+fn listen_error_code(e: &listen::ListenError) -> i32 {
+    if e.is_config() {
+        EXIT_CONFIG
+    } else {
+        EXIT_RUNTIME
+    }
+}
+
+impl Server {
+    /// Binds every listener of `config` (and the admin endpoint) and builds the first state.
+    /// Must run inside the tokio runtime.
+    pub fn start(
+        config: Config,
+        flags: Overrides,
+        inherited: Inherited,
+        metrics: Arc<Metrics>,
+    ) -> Result<Server, (i32, String)> {
+        let resolver = Arc::new(crate::upstream::SystemResolver);
+        Self::start_with_resolver(config, flags, inherited, metrics, resolver)
+    }
+
+    /// As [`Server::start`], resolving `master_host` with `resolver` (tests swap it to move a
+    /// name mid-run).
+    pub fn start_with_resolver(
+        config: Config,
+        flags: Overrides,
+        mut inherited: Inherited,
+        metrics: Arc<Metrics>,
+        resolver: Arc<dyn crate::upstream::Resolve>,
+    ) -> Result<Server, (i32, String)> {
+        // Trust problems are configuration problems: report them before binding anything.
+        let tls = TlsContext::for_config(&config)
+            .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
+        let mut bound = Vec::new();
+        for lc in &config.listeners {
+            let b = listen::bind(lc, &mut inherited)
+                .map_err(|e| (listen_error_code(&e), e.to_string()))?;
+            bound.push((lc.key(), Arc::new(b)));
+        }
+        let admin = match &config.admin {
+            Some(a) => Some((
+                a.listen,
+                crate::admin::bind(a.listen).map_err(|e| {
+                    (
+                        EXIT_RUNTIME,
+                        format!("cannot start the admin endpoint on {}: {e}", a.listen),
+                    )
+                })?,
+            )),
+            None => None,
+        };
+        log_trust_summary(&config, tls.as_ref());
+        let host_only: HashMap<ListenerKey, bool> = bound
+            .iter()
+            .map(|(a, b)| (a.clone(), b.host_only))
+            .collect();
+        let limit = Limit::new(config.max_connections);
+        let watched = watch::watch_list(&config);
+        let state = State::with_tls(config, tls, &host_only, &metrics, resolver.clone());
+        let shared = Shared::new(state, metrics, resolver);
+        let mut server = Server {
+            flags,
+            shared,
+            inherited,
+            listeners: HashMap::new(),
+            retired: HashMap::new(),
+            limit,
+            tracker: TaskTracker::new(),
+            admin: None,
+            watched: Arc::new(Mutex::new(watched)),
+        };
+        for (addr, b) in bound {
+            server.launch(addr, b);
+        }
+        if let Some((listen, listener)) = admin {
+            server.launch_admin(listen, listener);
+        }
+        Ok(server)
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// (listener name, bound address) of every listener.
+    pub fn addresses(&self) -> Vec<(String, String)> {
+        let state = self.shared.current();
+        let mut v: Vec<(String, String)> = self
+            .listeners
+            .iter()
+            .map(|(addr, r)| {
+                let name = state
+                    .listeners
+                    .get(addr)
+                    .map(|p| p.config.name.clone())
+                    .unwrap_or_default();
+                (name, r.bound.local.clone())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting on every listener and the admin endpoint (connections in flight go on).
+    pub fn stop(self) {
+        for r in self.listeners.values() {
+            r.stop.cancel();
+        }
+        if let Some(a) = &self.admin {
+            a.stop.cancel();
+        }
+    }
+
+    fn launch(&mut self, addr: ListenerKey, bound: Arc<Bound>) {
+        let state = self.shared.current();
+        if let Some(p) = state.listeners.get(&addr) {
+            tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = p.present_client_cert, "listening");
+        }
+        let stop = CancellationToken::new();
+        accept::AcceptLoop {
+            key: addr.clone(),
+            bound: bound.clone(),
+            shared: self.shared.clone(),
+            limit: self.limit.clone(),
+            stop: stop.clone(),
+            tracker: self.tracker.clone(),
+        }
+        .spawn();
+        self.listeners.insert(addr, Running { bound, stop });
+    }
+
+    fn launch_admin(&mut self, listen: SocketAddr, listener: tokio::net::TcpListener) {
+        let stop = CancellationToken::new();
+        crate::admin::serve(listener, self.shared.clone(), stop.clone());
+        self.admin = Some(AdminRunning { listen, stop });
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains. Returns the exit status.
+    pub async fn serve(self, initial: &Config) -> i32 {
+        self.serve_until(initial, std::future::pending()).await
+    }
+
+    /// Serves until SIGTERM/SIGINT or `shutdown` completes, then drains.
+    pub async fn serve_until(
+        mut self,
+        initial: &Config,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> i32 {
+        tokio::pin!(shutdown);
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return EXIT_RUNTIME;
+        };
+        tracing::info!(
+            master = %format!("{}:{}", initial.master.host, initial.master.port),
+            listeners = self.listeners.len(),
+            "ready"
+        );
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("ready, 0 connections"),
+        ]);
+
+        let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(1);
+        let watcher_stop = CancellationToken::new();
+        watch::spawn(self.watched.clone(), reload_tx, watcher_stop.clone());
+        let status_stop = CancellationToken::new();
+        spawn_status(self.tracker.clone(), status_stop.clone());
+
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "draining"); break; }
+                _ = int.recv() => { tracing::info!(signal = "SIGINT", "draining"); break; }
+                _ = &mut shutdown => { tracing::info!("draining"); break; }
+                _ = hup.recv() => self.reload("SIGHUP").await,
+                Some(why) = reload_rx.recv() => self.reload(why).await,
+            }
+        }
+        // From here on /readyz answers 503 and systemd knows we are stopping.
+        self.shared.draining.store(true, Ordering::SeqCst);
+        notify(&[sd_notify::NotifyState::Stopping]);
+        watcher_stop.cancel();
+        // Stop accepting and close the sockets: new clients are refused from here on.
+        for (_, r) in self.listeners.drain() {
+            r.stop.cancel();
+        }
+        self.retired.clear();
+        self.tracker.close();
+        let shutdown = self.shared.current().config.timeouts.shutdown;
+        let in_flight = self.tracker.len();
+        if in_flight > 0 {
+            tracing::info!(connections = in_flight, timeout = %humantime::format_duration(shutdown), "waiting for connections to finish");
+        }
+        let drained = tokio::select! {
+            _ = self.tracker.wait() => true,
+            _ = tokio::time::sleep(shutdown) => {
+                tracing::warn!(
+                    connections = self.tracker.len(),
+                    "timeouts.shutdown passed; closing the connections still open"
+                );
+                false
+            }
+            _ = term.recv() => {
+                tracing::warn!(signal = "SIGTERM", connections = self.tracker.len(), "second signal while draining; closing the connections still open");
+                false
+            }
+            _ = int.recv() => {
+                tracing::warn!(signal = "SIGINT", connections = self.tracker.len(), "second signal while draining; closing the connections still open");
+                false
+            }
+        };
+        if !drained {
+            self.shared.force_close.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+        }
+        status_stop.cancel();
+        // The admin endpoint answers (/readyz 503, /healthz 200) until here.
+        if let Some(a) = self.admin.take() {
+            a.stop.cancel();
+        }
+        tracing::info!("stopped");
+        EXIT_OK
+    }
+}
+
+/// STATUS= with the live connection count, and watchdog pings at half of WATCHDOG_USEC.
+fn spawn_status(tracker: TaskTracker, stop: CancellationToken) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let period = if watchdog {
+        Duration::from_micros(usec / 2).max(Duration::from_millis(100))
+    } else {
+        Duration::from_secs(5)
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let active = tracker.len();
+            let status = format!("ready, {active} connections");
+            if watchdog {
+                notify(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&status),
+                ]);
+            } else {
+                notify(&[sd_notify::NotifyState::Status(&status)]);
+            }
+        }
+    });
+}
+
+/// `det-tls-proxy run`: the whole life of the serving process.
+pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
+    let config = match config::load(&flags, Purpose::Serve) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::logging::config_errors(&flags, &e);
+            return EXIT_CONFIG;
+        }
+    };
+    crate::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return EXIT_RUNTIME;
+        }
+    };
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::new());
+        let server = match Server::start(config.clone(), flags, inherited, metrics) {
+            Ok(s) => s,
+            Err((code, msg)) => {
+                tracing::error!("{msg}");
+                return code;
+            }
+        };
+        server.serve(&config).await
+    })
+}
