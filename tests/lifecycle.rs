@@ -107,3 +107,84 @@ fn sigint_without_connections_exits_zero_promptly() {
         .expect("idle proxy did not exit promptly on SIGINT");
     assert_eq!(status.code(), Some(0), "exit status {status}");
 }
+
+/// One HTTP/1.1 GET to the admin endpoint; `None` when nothing answers.
+fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn drain_is_visible_readyz_503_healthz_200_until_exit() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = master
+        .cfg()
+        .extra(r#"admin: {listen: "127.0.0.1:0"}"#)
+        .extra("timeouts: {shutdown: 30s}")
+        .start(dir.path());
+    let addr = proxy.tcp_addr("main");
+    let admin = proxy.tcp_addr("admin");
+    assert_eq!(admin_status(admin, "/readyz"), Some(200));
+    // A connection keeps the proxy draining.
+    let mut c = connect(addr);
+    assert_eq!(roundtrip(&mut c, b"before"), b"before");
+
+    proxy.signal(Signal::SIGTERM);
+    proxy.wait_for("the draining line", Duration::from_secs(10), |v| {
+        v["message"] == "draining"
+    });
+    assert_eq!(
+        admin_status(admin, "/readyz"),
+        Some(503),
+        "readyz while draining"
+    );
+    assert_eq!(
+        admin_status(admin, "/healthz"),
+        Some(200),
+        "healthz while draining"
+    );
+    wait_until_refused(addr, Duration::from_secs(5));
+    assert_eq!(roundtrip(&mut c, b"during"), b"during");
+    finish(&mut c);
+
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit once drained");
+    assert_eq!(status.code(), Some(0));
+    // The admin endpoint stopped with the server.
+    assert!(TcpStream::connect_timeout(&admin, Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn a_second_sigterm_while_draining_closes_what_is_left() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = master
+        .cfg()
+        .extra("timeouts: {shutdown: 1h}")
+        .start(dir.path());
+    let mut c = connect(proxy.tcp_addr("main"));
+    assert_eq!(roundtrip(&mut c, b"held"), b"held");
+    proxy.signal(Signal::SIGTERM);
+    proxy.wait_for("the draining line", Duration::from_secs(10), |v| {
+        v["message"] == "draining"
+    });
+    assert!(
+        proxy.wait_exit(Duration::from_millis(500)).is_none(),
+        "did not wait for the open connection"
+    );
+    proxy.signal(Signal::SIGTERM);
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("a second SIGTERM ends the drain");
+    assert_eq!(status.code(), Some(0));
+    let rest = read_until_closed(&mut c, Duration::from_secs(5));
+    assert!(rest.is_empty());
+}

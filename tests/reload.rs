@@ -1199,3 +1199,81 @@ impl Live {
         }
     }
 }
+
+// === A reload applies all or nothing ===
+
+#[test]
+fn a_reload_that_cannot_bind_changes_no_policy() {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let with = |nets: &str, extra: &str| {
+        yaml(&format!(
+            "{}listeners:\n  - {{name: main, listen: \"127.0.0.1:0\", allowed_clients: [{nets}]}}\n{extra}max_connections: 50\n",
+            master_lines(&m)
+        ))
+    };
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, with("127.0.0.0/8", "")).unwrap();
+    let proxy = Proxy::start(&path);
+    let addr = proxy.tcp_addr("main");
+    relays(addr, b"ping");
+    // Narrows the allowlist and adds a listener on a port that is taken: nothing may apply.
+    replace(
+        &path,
+        &with(
+            "10.0.0.0/8",
+            &format!("  - {{name: extra, listen: \"127.0.0.1:{busy_port}\"}}\n"),
+        ),
+    );
+    proxy.signal(Signal::SIGHUP);
+    let line = proxy.wait_for(
+        "a refused reload",
+        Duration::from_secs(10),
+        is_reload_refused,
+    );
+    assert!(line.to_string().contains(&busy_port.to_string()), "{line}");
+    assert!(
+        proxy
+            .find(|v| field(v, "message") == "configuration reloaded")
+            .is_none(),
+        "a reload was reported as applied"
+    );
+    // The old allowlist is still the one in force.
+    relays(addr, b"still served");
+}
+
+#[test]
+fn a_reload_that_cannot_bind_the_new_admin_address_keeps_the_old_one() {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &path,
+        yaml(&format!(
+            "{}{MAIN}admin: {{listen: \"127.0.0.1:0\"}}\n",
+            master_lines(&m)
+        )),
+    )
+    .unwrap();
+    let proxy = Proxy::start(&path);
+    let admin = proxy.tcp_addr("admin");
+    replace(
+        &path,
+        &yaml(&format!(
+            "{}{MAIN}admin: {{listen: \"127.0.0.1:{busy_port}\"}}\n",
+            master_lines(&m)
+        )),
+    );
+    proxy.signal(Signal::SIGHUP);
+    let line = proxy.wait_for(
+        "a refused reload",
+        Duration::from_secs(10),
+        is_reload_refused,
+    );
+    assert!(line.to_string().contains("admin.listen"), "{line}");
+    assert_eq!(http_status(admin, "/healthz"), Some(200));
+}
