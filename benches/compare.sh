@@ -16,7 +16,8 @@
 #          BENCH_LAT_COUNT, BENCH_HOLD, BENCH_REPS, BENCH_QUIET_WAIT (full mode: before each
 #          proxy's repetition wait up to this many seconds, default 180, for the CPUs to be
 #          ≥ 90 % idle, so other work on a shared machine does not land in one proxy's figures;
-#          BENCH_QUIET_BUDGET bounds the total wait, default 300 s).
+#          BENCH_QUIET_BUDGET bounds the total wait, default 300 s), BENCH_DET_BIN (a
+#          det-tls-proxy binary to measure instead of this tree's, e.g. an earlier commit's).
 # Exit status: 0 when every workload through every proxy completed with every byte right.
 #
 # All traffic stays on 127.0.0.1; every wait is bounded; every process started here is stopped
@@ -121,6 +122,11 @@ WORK=$(mktemp -d /tmp/det-tls-bench.XXXXXX)
 # Run copies, so a rebuild in the work tree during a long run cannot mix two versions.
 mkdir -p "$WORK/bin"
 cp "$ROOT/target/$PROFILE/det-tls-proxy" "$ROOT/target/$PROFILE/examples/loadgen" "$ROOT/target/$PROFILE/examples/tlssink" "$WORK/bin/"
+# BENCH_DET_BIN: measure another det-tls-proxy binary (an earlier commit's, for a before/after
+# comparison) with this tree's load generator and sink.
+if [ -n "${BENCH_DET_BIN:-}" ]; then
+  cp "$BENCH_DET_BIN" "$WORK/bin/det-tls-proxy"
+fi
 PROXY=$WORK/bin/det-tls-proxy
 LG=$WORK/bin/loadgen
 SINK=$WORK/bin/tlssink
@@ -581,7 +587,7 @@ meta = {
     "hold": $HOLD,
     "quiet_wait": $QUIET_WAIT,
     "versions": {
-        "det-tls-proxy": first("$PROXY --version") + " (git " + first("git -C $ROOT describe --always --dirty") + ")",
+        "det-tls-proxy": first("$PROXY --version") + (" (binary ${BENCH_DET_BIN:-})" if "${BENCH_DET_BIN:-}" else " (git " + first("git -C $ROOT describe --always --dirty") + ")"),
         "stunnel": first("stunnel4 -version 2>&1 | grep -m1 '^stunnel' | cut -d' ' -f1-2"),
         "haproxy": first("haproxy -v | head -1 | cut -d' ' -f1,3"),
         "nginx": first("nginx -v 2>&1 | sed 's/^nginx version: //; s,/, ,'"),
