@@ -164,7 +164,8 @@ EOF
     [ "$booted" = degraded ] && g systemctl --failed --no-legend >&2
 
     make_certs "$work/certs" || exit 1
-    inns "$PY" "$REAL_DIR/master.py" --cert "$work/certs/master.crt" --key "$work/certs/master.key" \
+    # nsenter itself, not the inns function: $! must be the server's pid (it execs).
+    nsenter --net="/proc/$L/ns/net" "$PY" "$REAL_DIR/master.py" --cert "$work/certs/master.crt" --key "$work/certs/master.key" \
         --client-ca "$work/certs/ca.crt" --port-file "$work/master.port" --log "$work/master.log" \
         2>"$work/master.err" &
     MASTER_PID=$!
