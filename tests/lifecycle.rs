@@ -108,18 +108,6 @@ fn sigint_without_connections_exits_zero_promptly() {
     assert_eq!(status.code(), Some(0), "exit status {status}");
 }
 
-/// One HTTP/1.1 GET to the admin endpoint; `None` when nothing answers.
-fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split(' ').nth(1)?.parse().ok()
-}
-
 #[test]
 fn drain_is_visible_readyz_503_healthz_200_until_exit() {
     let dir = tempdir();
@@ -131,7 +119,7 @@ fn drain_is_visible_readyz_503_healthz_200_until_exit() {
         .start(dir.path());
     let addr = proxy.tcp_addr("main");
     let admin = proxy.tcp_addr("admin");
-    assert_eq!(admin_status(admin, "/readyz"), Some(200));
+    assert_eq!(http_status(admin, "/readyz"), Some(200));
     // A connection keeps the proxy draining.
     let mut c = connect(addr);
     assert_eq!(roundtrip(&mut c, b"before"), b"before");
@@ -141,12 +129,12 @@ fn drain_is_visible_readyz_503_healthz_200_until_exit() {
         v["message"] == "draining"
     });
     assert_eq!(
-        admin_status(admin, "/readyz"),
+        http_status(admin, "/readyz"),
         Some(503),
         "readyz while draining"
     );
     assert_eq!(
-        admin_status(admin, "/healthz"),
+        http_status(admin, "/healthz"),
         Some(200),
         "healthz while draining"
     );

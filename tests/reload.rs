@@ -436,11 +436,8 @@ fn free_port() -> u16 {
     closed_port()
 }
 
-/// A client that sends `data` and must see nothing come back while the proxy holds it
-/// for at least `held` (a limit, or a dial or handshake still going on).
-fn held_open(addr: SocketAddr, held: Duration) -> std::net::TcpStream {
-    let mut c = connect(addr);
-    c.write_all(b"ping").unwrap();
+/// Nothing arrives on `c` for `held` (a limit, or a dial or handshake still going on).
+fn nothing_arrives(c: &mut std::net::TcpStream, held: Duration) {
     c.set_read_timeout(Some(held)).unwrap();
     let mut buf = [0u8; 16];
     match c.read(&mut buf) {
@@ -449,10 +446,9 @@ fn held_open(addr: SocketAddr, held: Duration) -> std::net::TcpStream {
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) => {}
-        other => panic!("expected the connection held open for {held:?}, got {other:?}"),
+        other => panic!("expected nothing for {held:?}, got {other:?}"),
     }
     c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    c
 }
 
 /// How long until the proxy closes `c` (nothing may arrive).
@@ -464,18 +460,6 @@ fn closed_within(c: &mut std::net::TcpStream, within: Duration) -> Duration {
         "bytes arrived on a connection expected to close: {got:?}"
     );
     started.elapsed()
-}
-
-/// One HTTP/1.1 GET; `None` when the connection closes without an answer.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let _ = s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split(' ').nth(1)?.parse().ok()
 }
 
 // --- The cases ---
@@ -605,17 +589,29 @@ fn case_master_cert_name(case: &Case, t: Trigger) {
     );
 }
 
-fn case_client_cert(case: &Case, t: Trigger) {
-    let dir = tempdir();
+/// A master that asks for (`required`: insists on) a client certificate from its CA, and an
+/// agent certificate and key from that CA on disk: (server, CA file, cert file, key file).
+fn mutual_tls_master(dir: &Path, required: bool) -> (TlsServer, PathBuf, PathBuf, PathBuf) {
     let ca = Ca::root("Master and agents CA");
     let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
-    let ca_pem = certs::write(dir.path(), "ca.pem", &ca.pem());
+    let ca_pem = certs::write(dir, "ca.pem", &ca.pem());
+    let auth = if required {
+        ClientAuth::Required(ca.der())
+    } else {
+        ClientAuth::Optional(ca.der())
+    };
     let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der())
-        .client_auth(ClientAuth::Required(ca.der()))
+        .client_auth(auth)
         .start();
     let agent = ca.client("agent");
-    let cert = certs::write(dir.path(), "agent.crt", &agent.pem());
-    let key = certs::write(dir.path(), "agent.key", &agent.key_pem());
+    let cert = certs::write(dir, "agent.crt", &agent.pem());
+    let key = certs::write(dir, "agent.key", &agent.key_pem());
+    (server, ca_pem, cert, key)
+}
+
+fn case_client_cert(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let (server, ca_pem, cert, key) = mutual_tls_master(dir.path(), true);
     let with = |client: &str| {
         yaml(&format!(
             "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}{client}}}}}\n{MAIN}",
@@ -809,15 +805,7 @@ fn case_alpn(case: &Case, t: Trigger) {
 
 fn case_present_client_cert(case: &Case, t: Trigger) {
     let dir = tempdir();
-    let ca = Ca::root("Master and agents CA");
-    let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
-    let ca_pem = certs::write(dir.path(), "ca.pem", &ca.pem());
-    let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der())
-        .client_auth(ClientAuth::Optional(ca.der()))
-        .start();
-    let agent = ca.client("agent");
-    let cert = certs::write(dir.path(), "agent.crt", &agent.pem());
-    let key = certs::write(dir.path(), "agent.key", &agent.key_pem());
+    let (server, ca_pem, cert, key) = mutual_tls_master(dir.path(), false);
     let with = |present: bool| {
         yaml(&format!(
             "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}, client_cert: {}, client_key: {}}}}}\nlisteners: [{{name: main, listen: \"127.0.0.1:0\", present_client_cert: {present}}}]\n",
@@ -867,46 +855,37 @@ fn case_tls_passthrough(case: &Case, t: Trigger) {
     );
 }
 
-fn case_connect_timeout(case: &Case, t: Trigger) {
+/// A master that never completes the step `key` bounds (a black-holed connect, a silent
+/// handshake): under `1h` a client is held, under `1s` it is closed after about a second.
+fn dial_timeout_case(case: &Case, t: Trigger, master_port: u16, key: &str) {
     let dir = tempdir();
-    let hole = BlackHole::new();
     let with = |d: &str| {
         yaml(&format!(
-            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{skip_verify: true}}}}\ntimeouts: {{connect: {d}}}\n{MAIN}",
-            hole.addr.port()
+            "master_host: \"127.0.0.1\"\nmaster_port: {master_port}\nsecurity: {{tls: {{skip_verify: true}}}}\ntimeouts: {{{key}: {d}}}\n{MAIN}"
         ))
     };
     let live = Live::start(dir.path(), &with("1h"), t);
-    let _held = held_open(live.main(), Duration::from_secs(2));
+    let mut held = connect(live.main());
+    held.write_all(b"ping").unwrap();
+    nothing_arrives(&mut held, Duration::from_secs(2));
     live.change(case, &with("1s"));
     let mut c = connect(live.main());
     let _ = c.write_all(b"ping");
     let took = closed_within(&mut c, Duration::from_secs(8));
     assert!(
         took >= Duration::from_millis(900),
-        "closed before timeouts.connect: {took:?}"
+        "closed before timeouts.{key}: {took:?}"
     );
 }
 
+fn case_connect_timeout(case: &Case, t: Trigger) {
+    let hole = BlackHole::new();
+    dial_timeout_case(case, t, hole.addr.port(), "connect");
+}
+
 fn case_handshake_timeout(case: &Case, t: Trigger) {
-    let dir = tempdir();
     let silent = SilentServer::new();
-    let with = |d: &str| {
-        yaml(&format!(
-            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{skip_verify: true}}}}\ntimeouts: {{handshake: {d}}}\n{MAIN}",
-            silent.addr.port()
-        ))
-    };
-    let live = Live::start(dir.path(), &with("1h"), t);
-    let _held = held_open(live.main(), Duration::from_secs(2));
-    live.change(case, &with("1s"));
-    let mut c = connect(live.main());
-    let _ = c.write_all(b"ping");
-    let took = closed_within(&mut c, Duration::from_secs(8));
-    assert!(
-        took >= Duration::from_millis(900),
-        "closed before timeouts.handshake: {took:?}"
-    );
+    dial_timeout_case(case, t, silent.addr.port(), "handshake");
 }
 
 fn case_idle_timeout(case: &Case, t: Trigger) {
@@ -945,7 +924,7 @@ fn case_close_timeout(case: &Case, t: Trigger) {
     let mut c = connect(live.main());
     c.write_all(b"ping").unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
-    let _c = held_open_after_fin(c, Duration::from_secs(2));
+    nothing_arrives(&mut c, Duration::from_secs(2));
     live.change(case, &with("1s"));
     let mut c = connect(live.main());
     let local = c.local_addr().unwrap();
@@ -953,22 +932,6 @@ fn case_close_timeout(case: &Case, t: Trigger) {
     c.shutdown(std::net::Shutdown::Write).unwrap();
     closed_within(&mut c, Duration::from_secs(8));
     assert_eq!(live.proxy.access_line(local)["outcome"], "close_timeout");
-}
-
-fn held_open_after_fin(mut c: std::net::TcpStream, held: Duration) -> std::net::TcpStream {
-    c.set_read_timeout(Some(held)).unwrap();
-    let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            c
-        }
-        other => panic!("expected the connection held open for {held:?}, got {other:?}"),
-    }
 }
 
 fn case_shutdown_timeout(case: &Case, t: Trigger) {
@@ -1011,30 +974,17 @@ fn case_max_connections(case: &Case, t: Trigger) {
     // Connections above the lowered limit finish their work; a new one waits.
     assert_eq!(roundtrip(&mut a, b"a2"), b"a2");
     assert_eq!(roundtrip(&mut b, b"b2"), b"b2");
-    let mut waiting = held_open(addr, Duration::from_secs(1));
+    let mut waiting = connect(addr);
+    waiting.write_all(b"ping").unwrap();
+    nothing_arrives(&mut waiting, Duration::from_secs(1));
     finish(&mut a);
-    held_open_after_write(&mut waiting, Duration::from_millis(500));
+    nothing_arrives(&mut waiting, Duration::from_millis(500));
     finish(&mut b);
     let mut back = [0u8; 4];
     waiting
         .read_exact(&mut back)
         .expect("served once below the limit");
     assert_eq!(&back, b"ping");
-}
-
-/// Nothing arrives on `c` within `held`.
-fn held_open_after_write(c: &mut std::net::TcpStream, held: Duration) {
-    c.set_read_timeout(Some(held)).unwrap();
-    let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("expected nothing for {held:?}, got {other:?}"),
-    }
-    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
 }
 
 fn case_admin_listen(case: &Case, t: Trigger) {

@@ -159,6 +159,20 @@ pub fn refused(addr: SocketAddr, within: Duration) -> SocketAddr {
     local
 }
 
+/// The status of one HTTP/1.1 GET (the admin endpoint); `None` when the connection is refused
+/// or closes without an answer.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ').nth(1)?.parse().ok()
+}
+
 /// Replaces a file the way operators and tools do: write aside, rename over.
 pub fn replace(path: &Path, contents: &str) {
     let tmp = path.with_extension("swap");
