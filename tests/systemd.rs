@@ -531,7 +531,9 @@ fn service_unit_is_notify_with_watchdog_reload_and_hardening() {
         one("ExecStart"),
         "/usr/local/bin/det-tls-proxy run --config /etc/determined/tls-proxy.yaml"
     );
-    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // The shell's kill builtin: /bin/kill (procps) is absent on a minimal Debian (203/EXEC);
+    // tests/real/systemd.sh runs `systemctl reload` under a real systemd.
+    assert_eq!(one("ExecReload"), r#"/bin/sh -c 'kill -HUP "$MAINPID"'"#);
     assert_eq!(one("Restart"), "on-failure");
     let watchdog = one("WatchdogSec");
     assert!(
