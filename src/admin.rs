@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::diagnose::CertSummary;
-use crate::proxy::{Shared, State};
+use crate::state::{Shared, State};
 
 /// A probe result is reused for this long, so scrapes cannot hammer the master.
 pub const PROBE_PERIOD: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Config, TlsSettings};
 use crate::diagnose::{parse_fingerprint, CertSummary};
-use crate::trust::{NameReason, TlsContext};
+use crate::tls::{NameReason, TlsContext};
 use crate::upstream::{version_name, Attempt, SystemResolver, Upstream, UpstreamError};
 
 // === The report ===
@@ -102,7 +102,7 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
     let mut tls = config.tls.clone();
     tls.skip_verify = true;
     let ctx = match TlsContext::build(&config.master, &tls) {
-        Err(crate::trust::TrustError::MasterCert(_)) => {
+        Err(crate::tls::TrustError::MasterCert(_)) => {
             tls.master_cert = None;
             TlsContext::build(&config.master, &tls)
         }
@@ -239,7 +239,7 @@ async fn dial_and_report(config: &Config, explain: bool) -> Report {
     r.verified = !ctx.skip_verify;
     r.ok = true;
     if let Some(leaf) = r.chain.first() {
-        if leaf.days_left < crate::proxy::EXPIRY_WARNING.as_secs() as i64 / 86_400 {
+        if leaf.days_left < crate::diagnose::EXPIRY_WARNING.as_secs() as i64 / 86_400 {
             r.warnings.push(format!(
                 "the master's certificate expires in {} days",
                 leaf.days_left
@@ -540,7 +540,7 @@ pub async fn trust(
         Some(store) => {
             let path = store.clone().unwrap_or_else(default_cli_store);
             let (url, pem) = from_cli_store(&path, config)?;
-            let certs = crate::trust::certs_from_pem(&path, pem.as_bytes())
+            let certs = crate::pem::certs_from_pem(&path, pem.as_bytes())
                 .map_err(|e| TrustCmdError::Failed(e.to_string()))?;
             let _ = writeln!(out, "from the CLI's store {} entry {url}", path.display());
             (pem_chain(&certs), certs)
@@ -681,7 +681,7 @@ pub async fn trust(
 
 fn is_cert_failure(e: &UpstreamError) -> bool {
     match e {
-        UpstreamError::Handshake { kind, .. } => kind.starts_with("cert_"),
+        UpstreamError::Handshake { kind, .. } => kind.is_cert(),
         _ => false,
     }
 }

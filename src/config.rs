@@ -1069,7 +1069,7 @@ fn parse_cidrs(
 
 /// Checks a PEM file holds at least one certificate; returns how many.
 fn check_cert_file(key: &str, path: &Path, source: &str) -> Result<usize, ConfigError> {
-    match crate::trust::load_certs(path) {
+    match crate::pem::load_certs(path) {
         Ok(certs) => Ok(certs.len()),
         Err(e) => Err(err(key, e.to_string(), Some(source.to_string()))),
     }
@@ -1201,7 +1201,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
             }
         }
         if let Some(path) = &client_key {
-            if let Err(e) = crate::trust::load_key(path) {
+            if let Err(e) = crate::pem::load_key(path) {
                 errors.push(err(
                     "security.tls.client_key",
                     e.to_string(),

@@ -9,6 +9,10 @@ use serde::Serialize;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// A master certificate closer than this to its expiry is warned about (`run`: once a day;
+/// `check`: in its report).
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+
 /// What an operator needs to know about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertSummary {

@@ -145,7 +145,7 @@ pub enum Socketish {
 
 /// A bound listener: the socket and the facts about it that no reload changes. Everything a
 /// reload may change (allowed_clients, alpn, present_client_cert, …) is read from the live
-/// state at each accept (`proxy::ListenerPolicy`), never copied here.
+/// state at each accept (`state::ListenerPolicy`), never copied here.
 #[derive(Debug)]
 pub struct Bound {
     pub socket: Socketish,

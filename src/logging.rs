@@ -101,7 +101,7 @@ pub fn init(cfg: &LogConfig) {
 }
 
 /// Applies a reloaded `log` section: the format from the next line on, the level for every
-/// event from now. (`log.access` lives in the shared state; see `proxy::Shared`.)
+/// event from now. (`log.access` lives in the shared state; see `state::Shared`.)
 pub fn apply(cfg: &LogConfig) {
     let Some(live) = LIVE.get() else {
         return;

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::outcome::Outcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
     pub listener: String,
@@ -146,14 +148,6 @@ impl Metrics {
 
     /// Handles for one listener, so each connection bumps atomics without hashing labels.
     pub fn listener(&self, name: &str) -> ListenerMetrics {
-        let conn = |result: &str| {
-            self.connections
-                .get_or_create(&ConnLabels {
-                    listener: name.to_string(),
-                    result: result.to_string(),
-                })
-                .clone()
-        };
         let bytes = |direction: &str| {
             self.bytes
                 .get_or_create(&BytesLabels {
@@ -169,12 +163,14 @@ impl Metrics {
                     listener: name.to_string(),
                 })
                 .clone(),
-            ok: conn("ok"),
-            upstream_error: conn("upstream_error"),
-            denied: conn("denied"),
-            client_closed_early: conn("client_closed_early"),
-            timeout: conn("timeout"),
-            error: conn("error"),
+            results: Outcome::ALL.map(|o| {
+                self.connections
+                    .get_or_create(&ConnLabels {
+                        listener: name.to_string(),
+                        result: o.label().to_string(),
+                    })
+                    .clone()
+            }),
             up: bytes("up"),
             down: bytes("down"),
         }
@@ -207,12 +203,15 @@ impl Metrics {
 #[derive(Clone)]
 pub struct ListenerMetrics {
     pub active: Gauge,
-    pub ok: Counter,
-    pub upstream_error: Counter,
-    pub denied: Counter,
-    pub client_closed_early: Counter,
-    pub timeout: Counter,
-    pub error: Counter,
+    /// `connections_total{result}`, one counter per [`Outcome`] in `Outcome::ALL` order.
+    results: [Counter; Outcome::ALL.len()],
     pub up: Counter,
     pub down: Counter,
+}
+
+impl ListenerMetrics {
+    /// Counts one finished (or refused) connection under its outcome.
+    pub fn finished(&self, outcome: Outcome) {
+        self.results[outcome.index()].inc();
+    }
 }

@@ -21,28 +21,7 @@ use tokio::time::{Instant, Sleep};
 /// peer stops reading holds at most this much in `pending` per direction.
 pub const CHUNK: usize = 256 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Both directions finished.
-    Ok,
-    /// No bytes either way for `timeouts.idle`.
-    IdleTimeout,
-    /// One side finished and the other went on past `timeouts.close`.
-    CloseTimeout,
-    /// A peer reset the connection or a write failed.
-    Reset,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::IdleTimeout => "idle_timeout",
-            Outcome::CloseTimeout => "close_timeout",
-            Outcome::Reset => "reset",
-        }
-    }
-}
+pub use crate::outcome::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayTimeouts {

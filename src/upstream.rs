@@ -19,7 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::parse_host_ip;
-use crate::trust::{cert_failure, FailureKind};
+use crate::tls::{cert_failure, FailureKind};
 
 // === Resolution ===
 
@@ -66,8 +66,43 @@ pub enum UpstreamError {
     Handshake {
         addr: SocketAddr,
         detail: String,
-        kind: &'static str,
+        kind: HandshakeFailure,
     },
+}
+
+/// Why a TLS handshake with the master failed, as counted in `upstream_errors_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The master's certificate did not verify.
+    Cert(FailureKind),
+    /// The master's port answered in plaintext HTTP.
+    Plaintext,
+    /// Bytes that are not TLS.
+    Protocol,
+    /// The master sent an alert.
+    Alert,
+    /// The master closed or reset the connection mid-handshake.
+    Eof,
+    Reset,
+    Other,
+}
+
+impl HandshakeFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Cert(k) => k.label(),
+            HandshakeFailure::Plaintext => "plaintext",
+            HandshakeFailure::Protocol => "tls_protocol",
+            HandshakeFailure::Alert => "tls_alert",
+            HandshakeFailure::Eof => "tls_eof",
+            HandshakeFailure::Reset => "tls_reset",
+            HandshakeFailure::Other => "tls",
+        }
+    }
+
+    pub fn is_cert(self) -> bool {
+        matches!(self, HandshakeFailure::Cert(_))
+    }
 }
 
 /// One address tried, its outcome and how long it took.
@@ -104,7 +139,7 @@ impl UpstreamError {
                 }
             }
             UpstreamError::HandshakeTimeout { .. } => "handshake_timeout",
-            UpstreamError::Handshake { kind, .. } => kind,
+            UpstreamError::Handshake { kind, .. } => kind.label(),
         }
     }
 }
@@ -119,24 +154,24 @@ pub fn handshake_error(addr: SocketAddr, e: io::Error, first: &[u8]) -> Upstream
                 "the master's port answered in plaintext: it looks like plaintext HTTP ({:?}...), not TLS; set master_port to the master's TLS port, or security.tls.enabled: false if the master has no TLS",
                 String::from_utf8_lossy(first)
             ),
-            kind: "plaintext",
+            kind: HandshakeFailure::Plaintext,
         };
     }
     if let Some(f) = cert_failure(&e) {
         return UpstreamError::Handshake {
             addr,
             detail: f.to_string(),
-            kind: f.kind.label(),
+            kind: HandshakeFailure::Cert(f.kind),
         };
     }
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     let (kind, detail) = match inner {
         Some(rustls::Error::InvalidMessage(_)) => (
-            "tls_protocol",
+            HandshakeFailure::Protocol,
             format!("{e}: the master's port did not answer with TLS; check master_port"),
         ),
         Some(rustls::Error::AlertReceived(alert)) => (
-            "tls_alert",
+            HandshakeFailure::Alert,
             format!(
                 "the master refused the handshake with alert {alert:?}{}",
                 match alert {
@@ -146,12 +181,12 @@ pub fn handshake_error(addr: SocketAddr, e: io::Error, first: &[u8]) -> Upstream
                 }
             ),
         ),
-        Some(rustls::Error::InvalidCertificate(c)) => (FailureKind::Other.label(), format!("certificate rejected: {c:?}")),
-        Some(other) => ("tls", other.to_string()),
+        Some(rustls::Error::InvalidCertificate(c)) => (HandshakeFailure::Cert(FailureKind::Other), format!("certificate rejected: {c:?}")),
+        Some(other) => (HandshakeFailure::Other, other.to_string()),
         None => match e.kind() {
-            io::ErrorKind::UnexpectedEof => ("tls_eof", "the master closed the connection during the handshake".to_string()),
-            io::ErrorKind::ConnectionReset => ("tls_reset", "the master reset the connection during the handshake".to_string()),
-            _ => ("tls", e.to_string()),
+            io::ErrorKind::UnexpectedEof => (HandshakeFailure::Eof, "the master closed the connection during the handshake".to_string()),
+            io::ErrorKind::ConnectionReset => (HandshakeFailure::Reset, "the master reset the connection during the handshake".to_string()),
+            _ => (HandshakeFailure::Other, e.to_string()),
         },
     };
     UpstreamError::Handshake { addr, detail, kind }

@@ -24,7 +24,8 @@ use tokio_rustls::TlsAcceptor;
 use det_tls_proxy::config::{self, Purpose};
 use det_tls_proxy::listen::{ClientStream, Peer};
 use det_tls_proxy::metrics::Metrics;
-use det_tls_proxy::proxy::{self as dataplane, Shared, State};
+use det_tls_proxy::proxy as dataplane;
+use det_tls_proxy::state::{Shared, State};
 use det_tls_proxy::upstream::{Resolve, ResolveFuture};
 
 // === Process probes (/proc of the proxy child) ===

@@ -10,7 +10,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::ListenerKey;
 use crate::limit::Limit;
 use crate::listen::{self, Backoff, Bound, Peer};
-use crate::proxy::{self, ListenerPolicy, Shared, State};
+use crate::proxy;
+use crate::state::{ListenerPolicy, Shared, State};
 
 pub(crate) struct AcceptLoop {
     pub key: ListenerKey,

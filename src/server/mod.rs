@@ -1,6 +1,6 @@
 //! The serving process around the data path: bind, announce readiness, watch signals and
 //! files, reload (`reload.rs`), drain on SIGTERM, and talk to systemd. The live configuration
-//! is one `proxy::State` behind `Shared`; this module owns what a state cannot hold: the
+//! is one `state::State` behind `Shared`; this module owns what a state cannot hold: the
 //! sockets, the accept loops, the connection limit and the admin endpoint.
 
 mod accept;
@@ -22,8 +22,8 @@ use crate::config::{self, Config, ListenerKey, Overrides, Purpose};
 use crate::limit::Limit;
 use crate::listen::{self, Bound, Inherited};
 use crate::metrics::Metrics;
-use crate::proxy::{Shared, State};
-use crate::trust::{NameReason, TlsContext};
+use crate::state::{Shared, State};
+use crate::tls::{NameReason, TlsContext};
 
 pub use watch::WATCH_PERIOD;
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::config::{self, Config, ListenerConfig, ListenerKey, Purpose};
 use crate::listen::{self, Bound};
-use crate::proxy::State;
-use crate::trust::TlsContext;
+use crate::state::State;
+use crate::tls::TlsContext;
 
 use super::{log_trust_summary, notify, watch, Server};
 

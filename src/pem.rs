@@ -1,0 +1,81 @@
+//! PEM files: certificate bundles and private keys, read with rustls-pki-types. A leaf below
+//! both the configuration (which checks the files exist and parse) and TLS (which uses them).
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+    #[error("{path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "{path} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)"
+    )]
+    NoKey { path: PathBuf },
+    #[error("{path} is not valid PEM: {detail}")]
+    Malformed { path: PathBuf, detail: String },
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, PemError> {
+    let bytes = std::fs::read(path).map_err(|source| PemError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(PemError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Every certificate in a PEM bundle, in order.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let bytes = read_pem(path)?;
+    certs_from_pem(path, &bytes)
+}
+
+pub fn certs_from_pem(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let mut certs = Vec::new();
+    for item in CertificateDer::pem_slice_iter(bytes) {
+        match item {
+            Ok(c) => certs.push(c),
+            Err(e) => {
+                return Err(PemError::Malformed {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    let bytes = read_pem(path)?;
+    match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(k) => Ok(k),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(PemError::NoKey {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(PemError::Malformed {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+    }
+}
+

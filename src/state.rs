@@ -1,0 +1,244 @@
+//! The live state: everything a connection reads from the configuration, built whole by each
+//! load and reload and swapped in as one unit, and what every connection shares across
+//! reloads (metrics, drain signals, the failure-log rate limiter, the expiry warning).
+//!
+//! The swap is an `RwLock<Arc<State>>`: an accept takes a read lock for as long as it takes to
+//! clone one `Arc`, which costs about what `arc-swap`'s load does without another dependency;
+//! a reload takes the write lock once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey};
+use crate::diagnose::CertSummary;
+use crate::listen::Peer;
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::tls::{TlsContext, TrustError};
+use crate::upstream::{Resolve, Upstream};
+
+/// A repeated failure is logged at most once per this period.
+pub const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
+
+// === Per-listener policy ===
+
+/// The client configs a listener uses, all sharing one session store.
+pub struct ListenerTls {
+    pub h2: Arc<ClientConfig>,
+    pub http11: Arc<ClientConfig>,
+    pub fixed: Arc<ClientConfig>,
+}
+
+/// What the data path needs to know about one listener under the current configuration.
+pub struct ListenerPolicy {
+    pub config: ListenerConfig,
+    pub present_client_cert: bool,
+    pub tls: Option<ListenerTls>,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerPolicy {
+    /// Whether `peer` may use this listener under this configuration.
+    pub fn allows(&self, peer: &Peer) -> bool {
+        crate::listen::peer_allowed(self.config.allowed_clients.as_deref(), peer)
+    }
+
+    /// The client config for a connection whose first bytes are `first`.
+    pub fn client_config(&self, first: &[u8]) -> Option<Arc<ClientConfig>> {
+        let tls = self.tls.as_ref()?;
+        Some(match self.config.alpn {
+            AlpnPolicy::Auto if crate::proxy::looks_like_h2(first) => tls.h2.clone(),
+            AlpnPolicy::Auto => tls.http11.clone(),
+            _ => tls.fixed.clone(),
+        })
+    }
+}
+
+
+/// Everything a connection reads from the configuration; replaced whole on reload. Each
+/// connection takes the state current at its accept and keeps it for its life.
+pub struct State {
+    pub config: Config,
+    pub tls: Option<TlsContext>,
+    pub upstream: Upstream,
+    /// By listen address: a reload that keeps an address keeps its socket, whatever its name.
+    pub listeners: HashMap<ListenerKey, Arc<ListenerPolicy>>,
+}
+
+impl State {
+    /// Builds the state for `config`. `host_only` tells, for sockets systemd passed, whether
+    /// each is reachable only from this host (other addresses tell it themselves).
+    pub fn build(
+        config: Config,
+        host_only: &HashMap<ListenerKey, bool>,
+        metrics: &Metrics,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<State, TrustError> {
+        let tls = TlsContext::for_config(&config)?;
+        Ok(Self::with_tls(config, tls, host_only, metrics, resolver))
+    }
+
+    /// As [`State::build`], with a TLS context the caller has already built (and checked).
+    pub fn with_tls(
+        config: Config,
+        tls: Option<TlsContext>,
+        host_only: &HashMap<ListenerKey, bool>,
+        metrics: &Metrics,
+        resolver: Arc<dyn Resolve>,
+    ) -> State {
+        let mut listeners = HashMap::new();
+        for lc in &config.listeners {
+            // An explicit setting wins; otherwise only listeners no other host can reach
+            // present the agent's certificate.
+            let present_client_cert = lc.present_client_cert.unwrap_or_else(|| {
+                host_only
+                    .get(&lc.key())
+                    .copied()
+                    .unwrap_or_else(|| lc.addr.is_local())
+            });
+            let ltls = match &tls {
+                Some(t) => {
+                    let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
+                        AlpnPolicy::List(l) => l.clone(),
+                        _ => Vec::new(),
+                    };
+                    Some(ListenerTls {
+                        h2: t.client_config(&[b"h2".to_vec()], present_client_cert, true),
+                        http11: t.client_config(&[b"http/1.1".to_vec()], present_client_cert, true),
+                        fixed: t.client_config(&fixed_alpn, present_client_cert, true),
+                    })
+                }
+                None => None,
+            };
+            listeners.insert(
+                lc.key(),
+                Arc::new(ListenerPolicy {
+                    config: lc.clone(),
+                    present_client_cert,
+                    tls: ltls,
+                    metrics: metrics.listener(&lc.name),
+                }),
+            );
+        }
+        let upstream = Upstream::for_config(&config, resolver);
+        State {
+            config,
+            tls,
+            upstream,
+            listeners,
+        }
+    }
+}
+
+// === Shared ===
+
+/// What every connection shares: the current state, metrics, and the drain signals.
+pub struct Shared {
+    state: RwLock<Arc<State>>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when `timeouts.shutdown` has passed: cut what is still relaying.
+    pub force_close: CancellationToken,
+    /// Set at the first SIGTERM/SIGINT: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    access_log: AtomicBool,
+    expiry_warned: AtomicI64,
+    failures: Mutex<HashMap<String, (Instant, u64)>>,
+    pub resolver: Arc<dyn Resolve>,
+}
+
+impl Shared {
+    pub fn new(state: State, metrics: Arc<Metrics>, resolver: Arc<dyn Resolve>) -> Arc<Shared> {
+        let access = state.config.log.access;
+        metrics
+            .skip_verify
+            .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        Arc::new(Shared {
+            state: RwLock::new(Arc::new(state)),
+            metrics,
+            force_close: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+            access_log: AtomicBool::new(access),
+            expiry_warned: AtomicI64::new(0),
+            failures: Mutex::new(HashMap::new()),
+            resolver,
+        })
+    }
+
+    pub fn current(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new configuration; connections in flight keep the state they started with.
+    pub fn replace(&self, state: State) {
+        self.access_log
+            .store(state.config.log.access, Ordering::Relaxed);
+        self.metrics
+            .skip_verify
+            .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Records the master's leaf from a full handshake: the expiry gauge, and a warning at
+    /// most once a day when it expires within two weeks.
+    pub fn saw_master_cert(&self, leaf: &CertSummary) {
+        self.metrics.master_cert_expiry.set(leaf.not_after as f64);
+        let now = crate::diagnose::now_secs();
+        let left = leaf.not_after - now;
+        if left < crate::diagnose::EXPIRY_WARNING.as_secs() as i64 {
+            let last = self.expiry_warned.load(Ordering::Relaxed);
+            if now - last >= 86_400
+                && self
+                    .expiry_warned
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    subject = %leaf.subject,
+                    not_after = %crate::diagnose::rfc3339(leaf.not_after),
+                    days_left = left.div_euclid(86_400),
+                    "the master's certificate expires soon; renew it on the master"
+                );
+            }
+        }
+    }
+
+    /// Whether `log.access` is on in the live configuration.
+    pub fn access_log_on(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// Logs a failure unless the same cause was logged within the last minute; repeats are
+    /// counted and reported with the next line.
+    pub fn log_failure(&self, key: &str, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(key) {
+            Some((last, suppressed)) if now.duration_since(*last) < FAILURE_LOG_PERIOD => {
+                *suppressed += 1;
+            }
+            Some((last, suppressed)) => {
+                let n = *suppressed;
+                *last = now;
+                *suppressed = 0;
+                drop(map);
+                log(n);
+            }
+            None => {
+                if map.len() > 1000 {
+                    map.clear();
+                }
+                map.insert(key.to_string(), (now, 0));
+                drop(map);
+                log(0);
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Verification failures in an operator's terms: what the certificate holds, why it failed,
+//! and which key to set.
+
+use std::fmt;
+
+use rustls::{
+    CertificateError, OtherError,
+};
+
+use crate::diagnose::CertSummary;
+
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    WrongName,
+    UnknownIssuer,
+    Expired,
+    NotYetValid,
+    /// The master presents a CA certificate as its own and it is not pinned in master_cert.
+    CaAsLeaf,
+    Other,
+}
+
+impl FailureKind {
+    /// The `kind` label of `upstream_errors_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::WrongName => "cert_name",
+            FailureKind::UnknownIssuer => "cert_unknown_issuer",
+            FailureKind::Expired => "cert_expired",
+            FailureKind::NotYetValid => "cert_not_yet_valid",
+            FailureKind::CaAsLeaf => "cert_ca_as_leaf",
+            FailureKind::Other => "cert_invalid",
+        }
+    }
+}
+
+/// A certificate the master presented that did not verify, with what it holds.
+#[derive(Debug)]
+pub struct CertFailure {
+    pub kind: FailureKind,
+    pub cause: CertificateError,
+    pub expected: String,
+    pub leaf: Option<CertSummary>,
+    /// The last certificate the master sent (where its chain ends).
+    pub chain_end: Option<CertSummary>,
+}
+
+impl fmt::Display for CertFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        match self.kind {
+            FailureKind::WrongName => {
+                write!(
+                    f,
+                    "the master's certificate is not valid for {}",
+                    self.expected
+                )?;
+                if let Some(l) = leaf {
+                    write!(
+                        f,
+                        ": it holds {} (issuer {}, {})",
+                        l.names(),
+                        l.issuer,
+                        l.validity()
+                    )?;
+                    match l.dns_names.first() {
+                        Some(n) => write!(f, "; set security.tls.master_cert_name: {n}")?,
+                        None => write!(
+                            f,
+                            "; set master_host to one of its IP addresses, or reissue the certificate with a name for security.tls.master_cert_name"
+                        )?,
+                    }
+                }
+                Ok(())
+            }
+            FailureKind::UnknownIssuer => {
+                let end = self.chain_end.as_ref().or(leaf);
+                write!(f, "unknown issuer: ")?;
+                if let Some(e) = end {
+                    write!(
+                        f,
+                        "the chain ends at {} (issued by {})",
+                        e.subject, e.issuer
+                    )?;
+                } else {
+                    write!(f, "the master's certificate chain is not trusted")?;
+                }
+                if let Some(l) = leaf {
+                    write!(f, "; the certificate holds {}", l.names())?;
+                }
+                write!(
+                    f,
+                    "; put its root in security.tls.master_cert or run `det-tls-proxy trust`"
+                )
+            }
+            FailureKind::Expired => {
+                write!(f, "the master's certificate expired")?;
+                if let Some(l) = leaf {
+                    write!(
+                        f,
+                        " on {} ({}; subject {}, issuer {}, holds {})",
+                        crate::diagnose::rfc3339(l.not_after),
+                        l.validity(),
+                        l.subject,
+                        l.issuer,
+                        l.names()
+                    )?;
+                }
+                write!(f, "; renew it on the master (or check this host's clock)")
+            }
+            FailureKind::NotYetValid => {
+                write!(f, "the master's certificate is not yet valid")?;
+                if let Some(l) = leaf {
+                    write!(
+                        f,
+                        " until {} ({}; subject {}, issuer {})",
+                        crate::diagnose::rfc3339(l.not_before),
+                        l.validity(),
+                        l.subject,
+                        l.issuer
+                    )?;
+                }
+                write!(f, "; check this host's clock")
+            }
+            FailureKind::CaAsLeaf => {
+                write!(
+                    f,
+                    "the master presents a CA certificate (CA:TRUE) as its own certificate"
+                )?;
+                if let Some(l) = leaf {
+                    write!(f, " (subject {}, holds {})", l.subject, l.names())?;
+                }
+                write!(
+                    f,
+                    "; put exactly that certificate in security.tls.master_cert (run `det-tls-proxy trust`) to pin it, or reissue it as a leaf signed by a CA"
+                )
+            }
+            FailureKind::Other => {
+                write!(f, "the master's certificate was rejected: {:?}", self.cause)?;
+                if let Some(l) = leaf {
+                    write!(f, " ({l})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CertFailure {}
+
+pub(crate) fn classify(e: &CertificateError) -> FailureKind {
+    match e {
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            FailureKind::WrongName
+        }
+        CertificateError::UnknownIssuer => FailureKind::UnknownIssuer,
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => FailureKind::Expired,
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            FailureKind::NotYetValid
+        }
+        CertificateError::Other(o) if o.0.to_string().contains("CaUsedAsEndEntity") => {
+            FailureKind::CaAsLeaf
+        }
+        _ => FailureKind::Other,
+    }
+}
+
+/// Finds the [`CertFailure`] inside an error returned by a handshake, if there is one.
+pub fn cert_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CertFailure> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(f) = err.downcast_ref::<CertFailure>() {
+            return Some(f);
+        }
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner)))) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            if let Some(f) = inner.downcast_ref::<CertFailure>() {
+                return Some(f);
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+

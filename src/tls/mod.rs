@@ -1,0 +1,271 @@
+//! TLS to the master: the roots (system or `master_cert`), the `skip_verify` verifier, the name
+//! verified and sent as SNI, client certificates, and the rustls `ClientConfig`s built from
+//! them. A verification failure is turned into a [`CertFailure`] that says what the
+//! certificate holds.
+
+mod failure;
+mod name;
+mod session;
+mod verify;
+
+pub use failure::*;
+pub use name::*;
+pub use session::*;
+pub use verify::*;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{
+    ClientSessionStore, Resumption, WebPkiServerVerifier,
+};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::{
+    ClientConfig, NamedGroup, RootCertStore,
+};
+
+use crate::config::{Config, MasterConfig, TlsSettings};
+use crate::pem::{load_certs, load_key, PemError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("security.tls.master_cert: {0}")]
+    MasterCert(PemError),
+    #[error("security.tls.client_cert: {0}")]
+    ClientCert(PemError),
+    #[error("security.tls.client_key: {0}")]
+    ClientKey(PemError),
+    #[error(
+        "security.tls.master_cert: no certificate in {0} could be used as a trust anchor: {1}"
+    )]
+    BadAnchor(PathBuf, String),
+    #[error("no system root certificates found and security.tls.master_cert is not set; set it to the master's CA bundle")]
+    NoSystemRoots,
+    #[error(
+        "security.tls.client_key does not match security.tls.client_cert, or is unsupported: {0}"
+    )]
+    ClientAuth(rustls::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls(rustls::Error),
+}
+
+
+// === The TLS context ===
+
+/// The aws-lc-rs provider, with or without the post-quantum hybrid group.
+pub fn provider(post_quantum: bool) -> Arc<CryptoProvider> {
+    let mut p = aws_lc_rs::default_provider();
+    if !post_quantum {
+        p.kx_groups
+            .retain(|g| g.name() != NamedGroup::X25519MLKEM768);
+    }
+    Arc::new(p)
+}
+
+/// Everything needed to open TLS to the master, built once per configuration (and again on
+/// reload, which also gives a fresh session cache).
+pub struct TlsContext {
+    pub name: NameChoice,
+    pub skip_verify: bool,
+    /// Base configs, cloned per listener and ALPN choice. rustls resumes a stored session only
+    /// for a config with the same verifier and client-cert resolver objects, and clones share
+    /// them, so one store serves every listener and ALPN choice. Anonymous and authenticated
+    /// configs keep separate resolvers on purpose: a bridge client can never resume the
+    /// agent's authenticated session.
+    anonymous: ClientConfig,
+    authenticated: Option<ClientConfig>,
+    sessions: Arc<dyn ClientSessionStore>,
+    /// How many certificates `master_cert` holds (0 when the system roots are used).
+    pub anchors: usize,
+}
+
+impl fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("name", &self.name)
+            .field("skip_verify", &self.skip_verify)
+            .field("client_auth", &self.authenticated.is_some())
+            .field("anchors", &self.anchors)
+            .finish()
+    }
+}
+
+impl TlsContext {
+    pub fn new(config: &Config) -> Result<TlsContext, TrustError> {
+        Self::build(&config.master, &config.tls)
+    }
+
+    /// The context `run` serves with: `None` when `security.tls.enabled` is false.
+    pub fn for_config(config: &Config) -> Result<Option<TlsContext>, TrustError> {
+        config.tls.enabled.then(|| Self::new(config)).transpose()
+    }
+
+    pub fn build(master: &MasterConfig, tls: &TlsSettings) -> Result<TlsContext, TrustError> {
+        let provider = provider(tls.post_quantum);
+        let bundle = match &tls.master_cert {
+            Some(p) => Some(load_certs(p).map_err(TrustError::MasterCert)?),
+            None => None,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = if tls.skip_verify {
+            Arc::new(NoVerify::new(provider.clone()))
+        } else {
+            let mut roots = RootCertStore::empty();
+            match &bundle {
+                Some(certs) => {
+                    // Every certificate of the bundle is an anchor: a leaf-only bundle (a
+                    // self-signed master) works as well as leaf + intermediates + root.
+                    let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+                    if added == 0 {
+                        return Err(TrustError::BadAnchor(
+                            tls.master_cert.clone().unwrap_or_default(),
+                            "none of its certificates parsed".into(),
+                        ));
+                    }
+                }
+                None => {
+                    let native = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(native.certs);
+                    if roots.is_empty() {
+                        return Err(TrustError::NoSystemRoots);
+                    }
+                }
+            }
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TrustError::Tls(rustls::Error::General(e.to_string())))?;
+            Arc::new(Diagnosing {
+                inner,
+                pinned: bundle.clone().unwrap_or_default(),
+            })
+        };
+        let builder = || -> Result<_, TrustError> {
+            Ok(ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(TrustError::Tls)?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone()))
+        };
+        let anonymous = builder()?.with_no_client_auth();
+        let authenticated = match (&tls.client_cert, &tls.client_key) {
+            (Some(c), Some(k)) => {
+                let chain = load_certs(c).map_err(TrustError::ClientCert)?;
+                let key = load_key(k).map_err(TrustError::ClientKey)?;
+                // Fails now, not at the first handshake, when the pair does not match.
+                Some(
+                    builder()?
+                        .with_client_auth_cert(chain, key)
+                        .map_err(TrustError::ClientAuth)?,
+                )
+            }
+            _ => None,
+        };
+        let name = choose_name(master, tls, bundle.as_deref());
+        Ok(TlsContext {
+            name,
+            skip_verify: tls.skip_verify,
+            anonymous,
+            authenticated,
+            sessions: Arc::new(SessionStore::new()),
+            anchors: bundle.as_ref().map(|b| b.len()).unwrap_or(0),
+        })
+    }
+
+    pub fn has_client_cert(&self) -> bool {
+        self.authenticated.is_some()
+    }
+
+    /// A client config offering `alpn`, presenting the client certificate when asked and
+    /// configured, resuming from the shared store unless `resume` is false.
+    pub fn client_config(
+        &self,
+        alpn: &[Vec<u8>],
+        present_client_cert: bool,
+        resume: bool,
+    ) -> Arc<ClientConfig> {
+        let mut cfg = match (&self.authenticated, present_client_cert) {
+            (Some(auth), true) => auth.clone(),
+            _ => self.anonymous.clone(),
+        };
+        cfg.alpn_protocols = alpn.to_vec();
+        cfg.resumption = if resume {
+            Resumption::store(self.sessions.clone())
+        } else {
+            Resumption::disabled()
+        };
+        Arc::new(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::{ServerConfig, ServerConnection};
+
+    /// Runs one TLS 1.3 handshake in memory and lets the client read the server's tickets.
+    fn handshake_in_memory(client_cfg: Arc<ClientConfig>, server_cfg: Arc<ServerConfig>) {
+        let name = ServerName::try_from("det-master").unwrap();
+        let mut client = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut server = ServerConnection::new(server_cfg).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking());
+    }
+
+    #[test]
+    fn session_store_keeps_a_burst_worth_of_tickets() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["det-master".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let provider = provider(false);
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        server.send_tls13_tickets = 40;
+        let mut roots = RootCertStore::empty();
+        roots.add(der).unwrap();
+        let store = Arc::new(SessionStore::new());
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.resumption = Resumption::store(store.clone());
+        handshake_in_memory(Arc::new(client), Arc::new(server));
+        let name = ServerName::try_from("det-master").unwrap();
+        // rustls' own cache would hold 8; a reconnect storm needs more at hand.
+        assert_eq!(store.tickets(&name), 40);
+        for _ in 0..40 {
+            assert!(store.take_tls13_ticket(&name).is_some());
+        }
+        assert!(
+            store.take_tls13_ticket(&name).is_none(),
+            "each ticket is used once"
+        );
+    }
+}
+
