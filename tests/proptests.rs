@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use det_tls_proxy::config::{self, Purpose};
 use det_tls_proxy::diagnose::{self, CertSummary};
 use det_tls_proxy::proxy::{looks_like_h2, H2_PREFACE};
-use det_tls_proxy::trust::{self, PemError};
+use det_tls_proxy::pem::{self as trust, PemError};
 use proptest::prelude::*;
 use proptest::string::string_regex;
 
