@@ -1,10 +1,11 @@
-//! The command line: subcommands and the global flags, named as the agent names them.
+//! The command line: subcommands and the global flags, named as the agent names them. The
+//! key flags are read off the configuration's key table (`config::KEYS`), not declared here.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{parse_bool, Overrides};
+use crate::config::{parse_bool, Overrides, ValueKind, KEYS};
 
 fn bool_flag(s: &str) -> Result<bool, String> {
     parse_bool(s).ok_or_else(|| format!("{s:?} is not a boolean (true or false)"))
@@ -62,58 +63,87 @@ pub enum Command {
     },
 }
 
-/// Flags that work with every subcommand, before or after it.
-#[derive(Debug, Args, Default)]
-pub struct Flags {
-    /// The proxy's YAML file (default: $DET_TLS_PROXY_CONFIG, else /etc/determined/tls-proxy.yaml if present).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The master's DNS name or IP address.
-    #[arg(long, global = true, value_name = "HOST")]
-    pub master_host: Option<String>,
-    /// The master's port (default 8443 with TLS, 8080 without).
-    #[arg(long, global = true, value_name = "PORT")]
-    pub master_port: Option<u16>,
-    /// Speak TLS to the master (default true).
-    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = bool_flag)]
-    pub security_tls_enabled: Option<bool>,
-    /// Encrypt but do not verify the master's certificate.
-    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = bool_flag)]
-    pub security_tls_skip_verify: Option<bool>,
-    /// PEM bundle of the master's certificate chain; replaces the system roots.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub security_tls_master_cert: Option<PathBuf>,
-    /// Name sent as SNI and checked in the master's certificate.
-    #[arg(long, global = true, value_name = "NAME")]
-    pub security_tls_master_cert_name: Option<String>,
-    /// Client certificate for mutual TLS.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub security_tls_client_cert: Option<PathBuf>,
-    /// Private key of the client certificate.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub security_tls_client_key: Option<PathBuf>,
-    /// Listen address (repeatable): HOST:PORT, [v6]:PORT, unix:/path or systemd:NAME; replaces the file's listeners.
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Vec<String>,
-    /// Admin endpoint address (/healthz, /readyz, /metrics).
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-}
+/// Flags that work with every subcommand, before or after it: `--config`, and one flag per
+/// key of the table that has one.
+#[derive(Debug, Default)]
+pub struct Flags(Overrides);
 
 impl Flags {
     pub fn overrides(&self) -> Overrides {
-        Overrides {
-            config: self.config.clone(),
-            master_host: self.master_host.clone(),
-            master_port: self.master_port,
-            tls_enabled: self.security_tls_enabled,
-            skip_verify: self.security_tls_skip_verify,
-            master_cert: self.security_tls_master_cert.clone(),
-            master_cert_name: self.security_tls_master_cert_name.clone(),
-            client_cert: self.security_tls_client_cert.clone(),
-            client_key: self.security_tls_client_key.clone(),
-            listen: self.listen.clone(),
-            admin_listen: self.admin_listen.clone(),
+        self.0.clone()
+    }
+}
+
+impl Args for Flags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let config = Arg::new("config")
+            .long("config")
+            .global(true)
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("The proxy's YAML file (default: $DET_TLS_PROXY_CONFIG, else /etc/determined/tls-proxy.yaml if present).");
+        KEYS.iter().fold(cmd.arg(config), |cmd, d| {
+            let Some(flag) = d.flag else {
+                return cmd;
+            };
+            let arg = Arg::new(flag)
+                .long(flag)
+                .global(true)
+                .value_name(d.value_name)
+                .help(d.help);
+            cmd.arg(match d.kind {
+                ValueKind::Bool => arg
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true")
+                    .value_parser(bool_flag),
+                ValueKind::Port => arg.value_parser(clap::value_parser!(u16)),
+                ValueKind::Listeners => arg.action(ArgAction::Append),
+                ValueKind::Str | ValueKind::Path => arg,
+            })
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for Flags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut o = Overrides {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            values: Vec::new(),
+        };
+        for d in KEYS {
+            let Some(flag) = d.flag else {
+                continue;
+            };
+            let given: Vec<String> = match d.kind {
+                ValueKind::Bool => m
+                    .get_one::<bool>(flag)
+                    .map(|b| b.to_string())
+                    .into_iter()
+                    .collect(),
+                ValueKind::Port => m
+                    .get_one::<u16>(flag)
+                    .map(|p| p.to_string())
+                    .into_iter()
+                    .collect(),
+                _ => m
+                    .get_many::<String>(flag)
+                    .map(|v| v.cloned().collect())
+                    .unwrap_or_default(),
+            };
+            if !given.is_empty() {
+                o.values.push((d, given));
+            }
         }
+        Ok(Flags(o))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
     }
 }

@@ -78,4 +78,3 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
         }),
     }
 }
-

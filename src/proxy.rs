@@ -95,7 +95,14 @@ pub async fn handle(
         _ = shared.force_close.cancelled() => Outcome::Shutdown,
     };
     policy.metrics.finished(outcome);
-    access_line(&shared, &policy.config.name, &peer, &rec, started.elapsed(), outcome);
+    access_line(
+        &shared,
+        &policy.config.name,
+        &peer,
+        &rec,
+        started.elapsed(),
+        outcome,
+    );
 }
 
 /// A client `allowed_clients` turns away: closed at once, counted and logged (rate-limited).
@@ -109,7 +116,14 @@ pub fn deny(policy: &ListenerPolicy, peer: &Peer, shared: &Shared) {
     shared.log_failure(&format!("deny:{name}:{ip}"), |n| {
         tracing::warn!(listener = %name, client = %peer, repeated = n, "client not in allowed_clients: closed");
     });
-    access_line(shared, name, peer, &Record::default(), Duration::ZERO, Outcome::Denied);
+    access_line(
+        shared,
+        name,
+        peer,
+        &Record::default(),
+        Duration::ZERO,
+        Outcome::Denied,
+    );
 }
 
 /// One access-log line for a finished or refused connection, when `log.access` is on.

@@ -58,7 +58,6 @@ impl ListenerPolicy {
     }
 }
 
-
 /// Everything a connection reads from the configuration; replaced whole on reload. Each
 /// connection takes the state current at its accept and keeps it for its life.
 pub struct State {

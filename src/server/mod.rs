@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ListenerKey, Overrides, Purpose};
+use crate::exit::{self, StartError};
 use crate::limit::Limit;
 use crate::listen::{self, Bound, Inherited};
 use crate::metrics::Metrics;
@@ -26,10 +27,6 @@ use crate::state::{Shared, State};
 use crate::tls::{NameReason, TlsContext};
 
 pub use watch::WATCH_PERIOD;
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_RUNTIME: i32 = 1;
-pub const EXIT_CONFIG: i32 = 2;
 
 // === systemd notification ===
 
@@ -105,11 +102,11 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
     }
 }
 
-fn listen_error_code(e: &listen::ListenError) -> i32 {
+fn start_error(e: listen::ListenError) -> StartError {
     if e.is_config() {
-        EXIT_CONFIG
+        StartError::Config(e.to_string())
     } else {
-        EXIT_RUNTIME
+        StartError::Runtime(e.to_string())
     }
 }
 
@@ -121,7 +118,7 @@ impl Server {
         flags: Overrides,
         inherited: Inherited,
         metrics: Arc<Metrics>,
-    ) -> Result<Server, (i32, String)> {
+    ) -> Result<Server, StartError> {
         let resolver = Arc::new(crate::upstream::SystemResolver);
         Self::start_with_resolver(config, flags, inherited, metrics, resolver)
     }
@@ -134,24 +131,23 @@ impl Server {
         mut inherited: Inherited,
         metrics: Arc<Metrics>,
         resolver: Arc<dyn crate::upstream::Resolve>,
-    ) -> Result<Server, (i32, String)> {
+    ) -> Result<Server, StartError> {
         // Trust problems are configuration problems: report them before binding anything.
         let tls = TlsContext::for_config(&config)
-            .map_err(|e| (EXIT_CONFIG, format!("configuration error: {e}")))?;
+            .map_err(|e| StartError::Config(format!("configuration error: {e}")))?;
         let mut bound = Vec::new();
         for lc in &config.listeners {
-            let b = listen::bind(lc, &mut inherited)
-                .map_err(|e| (listen_error_code(&e), e.to_string()))?;
+            let b = listen::bind(lc, &mut inherited).map_err(start_error)?;
             bound.push((lc.key(), Arc::new(b)));
         }
         let admin = match &config.admin {
             Some(a) => Some((
                 a.listen,
                 crate::admin::bind(a.listen).map_err(|e| {
-                    (
-                        EXIT_RUNTIME,
-                        format!("cannot start the admin endpoint on {}: {e}", a.listen),
-                    )
+                    StartError::Runtime(format!(
+                        "cannot start the admin endpoint on {}: {e}",
+                        a.listen
+                    ))
                 })?,
             )),
             None => None,
@@ -260,7 +256,7 @@ impl Server {
             signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers");
-            return EXIT_RUNTIME;
+            return exit::RUNTIME;
         };
         tracing::info!(
             master = %format!("{}:{}", initial.master.host, initial.master.port),
@@ -330,7 +326,7 @@ impl Server {
             a.stop.cancel();
         }
         tracing::info!("stopped");
-        EXIT_OK
+        exit::OK
     }
 }
 
@@ -373,7 +369,7 @@ pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
         Ok(c) => c,
         Err(e) => {
             crate::logging::config_errors(&flags, &e);
-            return EXIT_CONFIG;
+            return exit::CONFIG;
         }
     };
     crate::logging::init(&config.log);
@@ -384,16 +380,16 @@ pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
-            return EXIT_RUNTIME;
+            return exit::RUNTIME;
         }
     };
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
         let server = match Server::start(config.clone(), flags, inherited, metrics) {
             Ok(s) => s,
-            Err((code, msg)) => {
-                tracing::error!("{msg}");
-                return code;
+            Err(e) => {
+                tracing::error!("{e}");
+                return e.exit_code();
             }
         };
         server.serve(&config).await

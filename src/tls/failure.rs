@@ -3,12 +3,9 @@
 
 use std::fmt;
 
-use rustls::{
-    CertificateError, OtherError,
-};
+use rustls::{CertificateError, OtherError};
 
 use crate::diagnose::CertSummary;
-
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -190,4 +187,3 @@ pub fn cert_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
     }
     None
 }
-

@@ -18,13 +18,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
-use rustls::client::{
-    ClientSessionStore, Resumption, WebPkiServerVerifier,
-};
+use rustls::client::{ClientSessionStore, Resumption, WebPkiServerVerifier};
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::{
-    ClientConfig, NamedGroup, RootCertStore,
-};
+use rustls::{ClientConfig, NamedGroup, RootCertStore};
 
 use crate::config::{Config, MasterConfig, TlsSettings};
 use crate::pem::{load_certs, load_key, PemError};
@@ -50,7 +46,6 @@ pub enum TrustError {
     #[error("TLS setup failed: {0}")]
     Tls(rustls::Error),
 }
-
 
 // === The TLS context ===
 
@@ -268,4 +263,3 @@ mod tests {
         );
     }
 }
-

@@ -9,7 +9,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use crate::config::{parse_host_ip, MasterConfig, TlsSettings};
 use crate::diagnose::CertSummary;
 
-
 /// Why a name was chosen: the order of DESIGN.md's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameReason {
@@ -128,4 +127,3 @@ pub fn choose_name(
         }
     }
 }
-

@@ -1,9 +1,7 @@
 //! The one TLS session store shared by every listener and ALPN choice.
 
-
 use rustls::client::{
-    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue,
-    Tls13ClientSessionValue,
+    ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
 use rustls::pki_types::ServerName;
 use rustls::NamedGroup;
@@ -14,8 +12,6 @@ const SESSION_CACHE_SIZE: usize = 64;
 /// connections at once (a reconnect storm, a burst of task log shipments) needs many at hand,
 /// more than rustls' own cache keeps (8), or most of the burst makes full handshakes.
 const TICKETS_PER_SERVER: usize = 256;
-
-
 
 /// The one session store behind every listener and ALPN choice: rustls' memory cache for kx
 /// hints and TLS 1.2 sessions, and a deeper queue of single-use TLS 1.3 tickets.
@@ -91,4 +87,3 @@ impl ClientSessionStore for SessionStore {
         map.get_mut(server_name).and_then(|q| q.pop_back())
     }
 }
-

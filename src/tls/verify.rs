@@ -8,10 +8,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, DigitallySignedStruct, OtherError,
-    SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 
 use crate::diagnose::CertSummary;
 
@@ -191,4 +188,3 @@ impl ServerCertVerifier for NoVerify {
             .supported_schemes()
     }
 }
-

@@ -1,8 +1,6 @@
-//! `det-tls-proxy check` and `det-tls-proxy trust`: dial the master through the data path's
-//! own code and say, in an operator's words, what was found and what to change.
+//! `det-tls-proxy check`: dial the master through the data path's own code and say, in an
+//! operator's words, what was found and what to change.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +8,9 @@ use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{Config, TlsSettings};
-use crate::diagnose::{parse_fingerprint, CertSummary};
+use crate::config::{self, Config, Overrides, Purpose, TlsSettings};
+use crate::diagnose::CertSummary;
+use crate::exit;
 use crate::tls::{NameReason, TlsContext};
 use crate::upstream::{version_name, Attempt, SystemResolver, Upstream, UpstreamError};
 
@@ -42,7 +41,7 @@ pub struct ChainEntry {
 }
 
 impl ChainEntry {
-    fn from_der(der: &[u8]) -> Option<ChainEntry> {
+    pub(super) fn from_der(der: &[u8]) -> Option<ChainEntry> {
         CertSummary::from_der(der).map(|cert| ChainEntry {
             days_left: cert.days_left(),
             cert,
@@ -73,6 +72,9 @@ pub struct Report {
     pub error: Option<String>,
     pub error_kind: Option<String>,
     pub warnings: Vec<String>,
+    /// The configuration could not even be turned into a TLS context (exit 2).
+    #[serde(skip)]
+    pub config_error: bool,
 }
 
 fn trust_source(tls: &TlsSettings, anchors: usize) -> String {
@@ -139,7 +141,7 @@ pub async fn check(config: &Config) -> Report {
 /// One dial as `run` makes it, reported. With `explain`, as `check` prints it: a certificate
 /// failure fetches the chain unverified to show it, and a second dial tests resumption;
 /// `trust`, which only needs the verdict, skips both.
-async fn dial_and_report(config: &Config, explain: bool) -> Report {
+pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     let mut r = Report {
         master: format!("{}:{}", config.master.host, config.master.port),
         master_port_source: config.master.port_source.clone(),
@@ -166,6 +168,7 @@ async fn dial_and_report(config: &Config, explain: bool) -> Report {
         Err(e) => {
             r.error = Some(e.to_string());
             r.error_kind = Some("config".into());
+            r.config_error = true;
             return r;
         }
     };
@@ -276,7 +279,7 @@ fn fail(r: &mut Report, e: &UpstreamError) {
     r.ok = false;
 }
 
-fn print_chain(out: &mut String, chain: &[ChainEntry]) {
+pub(super) fn print_chain(out: &mut String, chain: &[ChainEntry]) {
     for (i, c) in chain.iter().enumerate() {
         let s = &c.cert;
         out.push_str(&format!("  [{i}] subject   {}\n", s.subject));
@@ -315,6 +318,14 @@ fn print_chain(out: &mut String, chain: &[ChainEntry]) {
 }
 
 impl Report {
+    pub fn exit_code(&self) -> i32 {
+        match (self.ok, self.config_error) {
+            (true, _) => exit::OK,
+            (false, true) => exit::CONFIG,
+            (false, false) => exit::RUNTIME,
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut o = String::new();
         o.push_str(&format!(
@@ -399,289 +410,31 @@ impl Report {
     }
 }
 
-// === trust ===
-
-#[derive(Debug, Clone, Default)]
-pub struct TrustOptions {
-    pub fingerprint: Option<String>,
-    pub yes: bool,
-    pub out: Option<PathBuf>,
-    pub force: bool,
-    /// `Some(None)`: the default store; `Some(Some(p))`: that file.
-    pub from_cli_store: Option<Option<PathBuf>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrustCmdError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Failed(String),
-}
-
-fn pem_chain(chain: &[CertificateDer<'_>]) -> String {
-    let mut s = String::new();
-    for c in chain {
-        s.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = crate::diagnose::base64(c.as_ref());
-        for line in b64.as_bytes().chunks(64) {
-            s.push_str(std::str::from_utf8(line).unwrap_or(""));
-            s.push('\n');
-        }
-        s.push_str("-----END CERTIFICATE-----\n");
-    }
-    s
-}
-
-fn default_cli_store() -> PathBuf {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("determined").join("certs.json")
-}
-
-/// Finds this master's chain in the CLI's store (JSON object: master URL → PEM chain).
-fn from_cli_store(path: &Path, config: &Config) -> Result<(String, String), TrustCmdError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| TrustCmdError::Failed(format!("cannot read {}: {e}", path.display())))?;
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| {
-            TrustCmdError::Failed(format!(
-                "{} is not the CLI's certs.json (a JSON object of master URL → PEM): {e}",
-                path.display()
-            ))
-        })?;
-    let host = config
-        .master
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    let mut candidates = Vec::new();
-    for (url, pem) in &map {
-        let Some(pem) = pem.as_str() else { continue };
-        let rest = url.split("://").nth(1).unwrap_or(url).trim_end_matches('/');
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let (h, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') && p.chars().all(|c| c.is_ascii_digit()) => {
-                (h, p.parse::<u16>().ok())
-            }
-            _ => (authority, None),
-        };
-        let h = h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if h == host {
-            candidates.push((port, url.clone(), pem.to_string()));
-        }
-    }
-    let exact = candidates
-        .iter()
-        .find(|(p, _, _)| *p == Some(config.master.port));
-    let chosen = exact
-        .or_else(|| candidates.iter().find(|(p, _, _)| p.is_none()))
-        .or(candidates.first());
-    match chosen {
-        Some((_, url, pem)) => Ok((url.clone(), pem.clone())),
-        None => Err(TrustCmdError::Failed(format!(
-            "{} holds no certificate for {} (it has: {})",
-            path.display(),
-            config.master.host,
-            map.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
-    }
-}
-
-/// A temporary file beside `path` holding `contents` (mode 0644, synced), ready to be renamed
-/// over it.
-fn stage(path: &Path, contents: &str) -> std::io::Result<tempfile::NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(contents.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    Ok(tmp)
-}
-
-/// `det-tls-proxy trust`. Returns the lines to print on success.
-pub async fn trust(
-    config: &Config,
-    opts: &TrustOptions,
-    out: &mut dyn Write,
-) -> Result<(), TrustCmdError> {
-    let target = opts
-        .out
-        .clone()
-        .or_else(|| config.tls.master_cert.clone())
-        .ok_or_else(|| TrustCmdError::Usage("nowhere to write: set security.tls.master_cert (the file to create) or pass --out FILE".into()))?;
-    let stdin_tty = std::io::stdin().is_terminal();
-    if opts.yes && !stdin_tty && opts.fingerprint.is_none() {
-        return Err(TrustCmdError::Usage(
-            "--yes is refused without a terminal: pass --fingerprint with the master's SHA-256 fingerprint (no silent trust)".into(),
-        ));
-    }
-    let expected = match &opts.fingerprint {
-        Some(f) => Some(parse_fingerprint(f).ok_or_else(|| {
-            TrustCmdError::Usage(format!(
-                "--fingerprint {f:?} is not a SHA-256 fingerprint (32 hex pairs, e.g. AB:CD:...)"
-            ))
-        })?),
-        None => None,
-    };
-
-    let (pem, chain_ders): (String, Vec<CertificateDer<'static>>) = match &opts.from_cli_store {
-        Some(store) => {
-            let path = store.clone().unwrap_or_else(default_cli_store);
-            let (url, pem) = from_cli_store(&path, config)?;
-            let certs = crate::pem::certs_from_pem(&path, pem.as_bytes())
-                .map_err(|e| TrustCmdError::Failed(e.to_string()))?;
-            let _ = writeln!(out, "from the CLI's store {} entry {url}", path.display());
-            (pem_chain(&certs), certs)
-        }
-        None => {
-            let chain = fetch_chain(config).await.map_err(|e| {
-                TrustCmdError::Failed(format!("cannot fetch the master's certificate: {e}"))
-            })?;
-            if chain.is_empty() {
-                return Err(TrustCmdError::Failed(
-                    "the master sent no certificate".into(),
-                ));
-            }
-            (pem_chain(&chain), chain)
-        }
-    };
-    let entries: Vec<ChainEntry> = chain_ders
-        .iter()
-        .filter_map(|c| ChainEntry::from_der(c))
-        .collect();
-    let mut shown = String::new();
-    let _ = writeln!(
-        out,
-        "master {}:{} presents {} certificate(s):",
-        config.master.host,
-        config.master.port,
-        entries.len()
-    );
-    print_chain(&mut shown, &entries);
-    let _ = write!(out, "{shown}");
-    let leaf_fp = entries
-        .first()
-        .map(|e| e.cert.sha256.clone())
-        .unwrap_or_default();
-    let _ = writeln!(out, "leaf SHA-256 fingerprint: {leaf_fp}");
-    let _ = writeln!(out, "  (compare with `openssl x509 -noout -fingerprint -sha256 -in <master cert>` on the master)");
-
-    match expected {
-        Some(fp) if fp == leaf_fp => {
-            let _ = writeln!(out, "fingerprint matches --fingerprint");
-        }
-        Some(fp) => {
-            return Err(TrustCmdError::Failed(format!(
-                "fingerprint mismatch: expected {fp}, the master presents {leaf_fp}; nothing written"
-            )))
-        }
-        None if opts.yes && stdin_tty => {}
-        None if stdin_tty => {
-            let _ = write!(out, "Trust this certificate and write the chain to {}? [y/N] ", target.display());
-            let _ = out.flush();
-            let mut answer = String::new();
-            let _ = std::io::stdin().read_line(&mut answer);
-            if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-                return Err(TrustCmdError::Failed("not confirmed; nothing written".into()));
-            }
-        }
-        None => {
-            return Err(TrustCmdError::Usage(
-                "no terminal to confirm on: pass --fingerprint with the leaf's SHA-256 fingerprint (no silent trust)".into(),
-            ))
-        }
-    }
-
-    // Something must anchor the chain: a self-signed last certificate. A master that sends
-    // only its leaf (or stops at an intermediate) leaves nothing to trust.
-    if let Some(last) = entries.last() {
-        if !last.cert.self_signed {
-            return Err(TrustCmdError::Failed(format!(
-                "the chain ends at {} issued by {}, which the master did not send, so nothing written could anchor it; \
-                 get that issuer's certificate from the master's operator and put it with the chain in {} \
-                 (Determined's master certificate file should hold the full chain to a root)",
-                last.cert.subject,
-                last.cert.issuer,
-                target.display()
-            )));
-        }
-    }
-
-    let unchanged = match std::fs::read_to_string(&target) {
-        Ok(existing) if existing == pem => true,
-        Ok(_) if !opts.force => {
-            return Err(TrustCmdError::Failed(format!(
-                "{} exists with other contents; pass --force to replace it",
-                target.display()
-            )))
-        }
-        _ => false,
-    };
-    // Written beside the target first and proven with the same verification as `run`; only
-    // a chain that verifies replaces the file (atomically), so a failure leaves nothing behind.
-    let staged = if unchanged {
-        None
-    } else {
-        Some(stage(&target, &pem).map_err(|e| {
-            TrustCmdError::Failed(format!("cannot write beside {}: {e}", target.display()))
-        })?)
-    };
-    let mut verify_cfg = config.clone();
-    verify_cfg.tls.master_cert = Some(
-        staged
-            .as_ref()
-            .map(|t| t.path().to_path_buf())
-            .unwrap_or_else(|| target.clone()),
-    );
-    verify_cfg.tls.skip_verify = false;
-    let report = dial_and_report(&verify_cfg, false).await;
-    if !report.ok || report.error.is_some() {
-        return Err(TrustCmdError::Failed(format!(
-            "the chain does not verify as `run` would, so nothing was written: {}",
-            report.error.clone().unwrap_or_default()
-        )));
-    }
-    match staged {
-        None => {
-            let _ = writeln!(out, "{} already holds this chain", target.display());
-        }
-        Some(tmp) => {
-            tmp.persist(&target).map_err(|e| {
-                TrustCmdError::Failed(format!("cannot write {}: {}", target.display(), e.error))
-            })?;
-            let _ = writeln!(
-                out,
-                "wrote {} certificate(s) to {} (mode 0644)",
-                entries.len(),
-                target.display()
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "OK: verified {} as {} with {}",
-        report.master,
-        report.name.as_deref().unwrap_or("?"),
-        target.display()
-    );
-    Ok(())
-}
-
 fn is_cert_failure(e: &UpstreamError) -> bool {
     match e {
         UpstreamError::Handshake { kind, .. } => kind.is_cert(),
         _ => false,
     }
+}
+
+/// `det-tls-proxy check [--json]`: exit 0 when the master was reached as configured, 2 for a
+/// configuration the checks could not even start from, 1 otherwise.
+pub fn main(flags: &Overrides, json: bool) -> i32 {
+    let config = match config::load(flags, Purpose::Serve) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let report = super::runtime().block_on(check(&config));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    report.exit_code()
 }

@@ -374,7 +374,7 @@ pub async fn demo(hold: bool, out: &mut dyn Write) -> DemoResult<()> {
         Inherited::default(),
         Arc::new(Metrics::new()),
     )
-    .map_err(|(_, m)| m)?;
+    .map_err(|e| e.to_string())?;
     let proxy: SocketAddr = server
         .addresses()
         .first()
@@ -441,4 +441,27 @@ pub async fn demo(hold: bool, out: &mut dyn Write) -> DemoResult<()> {
     server.stop();
     drop(dir);
     Ok(())
+}
+
+/// `det-tls-proxy demo [--hold]`: exit 0 when every exchange went through, 1 otherwise.
+pub fn main(hold: bool) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return crate::exit::RUNTIME;
+        }
+    };
+    let mut out = std::io::stdout();
+    match rt.block_on(demo(hold, &mut out)) {
+        Ok(()) => crate::exit::OK,
+        Err(m) => {
+            eprintln!("error: {m}");
+            crate::exit::RUNTIME
+        }
+    }
 }

@@ -1,0 +1,14 @@
+//! The subcommands besides `run` (which is `server::run`): each takes what the command line
+//! gave and returns the exit status (`exit`).
+
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod trust;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded tokio runtime")
+}

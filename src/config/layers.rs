@@ -1,0 +1,433 @@
+//! The layers, later wins: built-in defaults, an imported agent.yaml, the proxy's file, the
+//! environment, the flags. Each variable and flag is its own figment source, so every value
+//! keeps the name of the layer it came from.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Yaml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::keys::{decl, listeners_value, KeyDecl, ValueKind, CONFIG_ENV, KEYS};
+use super::raw::{defaults, RawConfig};
+use super::{
+    err, validate, Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, DEFAULT_SOURCE,
+};
+
+// === Layers ===
+
+/// Values given on the command line. Every field is optional: `None` leaves the lower layers.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config FILE`: which file is the proxy's own layer.
+    pub config: Option<PathBuf>,
+    /// Every key flag given, with its text (several for a repeated `--listen`), in the
+    /// order of [`KEYS`](super::KEYS).
+    pub values: Vec<(&'static KeyDecl, Vec<String>)>,
+}
+
+/// What a subcommand needs of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `run` and `check`: the master certificate must exist.
+    Serve,
+    /// `trust` creates the master certificate, so it may be missing.
+    Trust,
+    /// `config`: print what is there, files need not exist.
+    Show,
+}
+
+/// A provider holding one source's values under its own name (an environment variable, a
+/// flag), because figment's own `Env` provider names only the prefix.
+struct Named {
+    name: String,
+    data: Dict,
+}
+
+impl Named {
+    fn new(name: impl Into<String>, key: &str, value: Value) -> Self {
+        let data = match figment::util::nest(key, value) {
+            Value::Dict(_, d) => d,
+            _ => Dict::new(),
+        };
+        Named {
+            name: name.into(),
+            data,
+        }
+    }
+}
+
+impl Provider for Named {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut m = Map::new();
+        m.insert(Profile::Default, self.data.clone());
+        Ok(m)
+    }
+}
+
+fn env_layers(
+    vars: &[(String, String)],
+    errors: &mut Vec<ConfigError>,
+) -> (Vec<Named>, Option<(PathBuf, String)>) {
+    let mut layers = Vec::new();
+    let mut config_path = None;
+    for (name, raw) in vars {
+        if !name.starts_with("DET_") {
+            continue;
+        }
+        if name == CONFIG_ENV {
+            config_path = Some((PathBuf::from(raw), name.clone()));
+            continue;
+        }
+        let Some(d) = KEYS.iter().find(|d| d.env == Some(name.as_str())) else {
+            if name.starts_with("DET_TLS_PROXY_") {
+                let names: Vec<&str> = std::iter::once(CONFIG_ENV)
+                    .chain(KEYS.iter().filter_map(|d| d.env))
+                    .filter(|n| n.starts_with("DET_TLS_PROXY_"))
+                    .collect();
+                errors.push(err(
+                    name,
+                    format!(
+                        "unknown environment variable; the proxy reads {}",
+                        names.join(", ")
+                    ),
+                    Some("environment".into()),
+                ));
+            }
+            // Every other DET_* belongs to the agent host (DET_AGENT_ID, ...).
+            continue;
+        };
+        match d.kind.value(raw) {
+            Ok(value) => layers.push(Named::new(name.clone(), d.key, value)),
+            Err(e) => errors.push(err(d.key, e, Some(name.clone()))),
+        }
+    }
+    (layers, config_path)
+}
+
+/// One layer per flag given, named after the flag.
+fn flag_layers(o: &Overrides) -> Vec<Named> {
+    let mut v = Vec::new();
+    for (d, values) in &o.values {
+        let flag = format!("--{}", d.flag.unwrap_or(d.key));
+        let value = match (d.kind, values.as_slice()) {
+            (ValueKind::Listeners, all) => Ok(listeners_value(all)),
+            (kind, [one, ..]) => kind.value(one),
+            (_, []) => continue,
+        };
+        // clap has already checked the text against the kind.
+        if let Ok(value) = value {
+            v.push(Named::new(flag, d.key, value));
+        }
+    }
+    v
+}
+
+/// A copy of `v` without the tags of the figment it was read through, so the layer it is put
+/// in becomes its source.
+fn untagged(v: &Value) -> Value {
+    Value::serialize(v).unwrap_or_else(|_| v.clone())
+}
+
+/// Sets `path` (a dotted key split at its dots) in `data`, creating the tables on the way.
+fn insert_dotted(data: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            data.insert(last.to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = data
+                .entry(first.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_dotted(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Reads the keys the table marks `agent` (`master_host`, `master_port`, `security.tls.*`)
+/// from a Determined agent.yaml and nothing else: the agent's other keys are its own business.
+fn agent_layer(path: &Path) -> Result<(Named, bool), ConfigError> {
+    let source = Some(format!("{} (agent_config)", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            "agent_config",
+            format!("cannot read {}: {e}", path.display()),
+            None,
+        )
+    })?;
+    refuse_duplicate_keys(&text, &format!("{} (agent_config)", path.display()))?;
+    let doc: Value = Figment::from(Yaml::string(&text)).extract().map_err(|e| {
+        err(
+            "agent_config",
+            format!("{} is not valid YAML: {}", path.display(), e.kind),
+            source.clone(),
+        )
+    })?;
+    let Value::Dict(_, top) = doc else {
+        return Err(err(
+            "agent_config",
+            format!("{} does not hold a YAML mapping", path.display()),
+            source,
+        ));
+    };
+    let mut data = Dict::new();
+    for d in KEYS.iter().filter(|d| d.agent) {
+        let path: Vec<&str> = d.key.split('.').collect();
+        let mut at = Some(&top);
+        for part in &path[..path.len() - 1] {
+            at = at.and_then(|t| t.get(*part)).and_then(|v| v.as_dict());
+        }
+        match at.and_then(|t| t.get(path[path.len() - 1])) {
+            // The agent writes "" for an unset TLS setting; that means absent.
+            Some(Value::String(_, s)) if s.is_empty() && d.key.starts_with("security.tls.") => {}
+            Some(v) => insert_dotted(&mut data, &path, untagged(v)),
+            None => {}
+        }
+    }
+    let has_port = data.contains_key("master_port");
+    Ok((
+        Named {
+            name: path.display().to_string(),
+            data,
+        },
+        has_port,
+    ))
+}
+
+/// The assembled layers, kept for `config` and for naming sources in errors.
+pub struct Loaded {
+    pub figment: Figment,
+    pub raw: RawConfig,
+    pub config_file: Option<PathBuf>,
+    pub agent_config: Option<PathBuf>,
+    pub(crate) agent_has_port: bool,
+}
+
+impl Loaded {
+    /// The name of the layer that set `key`: a file path, a variable, a flag, or `default`.
+    pub fn source_of(&self, key: &str) -> String {
+        match self.figment.find_metadata(key) {
+            Some(md) => describe_metadata(md),
+            None => DEFAULT_SOURCE.to_string(),
+        }
+    }
+}
+
+fn describe_metadata(md: &Metadata) -> String {
+    match &md.source {
+        Some(figment::Source::File(p)) => p.display().to_string(),
+        _ => md.name.to_string(),
+    }
+}
+
+/// A dotted key as an operator would write it; an empty name is shown as `""`.
+fn dotted(path: &[String]) -> String {
+    path.iter()
+        .map(|p| if p.is_empty() { "\"\"" } else { p.as_str() })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// YAML lets a key appear twice and figment keeps the last one whole, which can silently drop
+/// a `listeners:` or `security:` block; refuse it instead.
+fn refuse_duplicate_keys(text: &str, source: &str) -> Result<(), ConfigError> {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Err(e) if e.to_string().contains("duplicate entry") => {
+            let msg = e.to_string();
+            let key = msg
+                .split("with key ")
+                .nth(1)
+                .and_then(|k| k.split_whitespace().next())
+                .map(|k| k.trim_matches('"').to_string())
+                .unwrap_or_else(|| "config".to_string());
+            Err(err(
+                &key,
+                format!("{msg}: a key may appear only once; merge the two entries"),
+                Some(source.to_string()),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn figment_errors(e: figment::Error) -> ConfigErrors {
+    let mut out = Vec::new();
+    for one in e {
+        let key = if one.path.is_empty() {
+            "(top level)".to_string()
+        } else {
+            dotted(&one.path)
+        };
+        let source = one.metadata.as_ref().map(describe_metadata);
+        let message = match &one.kind {
+            figment::error::Kind::UnknownField(field, expected) => {
+                let key_full = if one.path.is_empty() {
+                    dotted(std::slice::from_ref(field))
+                } else if one.path.last() == Some(field) {
+                    dotted(&one.path)
+                } else {
+                    dotted(&[one.path.clone(), vec![field.clone()]].concat())
+                };
+                out.push(err(
+                    &key_full,
+                    format!("unknown key; expected one of: {}", expected.join(", ")),
+                    source,
+                ));
+                continue;
+            }
+            kind => kind.to_string(),
+        };
+        out.push(err(&key, message, source));
+    }
+    ConfigErrors(out)
+}
+
+/// Assembles every layer from the given environment and flags.
+pub fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigErrors> {
+    assemble_inner(vars, flags, None)
+}
+
+/// Assembles the layers with `yaml` as the proxy's file (no environment, no flags): for
+/// property tests and fuzzing of the configuration parser.
+pub fn assemble_str(yaml: &str) -> Result<Loaded, ConfigErrors> {
+    assemble_inner(&[], &Overrides::default(), Some(yaml))
+}
+
+fn assemble_inner(
+    vars: &[(String, String)],
+    flags: &Overrides,
+    text: Option<&str>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut errors = Vec::new();
+    let (env, env_config) = env_layers(vars, &mut errors);
+    let (config_file, file_figment) = match text {
+        Some(text) => (None, text_layer(text, &mut errors)),
+        None => file_layer(flags, env_config, &mut errors),
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let agent_path = agent_config_path(&file_figment, &env)?;
+
+    let default_data = match Value::serialize(defaults()) {
+        Ok(Value::Dict(_, d)) => d,
+        _ => Dict::new(),
+    };
+    let mut figment = Figment::new().merge(Named {
+        name: DEFAULT_SOURCE.to_string(),
+        data: default_data,
+    });
+    let mut agent_has_port = false;
+    if let Some(path) = &agent_path {
+        let (layer, has_port) = agent_layer(path)?;
+        agent_has_port = has_port;
+        figment = figment.merge(layer);
+    }
+    figment = figment.merge(file_figment);
+    for layer in env.into_iter().chain(flag_layers(flags)) {
+        figment = figment.merge(layer);
+    }
+    let raw: RawConfig = figment.extract().map_err(figment_errors)?;
+    Ok(Loaded {
+        figment,
+        raw,
+        config_file,
+        agent_config: agent_path,
+        agent_has_port,
+    })
+}
+
+/// The proxy's own file: `--config`, then `DET_TLS_PROXY_CONFIG`, then the default path when
+/// it exists. Read here so an unreadable file is reported as such, not as "missing".
+fn file_layer(
+    flags: &Overrides,
+    env_config: Option<(PathBuf, String)>,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<PathBuf>, Figment) {
+    let (config_file, explicit) = match (&flags.config, env_config) {
+        (Some(p), _) => (Some(p.clone()), Some("--config".to_string())),
+        (None, Some((p, var))) => (Some(p), Some(var)),
+        (None, None) => {
+            let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+            (p.exists().then_some(p), None)
+        }
+    };
+    let Some(path) = &config_file else {
+        return (None, Figment::new());
+    };
+    let cannot = |detail: String| err("config", detail, explicit.clone());
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                if let Err(e) = refuse_duplicate_keys(&text, &path.display().to_string()) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(cannot(format!("cannot read {}: {e}", path.display()))),
+        },
+        Ok(_) => errors.push(cannot(format!("{} is not a regular file", path.display()))),
+        Err(e) => errors.push(cannot(format!("cannot read {}: {e}", path.display()))),
+    }
+    let figment = Figment::from(Yaml::file_exact(path));
+    (config_file, figment)
+}
+
+/// YAML text standing in for the proxy's file (property tests, fuzzing).
+fn text_layer(text: &str, errors: &mut Vec<ConfigError>) -> Figment {
+    if let Err(e) = refuse_duplicate_keys(text, "the given text") {
+        errors.push(e);
+    }
+    Figment::from(Yaml::string(text))
+}
+
+/// `agent_config` may come from the file or the environment (or a flag, later); it decides
+/// a layer below them, so it is read first.
+fn agent_config_path(file: &Figment, env: &[Named]) -> Result<Option<PathBuf>, ConfigErrors> {
+    let probe = env.iter().fold(Figment::new().merge(file.clone()), |f, l| {
+        f.merge(Named {
+            name: l.name.clone(),
+            data: l.data.clone(),
+        })
+    });
+    match probe.extract_inner::<Option<PathBuf>>("agent_config") {
+        Ok(p) => Ok(p),
+        Err(e) if e.missing() => Ok(None),
+        Err(e) => Err(figment_errors(e)),
+    }
+}
+
+/// The `log.format` the layers ask for, read even when the configuration is otherwise broken,
+/// so its errors can be printed in the format the operator's log pipeline expects.
+pub fn log_format_hint(vars: &[(String, String)], flags: &Overrides) -> Option<String> {
+    let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    if let Some(f) = decl("log.format").and_then(|d| d.env).and_then(env) {
+        return Some(f);
+    }
+    let path = flags
+        .config
+        .clone()
+        .or_else(|| env(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Figment::from(Yaml::file_exact(path))
+        .extract_inner::<String>("log.format")
+        .ok()
+}
+
+/// This process's environment, as the layers read it (variables that are not UTF-8 are
+/// skipped).
+pub fn env_vars() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Loads and validates the configuration from this process's environment and the flags.
+pub fn load(flags: &Overrides, purpose: Purpose) -> Result<Config, ConfigErrors> {
+    validate(&assemble(&env_vars(), flags)?, purpose)
+}

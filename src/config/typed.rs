@@ -1,0 +1,190 @@
+//! The typed configuration every other module reads: validated once, never a raw string.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub master: MasterConfig,
+    pub tls: TlsSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+    /// The proxy's own file, when one was read (watched for changes).
+    pub config_file: Option<PathBuf>,
+    /// The imported agent.yaml, when one was read.
+    pub agent_config: Option<PathBuf>,
+    /// Every key's merged value (`listeners[0].alpn` → `"auto"`), to say what a reload changed.
+    pub keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterConfig {
+    pub host: String,
+    pub port: u16,
+    /// Where `port` came from, for messages.
+    pub port_source: String,
+}
+
+impl MasterConfig {
+    pub fn ip(&self) -> Option<IpAddr> {
+        parse_host_ip(&self.host)
+    }
+}
+
+/// An IP literal, with or without the brackets of a v6 URL host.
+pub fn parse_host_ip(host: &str) -> Option<IpAddr> {
+    let h = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    h.parse().ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub skip_verify: bool,
+    pub master_cert: Option<PathBuf>,
+    pub master_cert_name: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub post_quantum: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    Systemd(String),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::Systemd(n) => write!(f, "systemd:{n}"),
+        }
+    }
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() || !path.starts_with('/') {
+                return Err(format!(
+                    "{s:?}: a unix socket needs an absolute path (unix:/run/x.sock)"
+                ));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(name) = s.strip_prefix("systemd:") {
+            if name.is_empty() || name.contains(':') {
+                return Err(format!(
+                    "{s:?}: systemd:NAME needs the socket's FileDescriptorName"
+                ));
+            }
+            return Ok(ListenAddr::Systemd(name.to_string()));
+        }
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddr::Tcp(a));
+        }
+        if let Some(port) = s.strip_prefix("localhost:") {
+            if let Ok(p) = port.parse::<u16>() {
+                return Ok(ListenAddr::Tcp(SocketAddr::new(
+                    Ipv4Addr::LOCALHOST.into(),
+                    p,
+                )));
+            }
+        }
+        Err(format!(
+            "{s:?} is not a listen address: write HOST:PORT with an IP (127.0.0.1:8080, [::1]:8080), unix:/path or systemd:NAME"
+        ))
+    }
+
+    /// Loopback TCP and unix sockets are reachable only from this host.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ListenAddr::Tcp(a) => a.ip().is_loopback(),
+            ListenAddr::Unix(_) => true,
+            ListenAddr::Systemd(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlpnPolicy {
+    /// HTTP/2 connection preface → `h2`, anything else → `http/1.1`.
+    Auto,
+    None,
+    List(Vec<Vec<u8>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: ListenAddr,
+    /// `None`: no restriction (only accepted for local addresses).
+    pub allowed_clients: Option<Vec<IpNet>>,
+    pub mode: u32,
+    pub group: Option<u32>,
+    pub alpn: AlpnPolicy,
+    /// `None` for systemd listeners: decided on the inherited socket's address.
+    pub present_client_cert: Option<bool>,
+    pub tls_passthrough: bool,
+}
+
+/// What identifies a listener across reloads: its address, so a reload that keeps the address
+/// keeps the socket even under a new name. A TCP address with port 0 means "any free port"
+/// and may appear more than once, so such a listener is identified by its name as well.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenerKey {
+    Addr(ListenAddr),
+    AnyPort(SocketAddr, String),
+}
+
+impl ListenerConfig {
+    pub fn key(&self) -> ListenerKey {
+        match &self.addr {
+            ListenAddr::Tcp(a) if a.port() == 0 => ListenerKey::AnyPort(*a, self.name.clone()),
+            a => ListenerKey::Addr(a.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub handshake: Duration,
+    pub idle: Duration,
+    pub close: Duration,
+    pub shutdown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub allowed_clients: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+}

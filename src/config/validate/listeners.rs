@@ -1,0 +1,204 @@
+//! `listeners[]`: addresses, names, who may connect, and per-listener TLS choices.
+
+use std::collections::BTreeMap;
+
+use super::Check;
+use crate::config::raw::{RawAlpn, RawListener, StringOrNumber};
+use crate::config::{AlpnPolicy, ListenAddr, ListenerConfig};
+
+/// Default mode of a unix listener's socket file.
+const UNIX_MODE: u32 = 0o660;
+
+pub(super) fn listeners(c: &mut Check, raw: &[RawListener]) -> Vec<ListenerConfig> {
+    let source = c.src("listeners");
+    if raw.is_empty() {
+        c.fail(
+            "listeners",
+            "at least one listener is needed",
+            Some(source.clone()),
+        );
+    }
+    let mut out = Vec::new();
+    let mut seen_addrs: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen_names: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, rl) in raw.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        let Some(lc) = listener(c, &key, rl, &source) else {
+            continue;
+        };
+        if let Some(prev) = seen_names.insert(lc.name.clone(), i) {
+            c.fail(
+                &format!("{key}.name"),
+                format!("{:?} is also the name of listeners[{prev}]; names must be unique (they label logs and metrics)", lc.name),
+                Some(source.clone()),
+            );
+        }
+        // Port 0 ("any free port") may appear more than once.
+        let addr_key = match &lc.addr {
+            ListenAddr::Tcp(a) if a.port() == 0 => None,
+            other => Some(other.to_string()),
+        };
+        if let Some(k) = addr_key {
+            if let Some(prev) = seen_addrs.insert(k.clone(), lc.name.clone()) {
+                c.fail(
+                    &format!("{key}.listen"),
+                    format!("{k} is already the address of listener {prev:?}; two listeners cannot share one address"),
+                    Some(source.clone()),
+                );
+            }
+        }
+        out.push(lc);
+    }
+    out
+}
+
+/// One listener; `None` when its address cannot be parsed (nothing else can be judged then).
+fn listener(c: &mut Check, key: &str, rl: &RawListener, source: &str) -> Option<ListenerConfig> {
+    let addr = match ListenAddr::parse(&rl.listen) {
+        Ok(a) => a,
+        Err(e) => {
+            c.fail(&format!("{key}.listen"), e, Some(source.to_string()));
+            return None;
+        }
+    };
+    let name = rl
+        .name
+        .clone()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| addr.to_string());
+    let allowed_clients = rl
+        .allowed_clients
+        .as_ref()
+        .map(|list| c.cidrs(&format!("{key}.allowed_clients"), list, source));
+    if let ListenAddr::Tcp(a) = &addr {
+        if !a.ip().is_loopback() && allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
+            c.fail(
+                &format!("{key}.allowed_clients"),
+                format!(
+                    "listener {name:?} on {a} is reachable from other hosts; list the networks that may use it (for the Docker bridge: allowed_clients: [172.17.0.0/16])"
+                ),
+                Some(source.to_string()),
+            );
+        }
+    }
+    let present_client_cert = match &addr {
+        // Decided on the inherited socket's address.
+        ListenAddr::Systemd(_) => rl.present_client_cert,
+        a => Some(rl.present_client_cert.unwrap_or(a.is_local())),
+    };
+    Some(ListenerConfig {
+        mode: mode(c, key, rl.mode.as_deref(), &addr, source),
+        group: group(c, key, rl.group.as_ref(), &addr, source),
+        alpn: alpn(c, key, rl.alpn.as_ref(), source),
+        tls_passthrough: passthrough(c, key, rl.tls_passthrough.as_deref(), source),
+        name,
+        addr,
+        allowed_clients,
+        present_client_cert,
+    })
+}
+
+fn mode(c: &mut Check, key: &str, raw: Option<&str>, addr: &ListenAddr, source: &str) -> u32 {
+    match (raw, addr) {
+        (Some(m), ListenAddr::Unix(_)) => {
+            match u32::from_str_radix(m.trim().trim_start_matches("0o"), 8) {
+                Ok(v) if v <= 0o777 => v,
+                _ => {
+                    c.fail(
+                        &format!("{key}.mode"),
+                        format!("{m:?} is not an octal file mode such as \"0660\""),
+                        Some(source.to_string()),
+                    );
+                    UNIX_MODE
+                }
+            }
+        }
+        (Some(_), _) => {
+            c.fail(
+                &format!("{key}.mode"),
+                "only unix: listeners take a file mode",
+                Some(source.to_string()),
+            );
+            UNIX_MODE
+        }
+        (None, _) => UNIX_MODE,
+    }
+}
+
+/// A group by name or id; a name is looked up on this host (blocking: reloads run this on
+/// the blocking pool).
+fn group(
+    c: &mut Check,
+    key: &str,
+    raw: Option<&StringOrNumber>,
+    addr: &ListenAddr,
+    source: &str,
+) -> Option<u32> {
+    match (raw?, addr) {
+        (_, a) if !matches!(a, ListenAddr::Unix(_)) => {
+            c.fail(
+                &format!("{key}.group"),
+                "only unix: listeners take a group",
+                Some(source.to_string()),
+            );
+            None
+        }
+        (StringOrNumber::Number(n), _) => Some(*n),
+        (StringOrNumber::String(s), _) => match s.trim().parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => match nix::unistd::Group::from_name(s.trim()) {
+                Ok(Some(g)) => Some(g.gid.as_raw()),
+                _ => {
+                    c.fail(
+                        &format!("{key}.group"),
+                        format!("no group named {s:?} on this host"),
+                        Some(source.to_string()),
+                    );
+                    None
+                }
+            },
+        },
+    }
+}
+
+fn alpn(c: &mut Check, key: &str, raw: Option<&RawAlpn>, source: &str) -> AlpnPolicy {
+    match raw {
+        None => AlpnPolicy::Auto,
+        Some(RawAlpn::Word(w)) if w == "auto" => AlpnPolicy::Auto,
+        Some(RawAlpn::Word(w)) if w == "none" => AlpnPolicy::None,
+        Some(RawAlpn::Word(w)) => {
+            c.fail(
+                &format!("{key}.alpn"),
+                format!("{w:?}: write auto, none, or a list such as [h2, http/1.1]"),
+                Some(source.to_string()),
+            );
+            AlpnPolicy::Auto
+        }
+        Some(RawAlpn::List(list)) => {
+            if list.is_empty() || list.iter().any(|p| p.is_empty() || p.len() > 255) {
+                c.fail(
+                    &format!("{key}.alpn"),
+                    "an ALPN list needs protocol names of 1 to 255 bytes",
+                    Some(source.to_string()),
+                );
+            }
+            AlpnPolicy::List(list.iter().map(|p| p.as_bytes().to_vec()).collect())
+        }
+    }
+}
+
+fn passthrough(c: &mut Check, key: &str, raw: Option<&str>, source: &str) -> bool {
+    match raw.map(str::trim) {
+        None | Some("auto") => true,
+        Some("off") => false,
+        Some(other) => {
+            c.fail(
+                &format!("{key}.tls_passthrough"),
+                format!("{other:?}: write auto or off"),
+                Some(source.to_string()),
+            );
+            true
+        }
+    }
+}

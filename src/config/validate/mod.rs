@@ -1,0 +1,101 @@
+//! Validation: the merged layers turned into a typed [`Config`], every mistake reported at
+//! once with its key, value and source. One function per section, in the order the errors are
+//! reported; rules that span sections are in `cross.rs`.
+
+mod admin;
+mod cross;
+mod listeners;
+mod log;
+mod master;
+mod timeouts;
+mod tls;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use super::layers::{Loaded, Purpose};
+use super::{err, Config, ConfigError, ConfigErrors};
+
+/// The layers being validated and the mistakes found so far.
+struct Check<'a> {
+    loaded: &'a Loaded,
+    errors: Vec<ConfigError>,
+}
+
+impl Check<'_> {
+    /// The layer `key` came from, for messages.
+    fn src(&self, key: &str) -> String {
+        self.loaded.source_of(key)
+    }
+
+    fn fail(&mut self, key: &str, message: impl Into<String>, source: Option<String>) {
+        self.errors.push(err(key, message, source));
+    }
+
+    /// A list of CIDRs (or single addresses); each bad item is a mistake of its own.
+    fn cidrs(&mut self, key: &str, list: &[String], source: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for item in list {
+            let item = item.trim();
+            let parsed = item
+                .parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(n) => out.push(n),
+                Err(_) => self.fail(
+                    key,
+                    format!("{item:?} is not an IP network (write 172.17.0.0/16 or 10.0.0.7)"),
+                    Some(source.to_string()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// A PEM file holding at least one certificate.
+    fn cert_file(&mut self, key: &str, path: &Path) {
+        if let Err(e) = crate::pem::load_certs(path) {
+            let source = self.src(key);
+            self.fail(key, e.to_string(), Some(source));
+        }
+    }
+}
+
+pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
+    let mut c = Check {
+        loaded: l,
+        errors: Vec::new(),
+    };
+    let raw = &l.raw;
+    let tls = tls::settings(&raw.security.tls, &raw.tls);
+    let master = master::master(&mut c, raw, tls.enabled);
+    tls::combination(&mut c, &tls);
+    master::host_is_a_name(&mut c, &master.host);
+    tls::files(&mut c, &tls, purpose);
+    let listeners = listeners::listeners(&mut c, raw.listeners.as_deref().unwrap_or_default());
+    cross::master_is_not_a_listener(&mut c, &master, &listeners);
+    let timeouts = timeouts::timeouts(&mut c, &raw.timeouts);
+    let max_connections = timeouts::max_connections(&mut c, raw.max_connections);
+    let admin = admin::admin(&mut c, &raw.admin);
+    if let Some(a) = &admin {
+        cross::admin_is_not_a_listener(&mut c, a, &listeners);
+    }
+    let log = log::log(&mut c, &raw.log);
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config {
+        master,
+        tls,
+        listeners,
+        timeouts,
+        max_connections,
+        admin,
+        log,
+        config_file: l.config_file.clone(),
+        agent_config: l.agent_config.clone(),
+        keys: super::key_values(raw),
+    })
+}

@@ -1,0 +1,89 @@
+//! `security.tls.*` and `tls.*`: what TLS to speak to the master and with which files.
+
+use std::path::PathBuf;
+
+use super::Check;
+use crate::config::layers::Purpose;
+use crate::config::raw::{RawTls, RawTlsOptions};
+use crate::config::TlsSettings;
+
+/// The settings as given; an empty path or name means unset. Finds no mistakes itself.
+pub(super) fn settings(t: &RawTls, opts: &RawTlsOptions) -> TlsSettings {
+    let nonempty_path = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    TlsSettings {
+        enabled: t.enabled.unwrap_or(true),
+        skip_verify: t.skip_verify.unwrap_or(false),
+        master_cert: nonempty_path(&t.master_cert),
+        master_cert_name: t
+            .master_cert_name
+            .clone()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        client_cert: nonempty_path(&t.client_cert),
+        client_key: nonempty_path(&t.client_key),
+        post_quantum: opts.post_quantum.unwrap_or(true),
+    }
+}
+
+/// Settings that contradict each other, and a name that cannot be a certificate name.
+pub(super) fn combination(c: &mut Check, t: &TlsSettings) {
+    if t.master_cert.is_some() && t.skip_verify {
+        let message = format!(
+            "cannot specify a master cert file with verification off (security.tls.skip_verify from {}); remove one of them",
+            c.src("security.tls.skip_verify")
+        );
+        let source = c.src("security.tls.master_cert");
+        c.fail("security.tls.master_cert", message, Some(source));
+    }
+    match (&t.client_cert, &t.client_key) {
+        (Some(_), None) => {
+            let source = c.src("security.tls.client_cert");
+            c.fail(
+                "security.tls.client_key",
+                "required when security.tls.client_cert is set (mutual TLS needs both)",
+                Some(source),
+            );
+        }
+        (None, Some(_)) => {
+            let source = c.src("security.tls.client_key");
+            c.fail(
+                "security.tls.client_cert",
+                "required when security.tls.client_key is set (mutual TLS needs both)",
+                Some(source),
+            );
+        }
+        _ => {}
+    }
+    if let Some(name) = &t.master_cert_name {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            let source = c.src("security.tls.master_cert_name");
+            c.fail(
+                "security.tls.master_cert_name",
+                format!("{name:?} is not a valid DNS name or IP address"),
+                Some(source),
+            );
+        }
+    }
+}
+
+/// The PEM files, read as `run` will read them. `config` reads none; `trust` does not need
+/// `master_cert` to exist yet (it is about to write it).
+pub(super) fn files(c: &mut Check, t: &TlsSettings, purpose: Purpose) {
+    if purpose == Purpose::Show || !t.enabled {
+        return;
+    }
+    if let Some(path) = &t.master_cert {
+        if purpose == Purpose::Serve || path.exists() {
+            c.cert_file("security.tls.master_cert", path);
+        }
+    }
+    if let Some(path) = &t.client_cert {
+        c.cert_file("security.tls.client_cert", path);
+    }
+    if let Some(path) = &t.client_key {
+        if let Err(e) = crate::pem::load_key(path) {
+            let source = c.src("security.tls.client_key");
+            c.fail("security.tls.client_key", e.to_string(), Some(source));
+        }
+    }
+}
