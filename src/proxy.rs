@@ -212,28 +212,36 @@ async fn serve(
                 .metrics
                 .handshake_seconds
                 .observe(hs_started.elapsed().as_secs_f64());
-            {
-                let (_, conn) = stream.get_ref();
-                rec.sni = tls.name.sni().unwrap_or_default();
-                rec.alpn = conn
-                    .alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .unwrap_or_default();
-                rec.tls_version = version_name(conn.protocol_version());
-                rec.resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-                if rec.resumed {
-                    shared.metrics.tls_resumed.inc();
-                } else if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
-                    if let Some(s) = CertSummary::from_der(leaf) {
-                        shared.saw_master_cert(&s);
-                    }
-                }
-            }
+            record_session(stream.get_ref().1, tls, shared, rec);
             finish(client, &mut stream, first, timeouts, policy, rec).await
         }
         _ => {
             let mut stream = dialed.stream;
             finish(client, &mut stream, first, timeouts, policy, rec).await
+        }
+    }
+}
+
+/// What the access log and metrics keep of a handshake; a full handshake also updates the
+/// master certificate's expiry gauge.
+fn record_session(
+    conn: &rustls::ClientConnection,
+    tls: &crate::tls::TlsContext,
+    shared: &Shared,
+    rec: &mut Record,
+) {
+    rec.sni = tls.name.sni().unwrap_or_default();
+    rec.alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    rec.tls_version = version_name(conn.protocol_version());
+    rec.resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    if rec.resumed {
+        shared.metrics.tls_resumed.inc();
+    } else if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
+        if let Some(s) = CertSummary::from_der(leaf) {
+            shared.saw_master_cert(&s);
         }
     }
 }

@@ -150,17 +150,7 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     };
     let up = Upstream::for_config(config, Arc::new(SystemResolver));
     if !config.tls.enabled {
-        r.trust = "none: security.tls.enabled is false (plain TCP)".into();
-        r.warnings.push(
-            "security.tls.enabled is false: the proxy relays plain TCP and encrypts nothing".into(),
-        );
-        match up.connect().await {
-            Ok(d) => {
-                r.attempts = d.attempts.iter().map(AttemptReport::from).collect();
-                r.ok = true;
-            }
-            Err(e) => fail(&mut r, &e),
-        }
+        plain_dial(&up, &mut r).await;
         return r;
     }
     let ctx = match TlsContext::new(config) {
@@ -172,22 +162,8 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
             return r;
         }
     };
-    r.trust = trust_source(&config.tls, ctx.anchors);
-    r.name = Some(ctx.name.name());
-    r.name_reason = Some(ctx.name.reason.to_string());
-    r.sni = ctx.name.sni();
-    r.client_certificate = ctx.has_client_cert();
-    if ctx.skip_verify {
-        r.warnings.push(
-            "security.tls.skip_verify is true: NOTHING WAS VERIFIED — the connection is encrypted, but to whoever answered"
-                .into(),
-        );
-    }
-    if matches!(ctx.name.reason, NameReason::IpSan) && config.tls.master_cert.is_none() {
-        r.warnings.push("master_host is an IP and no name is set: the certificate must hold this IP as an IP SAN".into());
-    }
+    describe_trust(config, &ctx, &mut r);
     let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), true);
-
     let dialed = match up.connect().await {
         Ok(d) => d,
         Err(e) => {
@@ -197,13 +173,9 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     };
     r.attempts = dialed.attempts.iter().map(AttemptReport::from).collect();
     let started = Instant::now();
+    let name = ctx.name.server_name.clone();
     let mut tls = match up
-        .handshake(
-            dialed.addr,
-            dialed.stream,
-            cfg.clone(),
-            ctx.name.server_name.clone(),
-        )
+        .handshake(dialed.addr, dialed.stream, cfg.clone(), name)
         .await
     {
         Ok(t) => t,
@@ -221,26 +193,65 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
         }
     };
     r.handshake_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-    {
-        let conn = tls.get_ref().1;
-        r.tls_version = Some(version_name(conn.protocol_version()).to_string());
-        r.cipher_suite = conn
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()));
-        r.key_exchange = conn
-            .negotiated_key_exchange_group()
-            .map(|g| format!("{:?}", g.name()));
-        r.alpn = conn
-            .alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
-        r.chain = conn
-            .peer_certificates()
-            .map(|c| c.iter().filter_map(|c| ChainEntry::from_der(c)).collect())
-            .unwrap_or_default();
-    }
+    record_session(tls.get_ref().1, &mut r);
     settle_and_close(&mut tls).await;
     r.verified = !ctx.skip_verify;
     r.ok = true;
+    if explain {
+        r.resumed_on_second_dial = second_dial_resumes(&up, &ctx, cfg).await;
+    }
+    r
+}
+
+/// `security.tls.enabled: false`: all there is to check is that the master's port answers.
+async fn plain_dial(up: &Upstream, r: &mut Report) {
+    r.trust = "none: security.tls.enabled is false (plain TCP)".into();
+    r.warnings.push(
+        "security.tls.enabled is false: the proxy relays plain TCP and encrypts nothing".into(),
+    );
+    match up.connect().await {
+        Ok(d) => {
+            r.attempts = d.attempts.iter().map(AttemptReport::from).collect();
+            r.ok = true;
+        }
+        Err(e) => fail(r, &e),
+    }
+}
+
+/// What will be trusted and which name verified, before any dial.
+fn describe_trust(config: &Config, ctx: &TlsContext, r: &mut Report) {
+    r.trust = trust_source(&config.tls, ctx.anchors);
+    r.name = Some(ctx.name.name());
+    r.name_reason = Some(ctx.name.reason.to_string());
+    r.sni = ctx.name.sni();
+    r.client_certificate = ctx.has_client_cert();
+    if ctx.skip_verify {
+        r.warnings.push(
+            "security.tls.skip_verify is true: NOTHING WAS VERIFIED — the connection is encrypted, but to whoever answered"
+                .into(),
+        );
+    }
+    if matches!(ctx.name.reason, NameReason::IpSan) && config.tls.master_cert.is_none() {
+        r.warnings.push("master_host is an IP and no name is set: the certificate must hold this IP as an IP SAN".into());
+    }
+}
+
+/// The negotiated session and the chain the master sent; a leaf close to expiry is warned.
+fn record_session(conn: &rustls::ClientConnection, r: &mut Report) {
+    r.tls_version = Some(version_name(conn.protocol_version()).to_string());
+    r.cipher_suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()));
+    r.key_exchange = conn
+        .negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()));
+    r.alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    r.chain = conn
+        .peer_certificates()
+        .map(|c| c.iter().filter_map(|c| ChainEntry::from_der(c)).collect())
+        .unwrap_or_default();
     if let Some(leaf) = r.chain.first() {
         if leaf.days_left < crate::diagnose::EXPIRY_WARNING.as_secs() as i64 / 86_400 {
             r.warnings.push(format!(
@@ -249,25 +260,26 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
             ));
         }
     }
+}
 
-    if !explain {
-        return r;
-    }
-    // A second dial shows whether the master resumes sessions (it saves a handshake per
-    // agent reconnect).
-    if let Ok(d) = up.connect().await {
-        if let Ok(mut t) = up
-            .handshake(d.addr, d.stream, cfg, ctx.name.server_name.clone())
-            .await
-        {
-            r.resumed_on_second_dial = Some(matches!(
-                t.get_ref().1.handshake_kind(),
-                Some(rustls::HandshakeKind::Resumed)
-            ));
-            settle_and_close(&mut t).await;
-        }
-    }
-    r
+/// A second dial shows whether the master resumes sessions (it saves a handshake per agent
+/// reconnect). `None` when the second dial itself failed.
+async fn second_dial_resumes(
+    up: &Upstream,
+    ctx: &TlsContext,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Option<bool> {
+    let d = up.connect().await.ok()?;
+    let mut t = up
+        .handshake(d.addr, d.stream, cfg, ctx.name.server_name.clone())
+        .await
+        .ok()?;
+    let resumed = matches!(
+        t.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    settle_and_close(&mut t).await;
+    Some(resumed)
 }
 
 fn fail(r: &mut Report, e: &UpstreamError) {
@@ -392,6 +404,12 @@ impl Report {
         for w in &self.warnings {
             o.push_str(&format!("WARNING: {w}\n"));
         }
+        self.verdict(&mut o);
+        o
+    }
+
+    /// The last line: OK (verified, unverified or plain) or FAILED with the reason.
+    fn verdict(&self, o: &mut String) {
         match (&self.error, self.ok) {
             (Some(e), _) => o.push_str(&format!("FAILED: {e}\n")),
             (None, true) if self.verified => o.push_str(&format!(
@@ -406,7 +424,6 @@ impl Report {
             (None, true) => o.push_str(&format!("OK: connected to {} (plain TCP)\n", self.master)),
             (None, false) => o.push_str("FAILED\n"),
         }
-        o
     }
 }
 

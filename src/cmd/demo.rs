@@ -343,26 +343,21 @@ async fn websocket(proxy: SocketAddr) -> DemoResult<String> {
 
 // === The demo ===
 
-pub async fn demo(hold: bool, out: &mut dyn Write) -> DemoResult<()> {
-    let dir = tempfile::tempdir().map_err(e("temporary directory"))?;
-    let certs = make_certs()?;
-    let bundle = dir.path().join("master.crt");
-    std::fs::write(&bundle, &certs.bundle_pem).map_err(e("write the bundle"))?;
-    let master = start_master(&certs).await?;
-    let _ = writeln!(
-        out,
-        "stand-in master  https://{master}  certificate valid only for DNS name {DEMO_NAME} (fresh CA)"
-    );
-
-    let cfg_path = dir.path().join("tls-proxy.yaml");
+/// The proxy in front of the stand-in master, started as `run` starts it (from a config file),
+/// with its address.
+fn start_proxy(
+    dir: &std::path::Path,
+    master_port: u16,
+    bundle: &std::path::Path,
+) -> DemoResult<(Server, SocketAddr)> {
+    let cfg_path = dir.join("tls-proxy.yaml");
     let yaml = format!(
-        "master_host: 127.0.0.1\nmaster_port: {}\nsecurity:\n  tls:\n    master_cert: {}\nlisteners:\n  - name: demo\n    listen: 127.0.0.1:0\ntimeouts:\n  shutdown: 1s\nlog:\n  access: false\n",
-        master.port(),
+        "master_host: 127.0.0.1\nmaster_port: {master_port}\nsecurity:\n  tls:\n    master_cert: {}\nlisteners:\n  - name: demo\n    listen: 127.0.0.1:0\ntimeouts:\n  shutdown: 1s\nlog:\n  access: false\n",
         bundle.display()
     );
     std::fs::write(&cfg_path, yaml).map_err(e("write the config"))?;
     let flags = Overrides {
-        config: Some(cfg_path.clone()),
+        config: Some(cfg_path),
         ..Default::default()
     };
     let vars: Vec<(String, String)> = Vec::new();
@@ -380,20 +375,12 @@ pub async fn demo(hold: bool, out: &mut dyn Write) -> DemoResult<()> {
         .first()
         .and_then(|(_, a)| a.parse().ok())
         .ok_or("the proxy did not bind")?;
-    let state = server.shared().current();
-    let name = state
-        .tls
-        .as_ref()
-        .map(|t| (t.name.name(), t.name.reason.to_string()))
-        .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "proxy            http://{proxy}  → master_host 127.0.0.1:{}",
-        master.port()
-    );
-    let _ = writeln!(out, "name verified    {} ({})", name.0, name.1);
-    let _ = writeln!(out);
+    Ok((server, proxy))
+}
 
+/// HTTP/1.1, WebSocket and HTTP/2 through the proxy, each printed with its time; returns how
+/// many failed.
+async fn exchanges(proxy: SocketAddr, out: &mut dyn Write) -> usize {
     let mut failures = 0;
     for (label, fut) in [
         (
@@ -417,6 +404,36 @@ pub async fn demo(hold: bool, out: &mut dyn Write) -> DemoResult<()> {
             }
         }
     }
+    failures
+}
+
+pub async fn demo(hold: bool, out: &mut dyn Write) -> DemoResult<()> {
+    let dir = tempfile::tempdir().map_err(e("temporary directory"))?;
+    let certs = make_certs()?;
+    let bundle = dir.path().join("master.crt");
+    std::fs::write(&bundle, &certs.bundle_pem).map_err(e("write the bundle"))?;
+    let master = start_master(&certs).await?;
+    let _ = writeln!(
+        out,
+        "stand-in master  https://{master}  certificate valid only for DNS name {DEMO_NAME} (fresh CA)"
+    );
+
+    let (server, proxy) = start_proxy(dir.path(), master.port(), &bundle)?;
+    let state = server.shared().current();
+    let name = state
+        .tls
+        .as_ref()
+        .map(|t| (t.name.name(), t.name.reason.to_string()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "proxy            http://{proxy}  → master_host 127.0.0.1:{}",
+        master.port()
+    );
+    let _ = writeln!(out, "name verified    {} ({})", name.0, name.1);
+    let _ = writeln!(out);
+
+    let failures = exchanges(proxy, out).await;
     if failures > 0 {
         return Err(format!("{failures} exchange(s) failed"));
     }

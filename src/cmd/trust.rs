@@ -121,7 +121,7 @@ fn stage(path: &Path, contents: &str) -> std::io::Result<tempfile::NamedTempFile
     Ok(tmp)
 }
 
-/// `det-tls-proxy trust`. Returns the lines to print on success.
+/// `det-tls-proxy trust`: fetch (or import), show, confirm, prove, write.
 pub async fn trust(
     config: &Config,
     opts: &TrustOptions,
@@ -146,32 +146,45 @@ pub async fn trust(
         })?),
         None => None,
     };
-
-    let (pem, chain_ders): (String, Vec<CertificateDer<'static>>) = match &opts.from_cli_store {
-        Some(store) => {
-            let path = store.clone().unwrap_or_else(default_cli_store);
-            let (url, pem) = from_cli_store(&path, config)?;
-            let certs = crate::pem::certs_from_pem(&path, pem.as_bytes())
-                .map_err(|e| TrustCmdError::Failed(e.to_string()))?;
-            let _ = writeln!(out, "from the CLI's store {} entry {url}", path.display());
-            (pem_chain(&certs), certs)
-        }
-        None => {
-            let chain = fetch_chain(config).await.map_err(|e| {
-                TrustCmdError::Failed(format!("cannot fetch the master's certificate: {e}"))
-            })?;
-            if chain.is_empty() {
-                return Err(TrustCmdError::Failed(
-                    "the master sent no certificate".into(),
-                ));
-            }
-            (pem_chain(&chain), chain)
-        }
-    };
+    let (pem, chain_ders) = obtain_chain(config, opts, out).await?;
     let entries: Vec<ChainEntry> = chain_ders
         .iter()
         .filter_map(|c| ChainEntry::from_der(c))
         .collect();
+    let leaf_fp = show_chain(config, &entries, out);
+    confirm(expected, &leaf_fp, opts.yes, stdin_tty, &target, out)?;
+    refuse_unanchored(&entries, &target)?;
+    write_verified(config, opts.force, &target, &pem, entries.len(), out).await
+}
+
+/// The chain as PEM and DER: from the CLI's store when asked, else fetched from the master
+/// without verifying it.
+async fn obtain_chain(
+    config: &Config,
+    opts: &TrustOptions,
+    out: &mut dyn Write,
+) -> Result<(String, Vec<CertificateDer<'static>>), TrustCmdError> {
+    if let Some(store) = &opts.from_cli_store {
+        let path = store.clone().unwrap_or_else(default_cli_store);
+        let (url, pem) = from_cli_store(&path, config)?;
+        let certs = crate::pem::certs_from_pem(&path, pem.as_bytes())
+            .map_err(|e| TrustCmdError::Failed(e.to_string()))?;
+        let _ = writeln!(out, "from the CLI's store {} entry {url}", path.display());
+        return Ok((pem_chain(&certs), certs));
+    }
+    let chain = fetch_chain(config).await.map_err(|e| {
+        TrustCmdError::Failed(format!("cannot fetch the master's certificate: {e}"))
+    })?;
+    if chain.is_empty() {
+        return Err(TrustCmdError::Failed(
+            "the master sent no certificate".into(),
+        ));
+    }
+    Ok((pem_chain(&chain), chain))
+}
+
+/// Prints the chain and returns the leaf's fingerprint.
+fn show_chain(config: &Config, entries: &[ChainEntry], out: &mut dyn Write) -> String {
     let mut shown = String::new();
     let _ = writeln!(
         out,
@@ -180,7 +193,7 @@ pub async fn trust(
         config.master.port,
         entries.len()
     );
-    print_chain(&mut shown, &entries);
+    print_chain(&mut shown, entries);
     let _ = write!(out, "{shown}");
     let leaf_fp = entries
         .first()
@@ -188,51 +201,74 @@ pub async fn trust(
         .unwrap_or_default();
     let _ = writeln!(out, "leaf SHA-256 fingerprint: {leaf_fp}");
     let _ = writeln!(out, "  (compare with `openssl x509 -noout -fingerprint -sha256 -in <master cert>` on the master)");
+    leaf_fp
+}
 
+/// The operator's confirmation: `--fingerprint` matching the leaf, or a "y" on a terminal.
+/// Nothing is trusted silently.
+fn confirm(
+    expected: Option<String>,
+    leaf_fp: &str,
+    yes: bool,
+    stdin_tty: bool,
+    target: &Path,
+    out: &mut dyn Write,
+) -> Result<(), TrustCmdError> {
     match expected {
         Some(fp) if fp == leaf_fp => {
             let _ = writeln!(out, "fingerprint matches --fingerprint");
+            Ok(())
         }
-        Some(fp) => {
-            return Err(TrustCmdError::Failed(format!(
-                "fingerprint mismatch: expected {fp}, the master presents {leaf_fp}; nothing written"
-            )))
-        }
-        None if opts.yes && stdin_tty => {}
+        Some(fp) => Err(TrustCmdError::Failed(format!(
+            "fingerprint mismatch: expected {fp}, the master presents {leaf_fp}; nothing written"
+        ))),
+        None if yes && stdin_tty => Ok(()),
         None if stdin_tty => {
             let _ = write!(out, "Trust this certificate and write the chain to {}? [y/N] ", target.display());
             let _ = out.flush();
             let mut answer = String::new();
             let _ = std::io::stdin().read_line(&mut answer);
-            if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-                return Err(TrustCmdError::Failed("not confirmed; nothing written".into()));
+            if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                Ok(())
+            } else {
+                Err(TrustCmdError::Failed("not confirmed; nothing written".into()))
             }
         }
-        None => {
-            return Err(TrustCmdError::Usage(
-                "no terminal to confirm on: pass --fingerprint with the leaf's SHA-256 fingerprint (no silent trust)".into(),
-            ))
-        }
+        None => Err(TrustCmdError::Usage(
+            "no terminal to confirm on: pass --fingerprint with the leaf's SHA-256 fingerprint (no silent trust)".into(),
+        )),
     }
+}
 
-    // Something must anchor the chain: a self-signed last certificate. A master that sends
-    // only its leaf (or stops at an intermediate) leaves nothing to trust.
-    if let Some(last) = entries.last() {
-        if !last.cert.self_signed {
-            return Err(TrustCmdError::Failed(format!(
-                "the chain ends at {} issued by {}, which the master did not send, so nothing written could anchor it; \
-                 get that issuer's certificate from the master's operator and put it with the chain in {} \
-                 (Determined's master certificate file should hold the full chain to a root)",
-                last.cert.subject,
-                last.cert.issuer,
-                target.display()
-            )));
-        }
+/// Something must anchor the chain: a self-signed last certificate. A master that sends
+/// only its leaf (or stops at an intermediate) leaves nothing to trust.
+fn refuse_unanchored(entries: &[ChainEntry], target: &Path) -> Result<(), TrustCmdError> {
+    match entries.last() {
+        Some(last) if !last.cert.self_signed => Err(TrustCmdError::Failed(format!(
+            "the chain ends at {} issued by {}, which the master did not send, so nothing written could anchor it; \
+             get that issuer's certificate from the master's operator and put it with the chain in {} \
+             (Determined's master certificate file should hold the full chain to a root)",
+            last.cert.subject,
+            last.cert.issuer,
+            target.display()
+        ))),
+        _ => Ok(()),
     }
+}
 
-    let unchanged = match std::fs::read_to_string(&target) {
+/// Written beside the target first and proven with the same verification as `run`; only a
+/// chain that verifies replaces the file (atomically), so a failure leaves nothing behind.
+async fn write_verified(
+    config: &Config,
+    force: bool,
+    target: &Path,
+    pem: &str,
+    count: usize,
+    out: &mut dyn Write,
+) -> Result<(), TrustCmdError> {
+    let unchanged = match std::fs::read_to_string(target) {
         Ok(existing) if existing == pem => true,
-        Ok(_) if !opts.force => {
+        Ok(_) if !force => {
             return Err(TrustCmdError::Failed(format!(
                 "{} exists with other contents; pass --force to replace it",
                 target.display()
@@ -240,12 +276,10 @@ pub async fn trust(
         }
         _ => false,
     };
-    // Written beside the target first and proven with the same verification as `run`; only
-    // a chain that verifies replaces the file (atomically), so a failure leaves nothing behind.
     let staged = if unchanged {
         None
     } else {
-        Some(stage(&target, &pem).map_err(|e| {
+        Some(stage(target, pem).map_err(|e| {
             TrustCmdError::Failed(format!("cannot write beside {}: {e}", target.display()))
         })?)
     };
@@ -254,7 +288,7 @@ pub async fn trust(
         staged
             .as_ref()
             .map(|t| t.path().to_path_buf())
-            .unwrap_or_else(|| target.clone()),
+            .unwrap_or_else(|| target.to_path_buf()),
     );
     verify_cfg.tls.skip_verify = false;
     let report = dial_and_report(&verify_cfg, false).await;
@@ -269,13 +303,12 @@ pub async fn trust(
             let _ = writeln!(out, "{} already holds this chain", target.display());
         }
         Some(tmp) => {
-            tmp.persist(&target).map_err(|e| {
+            tmp.persist(target).map_err(|e| {
                 TrustCmdError::Failed(format!("cannot write {}: {}", target.display(), e.error))
             })?;
             let _ = writeln!(
                 out,
-                "wrote {} certificate(s) to {} (mode 0644)",
-                entries.len(),
+                "wrote {count} certificate(s) to {} (mode 0644)",
                 target.display()
             );
         }

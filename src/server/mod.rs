@@ -4,12 +4,12 @@
 //! sockets, the accept loops, the connection limit and the admin endpoint.
 
 mod accept;
+mod drain;
 mod reload;
 mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -283,48 +283,9 @@ impl Server {
                 Some(why) = reload_rx.recv() => self.reload(why).await,
             }
         }
-        // From here on /readyz answers 503 and systemd knows we are stopping.
-        self.shared.draining.store(true, Ordering::SeqCst);
-        notify(&[sd_notify::NotifyState::Stopping]);
         watcher_stop.cancel();
-        // Stop accepting and close the sockets: new clients are refused from here on.
-        for (_, r) in self.listeners.drain() {
-            r.stop.cancel();
-        }
-        self.retired.clear();
-        self.tracker.close();
-        let shutdown = self.shared.current().config.timeouts.shutdown;
-        let in_flight = self.tracker.len();
-        if in_flight > 0 {
-            tracing::info!(connections = in_flight, timeout = %humantime::format_duration(shutdown), "waiting for connections to finish");
-        }
-        let drained = tokio::select! {
-            _ = self.tracker.wait() => true,
-            _ = tokio::time::sleep(shutdown) => {
-                tracing::warn!(
-                    connections = self.tracker.len(),
-                    "timeouts.shutdown passed; closing the connections still open"
-                );
-                false
-            }
-            _ = term.recv() => {
-                tracing::warn!(signal = "SIGTERM", connections = self.tracker.len(), "second signal while draining; closing the connections still open");
-                false
-            }
-            _ = int.recv() => {
-                tracing::warn!(signal = "SIGINT", connections = self.tracker.len(), "second signal while draining; closing the connections still open");
-                false
-            }
-        };
-        if !drained {
-            self.shared.force_close.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
-        }
+        self.drain(&mut term, &mut int).await;
         status_stop.cancel();
-        // The admin endpoint answers (/readyz 503, /healthz 200) until here.
-        if let Some(a) = self.admin.take() {
-            a.stop.cancel();
-        }
         tracing::info!("stopped");
         exit::OK
     }

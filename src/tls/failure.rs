@@ -45,102 +45,122 @@ pub struct CertFailure {
 
 impl fmt::Display for CertFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let leaf = self.leaf.as_ref();
         match self.kind {
-            FailureKind::WrongName => {
-                write!(
+            FailureKind::WrongName => self.fmt_wrong_name(f),
+            FailureKind::UnknownIssuer => self.fmt_unknown_issuer(f),
+            FailureKind::Expired => self.fmt_expired(f),
+            FailureKind::NotYetValid => self.fmt_not_yet_valid(f),
+            FailureKind::CaAsLeaf => self.fmt_ca_as_leaf(f),
+            FailureKind::Other => self.fmt_other(f),
+        }
+    }
+}
+
+/// One wording per kind: what the certificate holds and what to change.
+impl CertFailure {
+    fn fmt_wrong_name(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        write!(
+            f,
+            "the master's certificate is not valid for {}",
+            self.expected
+        )?;
+        if let Some(l) = leaf {
+            write!(
+                f,
+                ": it holds {} (issuer {}, {})",
+                l.names(),
+                l.issuer,
+                l.validity()
+            )?;
+            match l.dns_names.first() {
+                Some(n) => write!(f, "; set security.tls.master_cert_name: {n}")?,
+                None => write!(
                     f,
-                    "the master's certificate is not valid for {}",
-                    self.expected
-                )?;
-                if let Some(l) = leaf {
-                    write!(
-                        f,
-                        ": it holds {} (issuer {}, {})",
-                        l.names(),
-                        l.issuer,
-                        l.validity()
-                    )?;
-                    match l.dns_names.first() {
-                        Some(n) => write!(f, "; set security.tls.master_cert_name: {n}")?,
-                        None => write!(
-                            f,
-                            "; set master_host to one of its IP addresses, or reissue the certificate with a name for security.tls.master_cert_name"
-                        )?,
-                    }
-                }
-                Ok(())
-            }
-            FailureKind::UnknownIssuer => {
-                let end = self.chain_end.as_ref().or(leaf);
-                write!(f, "unknown issuer: ")?;
-                if let Some(e) = end {
-                    write!(
-                        f,
-                        "the chain ends at {} (issued by {})",
-                        e.subject, e.issuer
-                    )?;
-                } else {
-                    write!(f, "the master's certificate chain is not trusted")?;
-                }
-                if let Some(l) = leaf {
-                    write!(f, "; the certificate holds {}", l.names())?;
-                }
-                write!(
-                    f,
-                    "; put its root in security.tls.master_cert or run `det-tls-proxy trust`"
-                )
-            }
-            FailureKind::Expired => {
-                write!(f, "the master's certificate expired")?;
-                if let Some(l) = leaf {
-                    write!(
-                        f,
-                        " on {} ({}; subject {}, issuer {}, holds {})",
-                        crate::diagnose::rfc3339(l.not_after),
-                        l.validity(),
-                        l.subject,
-                        l.issuer,
-                        l.names()
-                    )?;
-                }
-                write!(f, "; renew it on the master (or check this host's clock)")
-            }
-            FailureKind::NotYetValid => {
-                write!(f, "the master's certificate is not yet valid")?;
-                if let Some(l) = leaf {
-                    write!(
-                        f,
-                        " until {} ({}; subject {}, issuer {})",
-                        crate::diagnose::rfc3339(l.not_before),
-                        l.validity(),
-                        l.subject,
-                        l.issuer
-                    )?;
-                }
-                write!(f, "; check this host's clock")
-            }
-            FailureKind::CaAsLeaf => {
-                write!(
-                    f,
-                    "the master presents a CA certificate (CA:TRUE) as its own certificate"
-                )?;
-                if let Some(l) = leaf {
-                    write!(f, " (subject {}, holds {})", l.subject, l.names())?;
-                }
-                write!(
-                    f,
-                    "; put exactly that certificate in security.tls.master_cert (run `det-tls-proxy trust`) to pin it, or reissue it as a leaf signed by a CA"
-                )
-            }
-            FailureKind::Other => {
-                write!(f, "the master's certificate was rejected: {:?}", self.cause)?;
-                if let Some(l) = leaf {
-                    write!(f, " ({l})")?;
-                }
-                Ok(())
+                    "; set master_host to one of its IP addresses, or reissue the certificate with a name for security.tls.master_cert_name"
+                )?,
             }
         }
+        Ok(())
+    }
+
+    fn fmt_unknown_issuer(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        let end = self.chain_end.as_ref().or(leaf);
+        write!(f, "unknown issuer: ")?;
+        if let Some(e) = end {
+            write!(
+                f,
+                "the chain ends at {} (issued by {})",
+                e.subject, e.issuer
+            )?;
+        } else {
+            write!(f, "the master's certificate chain is not trusted")?;
+        }
+        if let Some(l) = leaf {
+            write!(f, "; the certificate holds {}", l.names())?;
+        }
+        write!(
+            f,
+            "; put its root in security.tls.master_cert or run `det-tls-proxy trust`"
+        )
+    }
+
+    fn fmt_expired(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        write!(f, "the master's certificate expired")?;
+        if let Some(l) = leaf {
+            write!(
+                f,
+                " on {} ({}; subject {}, issuer {}, holds {})",
+                crate::diagnose::rfc3339(l.not_after),
+                l.validity(),
+                l.subject,
+                l.issuer,
+                l.names()
+            )?;
+        }
+        write!(f, "; renew it on the master (or check this host's clock)")
+    }
+
+    fn fmt_not_yet_valid(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        write!(f, "the master's certificate is not yet valid")?;
+        if let Some(l) = leaf {
+            write!(
+                f,
+                " until {} ({}; subject {}, issuer {})",
+                crate::diagnose::rfc3339(l.not_before),
+                l.validity(),
+                l.subject,
+                l.issuer
+            )?;
+        }
+        write!(f, "; check this host's clock")
+    }
+
+    fn fmt_ca_as_leaf(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        write!(
+            f,
+            "the master presents a CA certificate (CA:TRUE) as its own certificate"
+        )?;
+        if let Some(l) = leaf {
+            write!(f, " (subject {}, holds {})", l.subject, l.names())?;
+        }
+        write!(
+            f,
+            "; put exactly that certificate in security.tls.master_cert (run `det-tls-proxy trust`) to pin it, or reissue it as a leaf signed by a CA"
+        )
+    }
+
+    fn fmt_other(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let leaf = self.leaf.as_ref();
+        write!(f, "the master's certificate was rejected: {:?}", self.cause)?;
+        if let Some(l) = leaf {
+            write!(f, " ({l})")?;
+        }
+        Ok(())
     }
 }
 
