@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::diagnose::CertSummary;
 use crate::state::{Shared, State};
+use crate::upstream::UpstreamError;
 
 /// A probe result is reused for this long, so scrapes cannot hammer the master.
 pub const PROBE_PERIOD: Duration = Duration::from_secs(10);
@@ -29,22 +30,24 @@ struct Probe {
 /// Dials the master once through the data path's code with a full handshake (no
 /// resumption), so the result and the expiry gauge reflect the master's current certificate.
 pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
-    let dialed = state.upstream.connect().await.map_err(|e| e.to_string())?;
     let Some(tls) = &state.tls else {
+        state.upstream.connect().await.map_err(|e| e.to_string())?;
         return Ok(());
     };
     let cfg = tls.client_config(&[], tls.has_client_cert(), false);
     let stream = state
         .upstream
-        .handshake(
-            dialed.addr,
-            dialed.stream,
-            cfg,
-            tls.name.server_name.clone(),
-        )
+        .dial_tls(cfg, tls.name.server_name.clone())
         .await
         .map_err(|e| {
-            shared.metrics.upstream_error(e.kind());
+            // Counted as the data path counts a handshake failure; an unreachable master is
+            // what /readyz reports, not a new kind of error.
+            if matches!(
+                e,
+                UpstreamError::Handshake { .. } | UpstreamError::HandshakeTimeout { .. }
+            ) {
+                shared.metrics.upstream_error(e.kind());
+            }
             e.to_string()
         })?;
     let (_, conn) = stream.get_ref();

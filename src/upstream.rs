@@ -293,6 +293,18 @@ impl Upstream {
     }
 
     /// The TLS handshake on a connected stream, within `handshake_timeout`.
+    /// Connects and runs the TLS handshake, as the data path does (the admin probe, `check`
+    /// and `trust` dial this way).
+    pub async fn dial_tls(
+        &self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
+        let dialed = self.connect().await?;
+        self.handshake(dialed.addr, dialed.stream, config, name)
+            .await
+    }
+
     pub async fn handshake(
         &self,
         dialed_addr: SocketAddr,

@@ -113,14 +113,8 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
     .map_err(|e| e.to_string())?;
     let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), false);
     let up = Upstream::for_config(config, Arc::new(SystemResolver));
-    let dialed = up.connect().await.map_err(|e| e.to_string())?;
     let mut tls = up
-        .handshake(
-            dialed.addr,
-            dialed.stream,
-            cfg,
-            ctx.name.server_name.clone(),
-        )
+        .dial_tls(cfg, ctx.name.server_name.clone())
         .await
         .map_err(|e| e.to_string())?;
     let chain = tls
@@ -269,11 +263,7 @@ async fn second_dial_resumes(
     ctx: &TlsContext,
     cfg: Arc<rustls::ClientConfig>,
 ) -> Option<bool> {
-    let d = up.connect().await.ok()?;
-    let mut t = up
-        .handshake(d.addr, d.stream, cfg, ctx.name.server_name.clone())
-        .await
-        .ok()?;
+    let mut t = up.dial_tls(cfg, ctx.name.server_name.clone()).await.ok()?;
     let resumed = matches!(
         t.get_ref().1.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)

@@ -258,17 +258,8 @@ async fn http1(proxy: SocketAddr) -> DemoResult<String> {
         .await
         .map_err(e("HTTP/1.1 handshake"))?;
     tokio::spawn(conn);
-    let req = Request::get("/api/v1/master")
-        .header(hyper::header::HOST, DEMO_NAME)
-        .body(Empty::<Bytes>::new())
-        .map_err(e("request"))?;
-    describe(
-        sender
-            .send_request(req)
-            .await
-            .map_err(e("HTTP/1.1 request"))?,
-    )
-    .await
+    let req = Request::get("/api/v1/master").header(hyper::header::HOST, DEMO_NAME);
+    answered(sender.send_request(request(req)?).await, "HTTP/1.1 request").await
 }
 
 async fn http2(proxy: SocketAddr) -> DemoResult<String> {
@@ -277,16 +268,19 @@ async fn http2(proxy: SocketAddr) -> DemoResult<String> {
             .await
             .map_err(e("HTTP/2 handshake"))?;
     tokio::spawn(conn);
-    let req = Request::get(format!("http://{DEMO_NAME}/api/v1/master"))
-        .body(Empty::<Bytes>::new())
-        .map_err(e("request"))?;
-    describe(
-        sender
-            .send_request(req)
-            .await
-            .map_err(e("HTTP/2 request"))?,
-    )
-    .await
+    let req = Request::get(format!("http://{DEMO_NAME}/api/v1/master"));
+    answered(sender.send_request(request(req)?).await, "HTTP/2 request").await
+}
+
+fn request(b: hyper::http::request::Builder) -> DemoResult<Request<Empty<Bytes>>> {
+    b.body(Empty::<Bytes>::new()).map_err(e("request"))
+}
+
+async fn answered(
+    r: Result<Response<Incoming>, hyper::Error>,
+    what: &'static str,
+) -> DemoResult<String> {
+    describe(r.map_err(e(what))?).await
 }
 
 async fn websocket(proxy: SocketAddr) -> DemoResult<String> {

@@ -39,26 +39,16 @@ pub struct KeyDecl {
 /// The variable naming the proxy's own file (not a key: it says which file is a layer).
 pub const CONFIG_ENV: &str = "DET_TLS_PROXY_CONFIG";
 
-const fn agent(
-    key: &'static str,
-    kind: ValueKind,
-    env: &'static str,
-    flag: &'static str,
-    value_name: &'static str,
-    help: &'static str,
-) -> KeyDecl {
-    KeyDecl {
-        key,
-        kind,
-        env: Some(env),
-        flag: Some(flag),
-        agent: true,
-        value_name,
-        help,
-    }
+/// Who reads a key besides the file: the agent too (it reads the same variable and flag, and
+/// an imported agent.yaml supplies the key), or only the proxy.
+#[derive(Clone, Copy)]
+enum Owner {
+    Agent,
+    Proxy,
 }
 
-const fn proxy(
+const fn row(
+    owner: Owner,
     key: &'static str,
     kind: ValueKind,
     env: &'static str,
@@ -71,41 +61,42 @@ const fn proxy(
         kind,
         env: Some(env),
         flag,
-        agent: false,
+        agent: matches!(owner, Owner::Agent),
         value_name,
         help,
     }
 }
 
+use Owner::{Agent, Proxy};
 use ValueKind::{Bool, Listeners, Path, Port, Str};
 
 /// The agent's own names first (the same variables and flags the agent reads), then ours.
 #[rustfmt::skip]
 pub const KEYS: &[KeyDecl] = &[
-    agent("master_host", Str, "DET_MASTER_HOST", "master-host", "HOST",
+    row(Agent, "master_host", Str, "DET_MASTER_HOST", Some("master-host"), "HOST",
         "The master's DNS name or IP address."),
-    agent("master_port", Port, "DET_MASTER_PORT", "master-port", "PORT",
+    row(Agent, "master_port", Port, "DET_MASTER_PORT", Some("master-port"), "PORT",
         "The master's port (default 8443 with TLS, 8080 without)."),
-    agent("security.tls.enabled", Bool, "DET_SECURITY_TLS_ENABLED", "security-tls-enabled", "BOOL",
+    row(Agent, "security.tls.enabled", Bool, "DET_SECURITY_TLS_ENABLED", Some("security-tls-enabled"), "BOOL",
         "Speak TLS to the master (default true)."),
-    agent("security.tls.skip_verify", Bool, "DET_SECURITY_TLS_SKIP_VERIFY", "security-tls-skip-verify", "BOOL",
+    row(Agent, "security.tls.skip_verify", Bool, "DET_SECURITY_TLS_SKIP_VERIFY", Some("security-tls-skip-verify"), "BOOL",
         "Encrypt but do not verify the master's certificate."),
-    agent("security.tls.master_cert", Path, "DET_SECURITY_TLS_MASTER_CERT", "security-tls-master-cert", "FILE",
+    row(Agent, "security.tls.master_cert", Path, "DET_SECURITY_TLS_MASTER_CERT", Some("security-tls-master-cert"), "FILE",
         "PEM bundle of the master's certificate chain; replaces the system roots."),
-    agent("security.tls.master_cert_name", Str, "DET_SECURITY_TLS_MASTER_CERT_NAME", "security-tls-master-cert-name", "NAME",
+    row(Agent, "security.tls.master_cert_name", Str, "DET_SECURITY_TLS_MASTER_CERT_NAME", Some("security-tls-master-cert-name"), "NAME",
         "Name sent as SNI and checked in the master's certificate."),
-    agent("security.tls.client_cert", Path, "DET_SECURITY_TLS_CLIENT_CERT", "security-tls-client-cert", "FILE",
+    row(Agent, "security.tls.client_cert", Path, "DET_SECURITY_TLS_CLIENT_CERT", Some("security-tls-client-cert"), "FILE",
         "Client certificate for mutual TLS."),
-    agent("security.tls.client_key", Path, "DET_SECURITY_TLS_CLIENT_KEY", "security-tls-client-key", "FILE",
+    row(Agent, "security.tls.client_key", Path, "DET_SECURITY_TLS_CLIENT_KEY", Some("security-tls-client-key"), "FILE",
         "Private key of the client certificate."),
-    proxy("agent_config", Path, "DET_TLS_PROXY_AGENT_CONFIG", None, "FILE",
+    row(Proxy, "agent_config", Path, "DET_TLS_PROXY_AGENT_CONFIG", None, "FILE",
         "A Determined agent.yaml to import master_host, master_port and security.tls.* from."),
-    proxy("listeners", Listeners, "DET_TLS_PROXY_LISTEN", Some("listen"), "ADDR",
+    row(Proxy, "listeners", Listeners, "DET_TLS_PROXY_LISTEN", Some("listen"), "ADDR",
         "Listen address (repeatable): HOST:PORT, [v6]:PORT, unix:/path or systemd:NAME; replaces the file's listeners."),
-    proxy("admin.listen", Str, "DET_TLS_PROXY_ADMIN_LISTEN", Some("admin-listen"), "ADDR",
+    row(Proxy, "admin.listen", Str, "DET_TLS_PROXY_ADMIN_LISTEN", Some("admin-listen"), "ADDR",
         "Admin endpoint address (/healthz, /readyz, /metrics)."),
-    proxy("log.format", Str, "DET_TLS_PROXY_LOG_FORMAT", None, "FORMAT", "text or json."),
-    proxy("log.level", Str, "DET_TLS_PROXY_LOG_LEVEL", None, "LEVEL", "error, warn, info, debug or trace."),
+    row(Proxy, "log.format", Str, "DET_TLS_PROXY_LOG_FORMAT", None, "FORMAT", "text or json."),
+    row(Proxy, "log.level", Str, "DET_TLS_PROXY_LOG_LEVEL", None, "LEVEL", "error, warn, info, debug or trace."),
 ];
 
 /// The row for a key, if it has one.

@@ -134,6 +134,7 @@ impl TlsContext {
             Arc::new(Diagnosing {
                 inner,
                 pinned: bundle.clone().unwrap_or_default(),
+                provider: provider.clone(),
             })
         };
         let builder = || -> Result<_, TrustError> {
