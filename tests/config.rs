@@ -1,6 +1,8 @@
-//! Configuration: every validation rule of DESIGN.md (exit 2, the key named, nothing
-//! bound), the layers and their precedence as `config` reports them and as the proxy
-//! behaves, the environment names, the flags, the agent.yaml import.
+//! Configuration as the binary takes it: the flags (usage errors, --version, --help), the
+//! environment (unknown DET_TLS_PROXY_* variables, bad values named by variable), a missing
+//! --config file, the layers and their precedence as `config` reports them and as the proxy
+//! behaves, the environment names, the agent.yaml import. The validation rules of the
+//! file's contents are fixtures in tests/config/invalid/ (tests/invalid_configs.rs).
 
 mod common;
 
@@ -14,23 +16,20 @@ use common::server::closed_port;
 use common::*;
 use serde_json::{json, Value};
 
-// === validation ===
+// === The binary at start: flags, environment, the --config file ===
+//
+// Every rule about the file's contents is a fixture in tests/config/invalid/ (driven by
+// tests/invalid_configs.rs); here only what is about the binary itself.
 
-/// A configuration that starts: the rules below each break one thing in it.
+/// A configuration that starts: the tests below each break one thing in it from outside the
+/// file (an environment variable).
 fn valid(dir: &Path) -> Cfg {
     let ca = Ca::root("Config Test CA");
     let ca_pem = certs::write(dir, "ca.pem", &ca.pem());
     Cfg::new("127.0.0.1", closed_port()).master_cert(&ca_pem)
 }
 
-/// Runs the proxy on `cfg` and expects exit status 2 before anything was bound, with
-/// every needle in stderr.
-fn assert_rejected(dir: &Path, cfg: &Cfg, needles: &[&str]) -> Exited {
-    let out = run_expecting_exit(&cfg.write(dir));
-    assert_rejected_output(&out, needles);
-    out
-}
-
+/// Exit status 2 before anything was bound, with every needle in stderr.
 fn assert_rejected_output(out: &Exited, needles: &[&str]) {
     assert_eq!(out.code(), Some(2), "expected exit status 2\n{out}");
     for needle in needles {
@@ -52,249 +51,6 @@ fn valid_base_config_starts() {
     let dir = tempdir();
     let proxy = valid(dir.path()).start(dir.path());
     proxy.listener_addr("main");
-}
-
-#[test]
-fn unknown_top_level_key_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).extra("master_hots: 10.0.0.5");
-    assert_rejected(dir.path(), &cfg, &["master_hots"]);
-}
-
-#[test]
-fn unknown_nested_key_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).tls("skip_verfy", "true");
-    assert_rejected(dir.path(), &cfg, &["skip_verfy"]);
-}
-
-#[test]
-fn unknown_listener_key_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path())
-        .listeners(&[r#"{name: main, listen: "127.0.0.1:0", allowed_client: ["127.0.0.0/8"]}"#]);
-    assert_rejected(dir.path(), &cfg, &["allowed_client"]);
-}
-
-#[test]
-fn master_cert_with_skip_verify_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).tls("skip_verify", "true");
-    assert_rejected(dir.path(), &cfg, &["master_cert", "skip_verify"]);
-}
-
-#[test]
-fn client_cert_without_client_key_rejected() {
-    let dir = tempdir();
-    let client = Ca::root("Client CA").client("agent");
-    let cert = certs::write(dir.path(), "agent.crt", &client.pem());
-    let cfg = valid(dir.path()).tls("client_cert", qp(&cert));
-    assert_rejected(dir.path(), &cfg, &["security.tls.client_key"]);
-}
-
-#[test]
-fn unreadable_master_cert_rejected() {
-    let dir = tempdir();
-    let missing = dir.path().join("no-such-master.crt");
-    let cfg = Cfg::new("127.0.0.1", closed_port()).master_cert(&missing);
-    assert_rejected(
-        dir.path(),
-        &cfg,
-        &["security.tls.master_cert", "no-such-master.crt"],
-    );
-}
-
-#[test]
-fn empty_master_cert_rejected() {
-    let dir = tempdir();
-    let empty = certs::write(dir.path(), "empty.crt", "");
-    let cfg = Cfg::new("127.0.0.1", closed_port()).master_cert(&empty);
-    assert_rejected(dir.path(), &cfg, &["security.tls.master_cert"]);
-}
-
-#[test]
-fn master_cert_without_certificate_rejected() {
-    let dir = tempdir();
-    // A PEM file, but it holds only a private key.
-    let key_only = Leaf::self_signed("x", &["x"]).key_pem();
-    let pem = certs::write(dir.path(), "key-only.crt", &key_only);
-    let cfg = Cfg::new("127.0.0.1", closed_port()).master_cert(&pem);
-    assert_rejected(dir.path(), &cfg, &["security.tls.master_cert"]);
-}
-
-#[test]
-fn empty_client_cert_rejected() {
-    let dir = tempdir();
-    let client = Ca::root("Client CA").client("agent");
-    let cert = certs::write(dir.path(), "agent.crt", "");
-    let key = certs::write(dir.path(), "agent.key", &client.key_pem());
-    let cfg = valid(dir.path())
-        .tls("client_cert", qp(&cert))
-        .tls("client_key", qp(&key));
-    assert_rejected(dir.path(), &cfg, &["security.tls.client_cert"]);
-}
-
-#[test]
-fn client_key_without_key_rejected() {
-    let dir = tempdir();
-    let client = Ca::root("Client CA").client("agent");
-    let cert = certs::write(dir.path(), "agent.crt", &client.pem());
-    // The key file holds a certificate, not a key.
-    let key = certs::write(dir.path(), "agent.key", &client.pem());
-    let cfg = valid(dir.path())
-        .tls("client_cert", qp(&cert))
-        .tls("client_key", qp(&key));
-    assert_rejected(dir.path(), &cfg, &["security.tls.client_key"]);
-}
-
-#[test]
-fn unreadable_client_key_rejected() {
-    let dir = tempdir();
-    let client = Ca::root("Client CA").client("agent");
-    let cert = certs::write(dir.path(), "agent.crt", &client.pem());
-    let cfg = valid(dir.path())
-        .tls("client_cert", qp(&cert))
-        .tls("client_key", qp(&dir.path().join("missing.key")));
-    assert_rejected(
-        dir.path(),
-        &cfg,
-        &["security.tls.client_key", "missing.key"],
-    );
-}
-
-#[test]
-fn non_loopback_listener_without_allowed_clients_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).listeners(&[r#"{name: bridge, listen: "0.0.0.0:0"}"#]);
-    assert_rejected(dir.path(), &cfg, &["allowed_clients", "bridge"]);
-}
-
-#[test]
-fn non_loopback_ipv6_listener_without_allowed_clients_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).listeners(&[r#"{name: wide, listen: "[::]:0"}"#]);
-    assert_rejected(dir.path(), &cfg, &["allowed_clients", "wide"]);
-}
-
-#[test]
-fn two_listeners_on_one_address_rejected() {
-    let dir = tempdir();
-    let addr = format!("127.0.0.1:{}", closed_port());
-    let a = format!(r#"{{name: one, listen: "{addr}"}}"#);
-    let b = format!(r#"{{name: two, listen: "{addr}"}}"#);
-    let cfg = valid(dir.path()).listeners(&[&a, &b]);
-    assert_rejected(dir.path(), &cfg, &["listeners", &addr]);
-}
-
-#[test]
-fn two_listeners_on_one_unix_path_rejected() {
-    let dir = tempdir();
-    let path = dir.path().join("same.sock");
-    let l = format!("unix:{}", path.display());
-    let a = format!("{{name: one, listen: {}}}", q(&l));
-    let b = format!("{{name: two, listen: {}}}", q(&l));
-    let cfg = valid(dir.path()).listeners(&[&a, &b]);
-    assert_rejected(dir.path(), &cfg, &["listeners", "same.sock"]);
-}
-
-#[test]
-fn bad_duration_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).extra("timeouts: {idle: forever}");
-    assert_rejected(dir.path(), &cfg, &["timeouts.idle", "forever"]);
-}
-
-#[test]
-fn master_address_that_is_own_listener_rejected() {
-    let dir = tempdir();
-    let port = closed_port();
-    let mut cfg = valid(dir.path());
-    cfg.master_port = Some(port);
-    let l = format!(r#"{{name: main, listen: "127.0.0.1:{port}"}}"#);
-    let cfg = cfg.listeners(&[&l]);
-    let out = assert_rejected(dir.path(), &cfg, &[&format!("127.0.0.1:{port}")]);
-    assert!(
-        out.stderr.contains("master_host") || out.stderr.contains("master_port"),
-        "stderr names neither master_host nor master_port\n{out}"
-    );
-}
-
-#[test]
-fn master_address_covered_by_wildcard_listener_rejected() {
-    let dir = tempdir();
-    let port = closed_port();
-    let mut cfg = valid(dir.path());
-    cfg.master_port = Some(port);
-    let l =
-        format!(r#"{{name: main, listen: "0.0.0.0:{port}", allowed_clients: ["127.0.0.0/8"]}}"#);
-    let cfg = cfg.listeners(&[&l]);
-    let out = assert_rejected(dir.path(), &cfg, &[&port.to_string()]);
-    assert!(
-        out.stderr.contains("master_host") || out.stderr.contains("master_port"),
-        "stderr names neither master_host nor master_port\n{out}"
-    );
-}
-
-#[test]
-fn missing_master_host_rejected() {
-    let dir = tempdir();
-    let mut cfg = valid(dir.path());
-    cfg.master_host = None;
-    assert_rejected(dir.path(), &cfg, &["master_host"]);
-}
-
-#[test]
-fn out_of_range_master_port_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path());
-    let yaml = cfg.render().replace(
-        &format!("master_port: {}", cfg.master_port.unwrap()),
-        "master_port: 70000",
-    );
-    let path = certs::write(dir.path(), "proxy.yaml", &yaml);
-    assert_rejected_output(&run_expecting_exit(&path), &["master_port"]);
-}
-
-#[test]
-fn bad_listen_address_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path()).listeners(&[r#"{name: main, listen: "not-an-address"}"#]);
-    assert_rejected(dir.path(), &cfg, &["not-an-address"]);
-}
-
-#[test]
-fn bad_allowed_clients_cidr_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path())
-        .listeners(&[r#"{name: main, listen: "127.0.0.1:0", allowed_clients: ["10.0.0.0/33"]}"#]);
-    assert_rejected(dir.path(), &cfg, &["allowed_clients", "10.0.0.0/33"]);
-}
-
-#[test]
-fn bad_alpn_value_rejected() {
-    let dir = tempdir();
-    let cfg =
-        valid(dir.path()).listeners(&[r#"{name: main, listen: "127.0.0.1:0", alpn: sometimes}"#]);
-    assert_rejected(dir.path(), &cfg, &["alpn"]);
-}
-
-#[test]
-fn bad_log_format_rejected() {
-    let dir = tempdir();
-    let cfg = valid(dir.path());
-    let yaml = cfg
-        .render()
-        .replace("log: {format: json, level: debug}", "log: {format: xml}");
-    let path = certs::write(dir.path(), "proxy.yaml", &yaml);
-    assert_rejected_output(&run_expecting_exit(&path), &["log.format"]);
-}
-
-#[test]
-fn yaml_syntax_error_rejected() {
-    let dir = tempdir();
-    let path = certs::write(dir.path(), "proxy.yaml", "master_host: [unclosed\n");
-    let out = run_expecting_exit(&path);
-    assert_eq!(out.code(), Some(2), "{out}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! Faults around the proxy, over real sockets: a master that is down, restarts, black-holes,
-//! resets, speaks garbage, or half-closes at the TLS layer only; a master name that stops
-//! resolving and comes back elsewhere; clients that reset mid-transfer; file descriptors
-//! running out; slow peers on either side. Each test prints one `FIGURE` line with what it
+//! Faults around the proxy, over real sockets: a master that is down (refusing connections,
+//! or dropping SYNs until timeouts.connect), restarts, black-holes the handshake (until
+//! timeouts.handshake), resets, speaks garbage, or half-closes at the TLS layer only; a
+//! master name that stops resolving and comes back elsewhere; clients that reset
+//! mid-transfer; file descriptors running out; slow peers on either side. Every dial
+//! failure and dial timeout is tested here (tests/upstream.rs is what a working dial sends). Each test prints one `FIGURE` line with what it
 //! measured (tests/RELIABILITY.md collects them).
 
 mod common;
@@ -329,12 +331,18 @@ fn cfg_for(cert: &MasterCert, port: u16) -> Cfg {
 
 /// Sends a request and waits for the connection to be closed; returns how long that took.
 fn time_to_close(addr: SocketAddr, request: &[u8], within: Duration) -> Duration {
+    close_after(addr, request, within).1
+}
+
+/// As `time_to_close`, with the client's local address (to find its log lines).
+fn close_after(addr: SocketAddr, request: &[u8], within: Duration) -> (SocketAddr, Duration) {
     let mut c = connect(addr);
+    let local = c.local_addr().unwrap();
     let _ = c.write_all(request);
     let t = Instant::now();
     let got = read_until_closed(&mut c, within);
     assert!(got.is_empty(), "a failing connection received {got:?}");
-    t.elapsed()
+    (local, t.elapsed())
 }
 
 /// Checks a byte stream against the pattern with `seed`, however it is chunked.
@@ -389,10 +397,10 @@ fn master_down_at_start_clients_closed_within_connect_timeout_then_next_client_s
     let addr = proxy.tcp_addr("main");
     let admin = proxy.listener_addr("admin");
 
-    let waits: Vec<Duration> = (0..3)
+    let closed: Vec<(SocketAddr, Duration)> = (0..3)
         .map(|i| {
             std::thread::spawn(move || {
-                time_to_close(
+                close_after(
                     addr,
                     format!("hello {i}").as_bytes(),
                     Duration::from_secs(3),
@@ -403,6 +411,7 @@ fn master_down_at_start_clients_closed_within_connect_timeout_then_next_client_s
         .into_iter()
         .map(|t| t.join().unwrap())
         .collect();
+    let waits: Vec<Duration> = closed.iter().map(|(_, w)| *w).collect();
     let slowest = *waits.iter().max().unwrap();
     assert!(
         waits.iter().all(|w| *w >= Duration::from_millis(900)),
@@ -412,10 +421,24 @@ fn master_down_at_start_clients_closed_within_connect_timeout_then_next_client_s
         slowest <= Duration::from_secs(2),
         "not closed within timeouts.connect + 1 s: {waits:?}"
     );
+    for (local, _) in &closed {
+        assert_eq!(proxy.access_line(*local)["outcome"], "upstream_error");
+    }
 
+    // Refused: the client is closed at once, with one WARN line naming the failure.
     drop(hole);
-    let refused = time_to_close(addr, b"hello refused", Duration::from_secs(2));
+    let (local, refused) = close_after(addr, b"hello refused", Duration::from_secs(2));
     assert!(refused < Duration::from_secs(1), "refused took {refused:?}");
+    let warn = proxy.wait_for(
+        "the refused client's \"upstream failed\" line",
+        Duration::from_secs(5),
+        |v| v["message"] == "upstream failed" && v["client"] == local.to_string().as_str(),
+    );
+    assert_eq!(warn["level"], "WARN", "{warn}");
+    assert_eq!(warn["listener"], "main", "{warn}");
+    assert!(!field(&warn, "kind").is_empty(), "no kind: {warn}");
+    assert!(!field(&warn, "error").is_empty(), "no error: {warn}");
+    assert_eq!(proxy.access_line(local)["outcome"], "upstream_error");
 
     let m = scrape_text(&admin);
     assert_eq!(
@@ -584,9 +607,11 @@ fn black_hole_master_closes_client_at_handshake_timeout_others_unaffected() {
 
     let mut waited = Vec::new();
     for (mut c, t) in stuck {
+        let local = c.local_addr().unwrap();
         let got = read_until_closed(&mut c, Duration::from_secs(4));
         assert!(got.is_empty());
         waited.push(t.elapsed());
+        assert_eq!(proxy.access_line(local)["outcome"], "upstream_error");
     }
     for w in &waited {
         assert!(
@@ -594,6 +619,12 @@ fn black_hole_master_closes_client_at_handshake_timeout_others_unaffected() {
             "black-holed client closed after {w:?} (timeouts.handshake 2s): {waited:?}"
         );
     }
+    // One dial per client: a handshake that timed out is not retried.
+    assert_eq!(
+        master.seen(|s| s.accepts),
+        HOLES + others.len(),
+        "the master was dialled more than once per client"
+    );
     let m = scrape_text(&admin);
     assert_eq!(
         metric(

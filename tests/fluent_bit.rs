@@ -6,207 +6,44 @@
 //! verify, and which the proxy handles by taking the name from master_cert. Every record must
 //! arrive intact, in order, on one upstream connection, and every response must come back.
 //!
-//! The master (a hyper HTTP/1.1 server) lives in `support` below; the proxy process and the
-//! rest come from tests/common.
+//! The master is tests/common's TLS server with its hyper HTTP/1.1 behaviour
+//! (`Behavior::HttpRecord`); the certificate, the proxy process and its configuration come
+//! from tests/common too.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{certs, field, tempdir, Proxy, IO_TIMEOUT};
-use support::Master;
+use common::server::{HttpRequest, ServerState};
+use common::{
+    certs, field, q, tempdir, Behavior, Cfg, Leaf, Proxy, ServerBuilder, TlsServer, IO_TIMEOUT,
+};
 
-mod support {
-    use std::net::{SocketAddr, TcpListener as StdListener};
-    use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::time::{Duration, Instant};
+/// The master: a TLS HTTP/1.1 keep-alive server (common's `Behavior::HttpRecord`) with a
+/// self-signed certificate for one DNS name and no IP address (as Determined's TLS docs make
+/// one), written to `dir/master.crt`.
+struct Master {
+    server: TlsServer,
+    cert_pem: PathBuf,
+}
 
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::{Bytes, Incoming};
-    use hyper::{Request, Response};
-    use hyper_util::rt::TokioIo;
-    use rcgen::{CertificateParams, DnType, IsCa, KeyPair};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    // === The master: a TLS HTTP/1.1 server ===
-
-    /// One request as the master's HTTP server parsed it.
-    #[derive(Debug, Clone)]
-    pub struct Received {
-        pub connection: usize,
-        pub method: String,
-        pub path: String,
-        pub headers: Vec<(String, String)>,
-        pub body: Vec<u8>,
+impl Master {
+    fn start(dir: &Path, dns_name: &str) -> Master {
+        let leaf = Leaf::self_signed(dns_name, &[dns_name]);
+        let cert_pem = certs::write(dir, "master.crt", &leaf.pem());
+        let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der())
+            .behavior(Behavior::HttpRecord)
+            .start();
+        Master { server, cert_pem }
     }
 
-    impl Received {
-        pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-    }
-
-    #[derive(Default)]
-    pub struct Seen {
-        /// SNI of each TLS connection, in order of handshake.
-        pub connections: Vec<Option<String>>,
-        pub requests: Vec<Received>,
-        /// Connections whose HTTP exchange has ended (client closed).
-        pub closed: usize,
-    }
-
-    /// A TLS HTTP/1.1 server standing in for the master, with a self-signed certificate
-    /// for one DNS name and no IP address (as Determined's TLS docs make one). Answers
-    /// every request with 200 and `{"received": N}`, N counting the connection's requests.
-    pub struct Master {
-        pub addr: SocketAddr,
-        pub cert_pem: PathBuf,
-        pub seen: Arc<(Mutex<Seen>, Condvar)>,
-        runtime: Option<tokio::runtime::Runtime>,
-    }
-
-    impl Master {
-        pub fn start(dir: &Path, dns_name: &str) -> Master {
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(vec![dns_name.to_string()]).expect("params");
-            params.distinguished_name.push(DnType::CommonName, dns_name);
-            params.is_ca = IsCa::NoCa;
-            let cert = params
-                .self_signed(&key)
-                .expect("self-signed master certificate");
-            let cert_pem = dir.join("master.crt");
-            std::fs::write(&cert_pem, cert.pem()).unwrap();
-
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                )
-                .expect("server config");
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            let std_listener = StdListener::bind("127.0.0.1:0").unwrap();
-            std_listener.set_nonblocking(true).unwrap();
-            let addr = std_listener.local_addr().unwrap();
-            let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
-            let state = seen.clone();
-            runtime.spawn(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let sni = tls.get_ref().1.server_name().map(str::to_string);
-                        let id = {
-                            let mut s = state.0.lock().unwrap();
-                            s.connections.push(sni);
-                            s.connections.len() - 1
-                        };
-                        let count = Arc::new(Mutex::new(0usize));
-                        let st = state.clone();
-                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let st = st.clone();
-                            let count = count.clone();
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body.collect().await?.to_bytes().to_vec();
-                                let n = {
-                                    let mut c = count.lock().unwrap();
-                                    *c += 1;
-                                    *c
-                                };
-                                let headers = parts
-                                    .headers
-                                    .iter()
-                                    .map(|(k, v)| {
-                                        (
-                                            k.as_str().to_string(),
-                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                        )
-                                    })
-                                    .collect();
-                                st.0.lock().unwrap().requests.push(Received {
-                                    connection: id,
-                                    method: parts.method.to_string(),
-                                    path: parts.uri.to_string(),
-                                    headers,
-                                    body,
-                                });
-                                st.1.notify_all();
-                                Ok::<_, hyper::Error>(
-                                    Response::builder()
-                                        .status(200)
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(format!(
-                                            "{{\"received\":{n}}}"
-                                        ))))
-                                        .unwrap(),
-                                )
-                            }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .keep_alive(true)
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                        state.0.lock().unwrap().closed += 1;
-                        state.1.notify_all();
-                    });
-                }
-            });
-            Master {
-                addr,
-                cert_pem,
-                seen,
-                runtime: Some(runtime),
-            }
-        }
-
-        /// Waits until `pred` holds of what the server has seen.
-        pub fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&Seen) -> bool) {
-            let deadline = Instant::now() + timeout;
-            let mut s = self.seen.0.lock().unwrap();
-            while !pred(&s) {
-                let now = Instant::now();
-                if now >= deadline {
-                    panic!(
-                        "master: timed out after {timeout:?} waiting for {what} ({} connections, {} requests, {} closed)",
-                        s.connections.len(),
-                        s.requests.len(),
-                        s.closed
-                    );
-                }
-                s = self.seen.1.wait_timeout(s, deadline - now).unwrap().0;
-            }
-        }
-    }
-
-    impl Drop for Master {
-        fn drop(&mut self) {
-            if let Some(rt) = self.runtime.take() {
-                rt.shutdown_background();
-            }
-        }
+    /// Waits until `pred` holds of what the server has seen.
+    fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&ServerState) -> bool) {
+        self.server.wait(what, timeout, |st| pred(st).then_some(()));
     }
 }
 
@@ -328,16 +165,13 @@ fn batch(n: usize, first: usize, pad: usize) -> Vec<u8> {
     serde_json::to_vec(&records).unwrap()
 }
 
-fn proxy_config(dir: &std::path::Path, master: &Master, listeners: &str) -> std::path::PathBuf {
-    certs::write(
-        dir,
-        "proxy.yaml",
-        &format!(
-            "master_host: 127.0.0.1\nmaster_port: {}\nsecurity:\n  tls:\n    master_cert: {}\nlisteners:\n{listeners}log:\n  format: json\n",
-            master.addr.port(),
-            master.cert_pem.display()
-        ),
-    )
+/// The proxy's configuration: master_host 127.0.0.1 (an IP the certificate does not hold),
+/// master_cert the master's own certificate, one listener `logs` listening on `listen`.
+fn proxy_config(dir: &Path, master: &Master, listen: &str) -> PathBuf {
+    Cfg::new("127.0.0.1", master.server.port())
+        .master_cert(&master.cert_pem)
+        .listeners(&[&format!("{{name: logs, listen: {}}}", q(listen))])
+        .write(dir)
 }
 
 /// Sends `batches` over one connection and checks each response.
@@ -374,11 +208,7 @@ fn fluent_batches() -> Vec<Vec<u8>> {
 fn fluent_bit_batches_reach_a_master_addressed_by_ip_with_a_dns_only_certificate() {
     let dir = tempdir();
     let master = Master::start(dir.path(), "det-master");
-    let cfg = proxy_config(
-        dir.path(),
-        &master,
-        "  - name: logs\n    listen: 127.0.0.1:0\n",
-    );
+    let cfg = proxy_config(dir.path(), &master, "127.0.0.1:0");
     let proxy = Proxy::start(&cfg);
     // The substitution Determined asks operators to do by hand (master_cert_name), done
     // from master_cert.
@@ -397,11 +227,12 @@ fn fluent_bit_batches_reach_a_master_addressed_by_ip_with_a_dns_only_certificate
     drop(shipper.into_inner());
 
     master.wait("the connection to end", Duration::from_secs(10), |s| {
-        s.closed == 1
+        s.finished.len() == 1
     });
-    let seen = master.seen.0.lock().unwrap();
+    let seen = master.server.state();
+    let connections: Vec<Option<String>> = seen.handshakes.iter().map(|h| h.sni.clone()).collect();
     assert_eq!(
-        seen.connections,
+        connections,
         [Some("det-master".to_string())],
         "one TLS connection, SNI = the substituted name"
     );
@@ -443,7 +274,6 @@ fn fluent_bit_batches_reach_a_master_addressed_by_ip_with_a_dns_only_certificate
             .expect("a JSON array")
             .len();
     }
-    drop(seen);
     assert_eq!(
         records,
         batches
@@ -468,11 +298,7 @@ fn shippers_on_the_unix_logs_listener_each_get_their_own_master_connection() {
     let dir = tempdir();
     let master = Master::start(dir.path(), "det-master");
     let sock = dir.path().join("logs.sock");
-    let cfg = proxy_config(
-        dir.path(),
-        &master,
-        &format!("  - name: logs\n    listen: unix:{}\n", sock.display()),
-    );
+    let cfg = proxy_config(dir.path(), &master, &format!("unix:{}", sock.display()));
     let proxy = Proxy::start(&cfg);
     assert_eq!(
         proxy.listener_addr("logs"),
@@ -499,12 +325,12 @@ fn shippers_on_the_unix_logs_listener_each_get_their_own_master_connection() {
     drop(b.into_inner());
 
     master.wait("both connections to end", Duration::from_secs(10), |s| {
-        s.closed == 2
+        s.finished.len() == 2
     });
-    let seen = master.seen.0.lock().unwrap();
-    assert_eq!(seen.connections.len(), 2);
+    let seen = master.server.state();
+    assert_eq!(seen.handshakes.len(), 2);
     for (tag, batches) in [("shipper.a", &batches_a), ("shipper.b", &batches_b)] {
-        let got: Vec<&support::Received> = seen
+        let got: Vec<&HttpRequest> = seen
             .requests
             .iter()
             .filter(|r| r.header("x-fluent-tag") == Some(tag))

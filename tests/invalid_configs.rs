@@ -1,5 +1,9 @@
-//! The folder of invalid configurations: every `tests/config/invalid/NAME.yaml` is refused by
-//! `run` and by `check` with exit status 2, no panic, and the messages its `NAME.expect` lists.
+//! Configuration validation, one rule per fixture: every `tests/config/invalid/NAME.yaml` is
+//! refused by `run` and by `check` with exit status 2, no panic, nothing bound (no
+//! "listening" or "ready" line before the error), and the messages its `NAME.expect` lists;
+//! and in process, as a typed error. A new validation rule gets a fixture here, not a test
+//! that spawns the binary (tests/config.rs keeps what is about the binary itself: flags, the
+//! environment, a missing --config file, the layers and their precedence).
 //!
 //! `NAME.expect`: one line per substring that must appear on stderr; a line starting with `!`
 //! names a substring that must not; blank lines and `#` lines are ignored. The binary runs in
@@ -78,6 +82,11 @@ fn judge(yaml: &Path, subcommand: &str, x: &Expect) -> Vec<String> {
     if out.stderr.contains("panicked") || out.stderr.contains("RUST_BACKTRACE") {
         problems.push(format!("{label}: panicked"));
     }
+    if let Some(line) = out.stderr.lines().find(|l| says_bound(l)) {
+        problems.push(format!(
+            "{label}: a listener was bound before the error: {line:?}"
+        ));
+    }
     if !out.stderr.contains("configuration error") {
         problems.push(format!("{label}: no \"configuration error\" on stderr"));
     }
@@ -95,6 +104,51 @@ fn judge(yaml: &Path, subcommand: &str, x: &Expect) -> Vec<String> {
         problems.push(format!("{label}: stderr was:\n{}", out.stderr.trim_end()));
     }
     problems
+}
+
+/// A log line saying a listener was bound or the proxy is ready, in either log format:
+/// JSON (`"message":"listening"`) or text (`... INFO det_tls_proxy::server: listening ...`).
+fn says_bound(line: &str) -> bool {
+    let is_bound = |m: &str| {
+        ["listening", "ready"]
+            .iter()
+            .any(|w| m == *w || m.starts_with(&format!("{w} ")))
+    };
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return v["message"].as_str().is_some_and(is_bound);
+    }
+    match line.split_once(" INFO ") {
+        Some((_, rest)) => rest.split_once(": ").is_some_and(|(_, m)| is_bound(m)),
+        None => false,
+    }
+}
+
+/// The "nothing bound" check can fail: it recognises the lines of a proxy that did bind, in
+/// the default (text) log format the fixtures run with, and in JSON.
+#[test]
+fn a_proxy_that_binds_is_recognised() {
+    let dir = common::tempdir();
+    let path = dir.path().join("valid.yaml");
+    std::fs::write(
+        &path,
+        "master_host: det-master\nlisteners: [{name: main, listen: \"127.0.0.1:0\"}]\n",
+    )
+    .unwrap();
+    let mut cmd = command();
+    cmd.arg("run").arg("--config").arg(&path);
+    let proxy = common::Proxy::spawn(cmd);
+    let seen = proxy.try_wait_line(Duration::from_secs(15), |l| says_bound(l).then_some(()));
+    assert!(
+        seen.is_some(),
+        "no \"listening\"/\"ready\" line recognised; stderr:\n{}",
+        proxy.stderr()
+    );
+    assert!(says_bound(
+        r#"{"level":"INFO","message":"listening","listener":"main"}"#
+    ));
+    assert!(!says_bound(
+        r#"{"level":"ERROR","message":"address already in use"}"#
+    ));
 }
 
 #[test]

@@ -4,322 +4,25 @@
 //! STATUS= with the live connection count) on a NOTIFY_SOCKET the test owns; and a proxy
 //! started by `systemd-socket-activate` relays through the socket it inherits.
 //!
-//! The notify-socket, master and process helpers live in `support` below; the rest come
-//! from tests/common.
+//! The notify-socket helpers are below; the master (common::Master), the proxy process
+//! (common::Proxy) and its configuration (common::Cfg) come from tests/common.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use common::proxy::{clean, BIN};
-use common::{certs, field, tempdir};
-use support::{EchoMaster, Pki, Proc};
+use common::{certs, field, roundtrip, tempdir, Behavior, Ca, Cfg, Master, Proxy};
 
 const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples");
-
-mod support {
-    use std::io::{BufRead, BufReader, Read};
-    use std::net::{SocketAddr, TcpListener as StdListener};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitStatus, Stdio};
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::time::{Duration, Instant};
-
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use serde_json::Value;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::common::field;
-
-    // === Certificates ===
-
-    /// A fresh CA and a server leaf valid for 127.0.0.1; `ca.pem` written to `dir`.
-    pub struct Pki {
-        pub ca_pem: PathBuf,
-        pub leaf_der: CertificateDer<'static>,
-        pub leaf_key: PrivateKeyDer<'static>,
-    }
-
-    impl Pki {
-        pub fn new(dir: &Path) -> Pki {
-            let ca_key = KeyPair::generate().expect("CA key");
-            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-            ca.distinguished_name
-                .push(DnType::CommonName, "det-tls-proxy systemd test CA");
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let ca_cert = ca.self_signed(&ca_key).expect("CA");
-            let key = KeyPair::generate().expect("leaf key");
-            let mut leaf =
-                CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
-            leaf.distinguished_name
-                .push(DnType::CommonName, "det-master");
-            leaf.is_ca = IsCa::ExplicitNoCa;
-            let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).expect("leaf");
-            let ca_pem = dir.join("ca.pem");
-            std::fs::write(&ca_pem, ca_cert.pem()).expect("write ca.pem");
-            Pki {
-                ca_pem,
-                leaf_der: leaf_cert.der().clone(),
-                leaf_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            }
-        }
-    }
-
-    // === The master: a TLS echo server ===
-
-    /// A TLS echo server on 127.0.0.1, on its own runtime; counts its handshakes.
-    pub struct EchoMaster {
-        pub addr: SocketAddr,
-        handshakes: Arc<Mutex<usize>>,
-        runtime: Option<tokio::runtime::Runtime>,
-    }
-
-    impl EchoMaster {
-        pub fn start(pki: &Pki) -> EchoMaster {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![pki.leaf_der.clone()], pki.leaf_key.clone_key())
-                .expect("server certificate");
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let std_listener = StdListener::bind("127.0.0.1:0").expect("bind master");
-            std_listener.set_nonblocking(true).unwrap();
-            let addr = std_listener.local_addr().unwrap();
-            let handshakes = Arc::new(Mutex::new(0));
-            let count = handshakes.clone();
-            runtime.spawn(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    let count = count.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        *count.lock().unwrap() += 1;
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            match tls.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    if tls.write_all(&buf[..n]).await.is_err() {
-                                        return;
-                                    }
-                                    let _ = tls.flush().await;
-                                }
-                            }
-                        }
-                        let _ = tls.shutdown().await;
-                    });
-                }
-            });
-            EchoMaster {
-                addr,
-                handshakes,
-                runtime: Some(runtime),
-            }
-        }
-
-        pub fn handshakes(&self) -> usize {
-            *self.handshakes.lock().unwrap()
-        }
-    }
-
-    impl Drop for EchoMaster {
-        fn drop(&mut self) {
-            if let Some(rt) = self.runtime.take() {
-                rt.shutdown_background();
-            }
-        }
-    }
-
-    // === A child process and its stderr ===
-
-    #[derive(Default)]
-    struct Log {
-        lines: Vec<String>,
-        closed: bool,
-    }
-
-    /// A running child (the proxy, or systemd-socket-activate that becomes it), its stderr
-    /// collected line by line. Killed on drop; its stderr is printed if the test failed.
-    pub struct Proc {
-        child: Child,
-        log: Arc<(Mutex<Log>, Condvar)>,
-        status: Option<ExitStatus>,
-    }
-
-    impl Proc {
-        pub fn spawn(mut cmd: Command) -> Proc {
-            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-            let err = child.stderr.take().unwrap();
-            let log: Arc<(Mutex<Log>, Condvar)> = Arc::default();
-            let l = log.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(err);
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                            l.0.lock().unwrap().lines.push(line);
-                            l.1.notify_all();
-                        }
-                    }
-                }
-                l.0.lock().unwrap().closed = true;
-                l.1.notify_all();
-            });
-            Proc {
-                child,
-                log,
-                status: None,
-            }
-        }
-
-        pub fn pid(&self) -> nix::unistd::Pid {
-            nix::unistd::Pid::from_raw(self.child.id() as i32)
-        }
-
-        pub fn signal(&self, sig: nix::sys::signal::Signal) {
-            nix::sys::signal::kill(self.pid(), sig).expect("signal the proxy");
-        }
-
-        pub fn stderr(&self) -> String {
-            self.log.0.lock().unwrap().lines.join("\n")
-        }
-
-        /// Waits for a stderr line for which `pred` gives `Some`; `None` on timeout or when
-        /// stderr closes first.
-        pub fn try_wait_line<T>(
-            &self,
-            timeout: Duration,
-            pred: impl Fn(&str) -> Option<T>,
-        ) -> Option<T> {
-            let deadline = Instant::now() + timeout;
-            let mut seen = 0;
-            let mut st = self.log.0.lock().unwrap();
-            loop {
-                for line in &st.lines[seen..] {
-                    if let Some(t) = pred(line) {
-                        return Some(t);
-                    }
-                }
-                seen = st.lines.len();
-                let now = Instant::now();
-                if st.closed || now >= deadline {
-                    return None;
-                }
-                st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
-            }
-        }
-
-        /// As `try_wait_line`, panicking with the whole log when nothing matched.
-        pub fn wait_line<T>(
-            &self,
-            what: &str,
-            timeout: Duration,
-            pred: impl Fn(&str) -> Option<T>,
-        ) -> T {
-            match self.try_wait_line(timeout, pred) {
-                Some(t) => t,
-                None => panic!(
-                    "no {what} within {timeout:?} (or the process ended); stderr:\n{}",
-                    self.stderr()
-                ),
-            }
-        }
-
-        /// Waits for a JSON log line matching `pred`.
-        pub fn wait_json(
-            &self,
-            what: &str,
-            timeout: Duration,
-            pred: impl Fn(&Value) -> bool,
-        ) -> Value {
-            self.wait_line(what, timeout, |l| {
-                serde_json::from_str::<Value>(l)
-                    .ok()
-                    .filter(|v| v.is_object() && pred(v))
-            })
-        }
-
-        /// The address of the listener `name`, from its "listening" line.
-        pub fn listening(&self, name: &str, timeout: Duration) -> String {
-            let v = self.wait_json(&format!("the \"listening\" line of {name}"), timeout, |v| {
-                field(v, "message") == "listening" && field(v, "listener") == name
-            });
-            field(&v, "addr").to_string()
-        }
-
-        /// Waits for the process to exit by itself.
-        pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-            if let Some(s) = self.status {
-                return s;
-            }
-            let deadline = Instant::now() + timeout;
-            loop {
-                if let Some(s) = self.child.try_wait().expect("try_wait") {
-                    self.status = Some(s);
-                    return s;
-                }
-                if Instant::now() >= deadline {
-                    panic!(
-                        "still running {timeout:?} after being told to stop; stderr:\n{}",
-                        self.stderr()
-                    );
-                }
-                // Polling a child's exit status has no blocking-with-deadline form in std.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            if self.status.is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            if std::thread::panicking() {
-                eprintln!("--- child stderr ---\n{}", self.stderr());
-            }
-        }
-    }
-
-    /// Reads exactly `n` bytes, with a deadline.
-    pub fn read_n(s: &mut impl Read, n: usize) -> Vec<u8> {
-        let mut b = vec![0u8; n];
-        s.read_exact(&mut b).expect("read echo through the proxy");
-        b
-    }
-}
 
 // === Helpers for the notify protocol ===
 
@@ -343,7 +46,7 @@ impl Notice {
 
 /// Receives datagrams until one holds `state` (for example `READY=1`); returns every
 /// datagram received on the way, that one last.
-fn recv_until(sock: &UnixDatagram, state: &str, timeout: Duration, proxy: &Proc) -> Vec<Notice> {
+fn recv_until(sock: &UnixDatagram, state: &str, timeout: Duration, proxy: &Proxy) -> Vec<Notice> {
     recv_until_match(sock, state, timeout, proxy, |n| n.has(state))
 }
 
@@ -351,7 +54,7 @@ fn recv_until_match(
     sock: &UnixDatagram,
     what: &str,
     timeout: Duration,
-    proxy: &Proc,
+    proxy: &Proxy,
     pred: impl Fn(&Notice) -> bool,
 ) -> Vec<Notice> {
     let deadline = Instant::now() + timeout;
@@ -397,39 +100,55 @@ fn recv_until_match(
 }
 
 fn connect(addr: &str) -> TcpStream {
-    let addr: SocketAddr = addr
-        .parse()
-        .unwrap_or_else(|_| panic!("{addr:?} is not a socket address"));
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+    common::connect(
+        addr.parse()
+            .unwrap_or_else(|_| panic!("{addr:?} is not a socket address")),
+    )
 }
 
 fn echo(s: &mut TcpStream, data: &[u8]) {
-    s.write_all(data).expect("write through the proxy");
-    assert_eq!(
-        support::read_n(s, data.len()),
-        data,
-        "echo through the proxy"
-    );
+    assert_eq!(roundtrip(s, data), data, "echo through the proxy");
 }
 
 /// Reads to EOF: the proxy closes the client after the master's close.
 fn finish(mut s: TcpStream) {
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    assert!(rest.is_empty(), "bytes after FIN: {rest:?}");
+    common::finish(&mut s);
 }
 
-fn proxy_config(pki: &Pki, master: SocketAddr, listeners: &str) -> String {
-    format!(
-        "master_host: 127.0.0.1\nmaster_port: {}\nsecurity:\n  tls:\n    master_cert: {}\nlisteners:\n{listeners}log:\n  format: json\n",
-        master.port(),
-        pki.ca_pem.display()
+/// A proxy configuration (JSON logs) for a master on 127.0.0.1:`port` trusted through
+/// `ca_pem`, with `listeners` (YAML flow mappings); written as `dir/proxy.yaml`.
+fn proxy_config(dir: &Path, ca_pem: &Path, port: u16, listeners: &[&str]) -> PathBuf {
+    Cfg::new("127.0.0.1", port)
+        .master_cert(ca_pem)
+        .listeners(listeners)
+        .write(dir)
+}
+
+/// A CA file for a proxy that never dials (no master runs).
+fn unused_ca(dir: &Path) -> PathBuf {
+    certs::write(
+        dir,
+        "ca.pem",
+        &Ca::root("det-tls-proxy systemd test CA").pem(),
     )
+}
+
+/// The address of the listener `name`, from its "listening" line.
+fn listening(proxy: &Proxy, name: &str, timeout: Duration) -> String {
+    let v = proxy.wait_for(&format!("the \"listening\" line of {name}"), timeout, |v| {
+        field(v, "message") == "listening" && field(v, "listener") == name
+    });
+    field(&v, "addr").to_string()
+}
+
+/// Waits for the process to exit by itself.
+fn exited(proxy: &mut Proxy, timeout: Duration) -> ExitStatus {
+    proxy.wait_exit(timeout).unwrap_or_else(|| {
+        panic!(
+            "still running {timeout:?} after being told to stop; stderr:\n{}",
+            proxy.stderr()
+        )
+    })
 }
 
 fn have(tool: &str) -> bool {
@@ -639,16 +358,15 @@ fn unit_credential_overrides_the_imported_client_key() {
 #[test]
 fn notify_ready_watchdog_status_reload_and_stopping() {
     let dir = tempdir();
-    let pki = Pki::new(dir.path());
-    let master = EchoMaster::start(&pki);
-    let cfg = certs::write(
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let cfg = proxy_config(
         dir.path(),
-        "proxy.yaml",
-        &proxy_config(
-            &pki,
-            master.addr,
-            "  - name: first\n    listen: 127.0.0.1:0\n  - name: second\n    listen: 127.0.0.1:0\n",
-        ),
+        &master.ca_pem,
+        master.server.port(),
+        &[
+            r#"{name: first, listen: "127.0.0.1:0"}"#,
+            r#"{name: second, listen: "127.0.0.1:0"}"#,
+        ],
     );
     let notify_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
@@ -664,7 +382,7 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "500000");
-    let mut proxy = Proc::spawn(cmd);
+    let mut proxy = Proxy::spawn(cmd);
 
     // READY=1 comes first, and only once every listener is bound.
     let first = recv_until(&sock, "READY=1", Duration::from_secs(15), &proxy);
@@ -674,7 +392,7 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
         "READY=1 should be the first notification: {first:?}"
     );
     for name in ["first", "second"] {
-        let addr = proxy.listening(name, Duration::from_secs(5));
+        let addr = listening(&proxy, name, Duration::from_secs(5));
         drop(connect(&addr));
     }
 
@@ -695,7 +413,7 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
         "STATUS= with the pings: {pings:?}"
     );
 
-    let addr = proxy.listening("first", Duration::from_secs(1));
+    let addr = listening(&proxy, "first", Duration::from_secs(1));
     let mut conn = connect(&addr);
     echo(&mut conn, b"before the reload");
     finish(conn);
@@ -704,7 +422,7 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
     proxy.signal(Signal::SIGHUP);
     recv_until(&sock, "RELOADING=1", Duration::from_secs(10), &proxy);
     recv_until(&sock, "READY=1", Duration::from_secs(10), &proxy);
-    proxy.wait_json("the reload line", Duration::from_secs(5), |v| {
+    proxy.wait_for("the reload line", Duration::from_secs(5), |v| {
         field(v, "message") == "configuration reloaded"
     });
     let mut conn = connect(&addr);
@@ -714,14 +432,14 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
     // SIGTERM: STOPPING=1, and a clean exit.
     proxy.signal(Signal::SIGTERM);
     recv_until(&sock, "STOPPING=1", Duration::from_secs(10), &proxy);
-    let status = proxy.wait_exit(Duration::from_secs(10));
+    let status = exited(&mut proxy, Duration::from_secs(10));
     assert_eq!(
         status.code(),
         Some(0),
         "exit status after SIGTERM; stderr:\n{}",
         proxy.stderr()
     );
-    assert_eq!(master.handshakes(), 2);
+    assert_eq!(master.server.state().handshakes.len(), 2);
 }
 
 /// STATUS= says how many client connections are open: none at first, one while a client
@@ -730,16 +448,12 @@ fn notify_ready_watchdog_status_reload_and_stopping() {
 
 fn notify_status_counts_live_connections() {
     let dir = tempdir();
-    let pki = Pki::new(dir.path());
-    let master = EchoMaster::start(&pki);
-    let cfg = certs::write(
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let cfg = proxy_config(
         dir.path(),
-        "proxy.yaml",
-        &proxy_config(
-            &pki,
-            master.addr,
-            "  - name: only\n    listen: 127.0.0.1:0\n",
-        ),
+        &master.ca_pem,
+        master.server.port(),
+        &[r#"{name: only, listen: "127.0.0.1:0"}"#],
     );
     let notify_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
@@ -749,7 +463,7 @@ fn notify_status_counts_live_connections() {
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "400000");
-    let mut proxy = Proc::spawn(cmd);
+    let mut proxy = Proxy::spawn(cmd);
     recv_until(&sock, "READY=1", Duration::from_secs(15), &proxy);
     let status = |n: &Notice| n.get("STATUS").map(str::to_string);
     // The first tick after READY=1, with no client yet.
@@ -765,7 +479,7 @@ fn notify_status_counts_live_connections() {
         Some("ready, 0 connections")
     );
 
-    let addr = proxy.listening("only", Duration::from_secs(5));
+    let addr = listening(&proxy, "only", Duration::from_secs(5));
     let mut conn = connect(&addr);
     echo(&mut conn, b"one connection, open");
     recv_until_match(
@@ -784,7 +498,7 @@ fn notify_status_counts_live_connections() {
         |n| n.get("STATUS") == Some("ready, 0 connections"),
     );
     proxy.signal(Signal::SIGTERM);
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(exited(&mut proxy, Duration::from_secs(10)).code(), Some(0));
 }
 
 /// A WATCHDOG_PID that is not the proxy's (the variable leaked from a parent) means the
@@ -792,15 +506,12 @@ fn notify_status_counts_live_connections() {
 #[test]
 fn notify_without_watchdog_sends_ready_and_status_only() {
     let dir = tempdir();
-    let pki = Pki::new(dir.path());
-    let cfg = certs::write(
+    let ca_pem = unused_ca(dir.path());
+    let cfg = proxy_config(
         dir.path(),
-        "proxy.yaml",
-        &proxy_config(
-            &pki,
-            "127.0.0.1:9".parse().unwrap(),
-            "  - name: only\n    listen: 127.0.0.1:0\n",
-        ),
+        &ca_pem,
+        9,
+        &[r#"{name: only, listen: "127.0.0.1:0"}"#],
     );
     let notify_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
@@ -811,7 +522,7 @@ fn notify_without_watchdog_sends_ready_and_status_only() {
         .env("NOTIFY_SOCKET", &notify_path)
         .env("WATCHDOG_USEC", "200000")
         .env("WATCHDOG_PID", "1");
-    let mut proxy = Proc::spawn(cmd);
+    let mut proxy = Proxy::spawn(cmd);
     recv_until(&sock, "READY=1", Duration::from_secs(15), &proxy);
     // The status ticker's first tick follows READY=1 at once: STATUS= alone, where a
     // watchdog of ours would have WATCHDOG=1 beside it.
@@ -829,14 +540,14 @@ fn notify_without_watchdog_sends_ready_and_status_only() {
         !seen.iter().any(|n| n.has("WATCHDOG=1")),
         "watchdog pings for another pid: {seen:?}"
     );
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(exited(&mut proxy, Duration::from_secs(10)).code(), Some(0));
 }
 
 // === Socket activation ===
 
 /// Starts `systemd-socket-activate -l 127.0.0.1:PORT --fdname=agent BIN run --config CFG`
 /// and waits until it listens. It picks a fixed port, so retry if another test took it.
-fn socket_activate(cfg: &Path) -> (Proc, u16) {
+fn socket_activate(cfg: &Path) -> (Proxy, u16) {
     for _ in 0..5 {
         let port = common::server::closed_port();
         let mut cmd = clean("systemd-socket-activate");
@@ -847,7 +558,7 @@ fn socket_activate(cfg: &Path) -> (Proc, u16) {
             .arg("run")
             .arg("--config")
             .arg(cfg);
-        let p = Proc::spawn(cmd);
+        let p = Proxy::spawn(cmd);
         let listening = p.try_wait_line(Duration::from_secs(10), |l| {
             if l.contains("Listening on") {
                 Some(true)
@@ -873,16 +584,12 @@ fn socket_activation_relays_through_the_inherited_socket() {
         return;
     }
     let dir = tempdir();
-    let pki = Pki::new(dir.path());
-    let master = EchoMaster::start(&pki);
-    let cfg = certs::write(
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let cfg = proxy_config(
         dir.path(),
-        "proxy.yaml",
-        &proxy_config(
-            &pki,
-            master.addr,
-            "  - name: agent\n    listen: systemd:agent\n",
-        ),
+        &master.ca_pem,
+        master.server.port(),
+        &["{name: agent, listen: \"systemd:agent\"}"],
     );
     let (mut proxy, port) = socket_activate(&cfg);
     let addr = format!("127.0.0.1:{port}");
@@ -892,13 +599,17 @@ fn socket_activation_relays_through_the_inherited_socket() {
     let queued: &[u8] = b"first, queued before the proxy ran";
     let mut first = connect(&addr);
     first.write_all(queued).unwrap();
-    let listening = proxy.listening("agent", Duration::from_secs(15));
+    let adopted = listening(&proxy, "agent", Duration::from_secs(15));
     assert_eq!(
-        listening,
+        adopted,
         format!("systemd:agent ({addr})"),
         "the listener adopted the inherited socket"
     );
-    assert_eq!(support::read_n(&mut first, queued.len()), queued);
+    let mut back = vec![0u8; queued.len()];
+    first
+        .read_exact(&mut back)
+        .expect("read echo through the proxy");
+    assert_eq!(back, queued);
     finish(first);
 
     let mut second = connect(&addr);
@@ -907,7 +618,7 @@ fn socket_activation_relays_through_the_inherited_socket() {
 
     // A reload keeps the inherited socket serving.
     proxy.signal(Signal::SIGHUP);
-    proxy.wait_json("the reload line", Duration::from_secs(10), |v| {
+    proxy.wait_for("the reload line", Duration::from_secs(10), |v| {
         field(v, "message") == "configuration reloaded"
     });
     let mut third = connect(&addr);
@@ -916,11 +627,11 @@ fn socket_activation_relays_through_the_inherited_socket() {
 
     proxy.signal(Signal::SIGTERM);
     assert_eq!(
-        proxy.wait_exit(Duration::from_secs(10)).code(),
+        exited(&mut proxy, Duration::from_secs(10)).code(),
         Some(0),
         "exit status after SIGTERM"
     );
-    assert_eq!(master.handshakes(), 3);
+    assert_eq!(master.server.state().handshakes.len(), 3);
 }
 
 /// The service started without its socket (the .socket unit disabled) is a configuration
@@ -928,22 +639,19 @@ fn socket_activation_relays_through_the_inherited_socket() {
 #[test]
 fn systemd_listener_without_an_inherited_socket_exits_2() {
     let dir = tempdir();
-    let pki = Pki::new(dir.path());
-    let cfg = certs::write(
+    let ca_pem = unused_ca(dir.path());
+    let cfg = proxy_config(
         dir.path(),
-        "proxy.yaml",
-        &proxy_config(
-            &pki,
-            "127.0.0.1:9".parse().unwrap(),
-            "  - name: agent\n    listen: systemd:agent\n",
-        ),
+        &ca_pem,
+        9,
+        &["{name: agent, listen: \"systemd:agent\"}"],
     );
-    let mut proxy = Proc::spawn({
+    let mut proxy = Proxy::spawn({
         let mut c = clean(BIN);
         c.arg("run").arg("--config").arg(&cfg);
         c
     });
-    let status = proxy.wait_exit(Duration::from_secs(15));
+    let status = exited(&mut proxy, Duration::from_secs(15));
     let stderr = proxy.stderr();
     assert_eq!(status.code(), Some(2), "exit status; stderr:\n{stderr}");
     assert!(

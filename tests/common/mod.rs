@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod http;
 pub mod probes;
+pub mod prometheus;
 pub mod proxy;
 pub mod server;
 

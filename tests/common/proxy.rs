@@ -292,6 +292,31 @@ impl Proxy {
         }
     }
 
+    /// Waits for a raw stderr line for which `pred` gives `Some`; `None` on timeout or when
+    /// stderr closes first (for a child that is not the proxy, or not yet).
+    pub fn try_wait_line<T>(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        let mut st = self.log.0.lock().unwrap();
+        loop {
+            for line in &st.lines[seen..] {
+                if let Some(t) = pred(line) {
+                    return Some(t);
+                }
+            }
+            seen = st.lines.len();
+            let now = Instant::now();
+            if st.closed || now >= deadline {
+                return None;
+            }
+            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
+        }
+    }
+
     /// Waits for a raw stderr line containing `needle` (for text-format logs).
     pub fn wait_for_text(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

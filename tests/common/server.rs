@@ -48,6 +48,30 @@ pub enum Behavior {
     Http,
     /// Read until EOF, then keep the connection open without ever writing.
     Hold,
+    /// An HTTP/1.1 keep-alive server (hyper), as a log shipper's target: every request is
+    /// recorded in `ServerState::requests` and answered with 200 and `{"received": N}`, N
+    /// counting the requests of its connection.
+    HttpRecord,
+}
+
+/// One request as the `HttpRecord` server parsed it.
+#[derive(Clone, Debug)]
+pub struct HttpRequest {
+    /// The connection's index in `ServerState::handshakes`.
+    pub connection: usize,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 pub enum ClientAuth {
@@ -88,6 +112,8 @@ pub struct ServerState {
     pub handshakes: Vec<Handshake>,
     pub handshake_errors: Vec<String>,
     pub finished: Vec<Finished>,
+    /// What the `HttpRecord` behaviour received, in arrival order.
+    pub requests: Vec<HttpRequest>,
 }
 
 type Shared = Arc<(Mutex<ServerState>, Condvar)>;
@@ -219,8 +245,12 @@ impl ServerBuilder {
                             .map(|g| format!("{:?}", g.name()))
                             .unwrap_or_default(),
                     };
-                    update(&s, |st| st.handshakes.push(hs.clone()));
-                    let fin = serve(tls, &hs, behavior).await;
+                    let mut index = 0;
+                    update(&s, |st| {
+                        st.handshakes.push(hs.clone());
+                        index = st.handshakes.len() - 1;
+                    });
+                    let fin = serve(tls, &hs, behavior, &s, index).await;
                     update(&s, |st| st.finished.push(fin));
                 });
             }
@@ -243,6 +273,8 @@ async fn serve<S>(
     mut tls: tokio_rustls::server::TlsStream<S>,
     hs: &Handshake,
     b: Behavior,
+    shared: &Shared,
+    index: usize,
 ) -> Finished
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -359,6 +391,11 @@ where
             }
             let _ = tls.shutdown().await;
         }
+        Behavior::HttpRecord => {
+            if let Err(e) = serve_recorded_http(tls, shared.clone(), index).await {
+                fin.error = Some(e.to_string());
+            }
+        }
         Behavior::Hold => {
             if let Err(e) = read_to_eof(&mut tls, &mut fin).await {
                 fin.error = Some(e.to_string());
@@ -368,6 +405,66 @@ where
         }
     }
     fin
+}
+
+/// `Behavior::HttpRecord` on one connection: hyper's HTTP/1.1 server with keep-alive until
+/// the client closes.
+async fn serve_recorded_http<S>(
+    tls: tokio_rustls::server::TlsStream<S>,
+    shared: Shared,
+    connection: usize,
+) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+
+    let count = Arc::new(Mutex::new(0usize));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let count = count.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes().to_vec();
+            let n = {
+                let mut c = count.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            update(&shared, |st| {
+                st.requests.push(HttpRequest {
+                    connection,
+                    method: parts.method.to_string(),
+                    path: parts.uri.to_string(),
+                    headers,
+                    body,
+                })
+            });
+            Ok::<_, hyper::Error>(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(format!("{{\"received\":{n}}}"))))
+                    .unwrap(),
+            )
+        }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+        .await
 }
 
 fn record(fin: &mut Finished, data: &[u8]) {
