@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use det_tls_proxy::config::{self, Purpose};
 use det_tls_proxy::diagnose::{self, CertSummary};
-use det_tls_proxy::proxy::{looks_like_h2, H2_PREFACE};
 use det_tls_proxy::pem::{self as trust, PemError};
+use det_tls_proxy::proxy::{looks_like_h2, H2_PREFACE};
 use proptest::prelude::*;
 use proptest::string::string_regex;
 
