@@ -1,24 +1,32 @@
 //! det-tls-proxy: a per-host sidecar that lets plaintext local clients (the Determined agent,
 //! its log shipper, task containers) reach a TLS-only Determined master. Data flows
-//! listen → proxy (upstream, relay); config and tls feed them through the live state; server
-//! (accept, reload, watch, drain) and admin watch them; cmd holds the other subcommands.
+//! listen → server::accept → proxy (upstream, relay); config and tls build the live state
+//! (state) that server swaps whole on reload; admin and metrics watch; cmd holds the
+//! subcommands other than `run`.
+//!
+//! The library's public API is what the binary uses (cli, cmd, server). Every other module is
+//! crate-private, and public only with the `test-util` feature, which the integration tests
+//! and fuzz targets turn on.
 #![deny(unsafe_code)]
 
-pub mod admin;
 pub mod cli;
 pub mod cmd;
-pub mod config;
-pub mod diagnose;
-pub mod exit;
-pub mod limit;
-pub mod listen;
-pub mod logging;
-pub mod metrics;
-pub mod outcome;
-pub mod pem;
-pub mod proxy;
-pub mod relay;
 pub mod server;
-pub mod state;
-pub mod tls;
-pub mod upstream;
+
+macro_rules! internal {
+    ($($(#[$doc:meta])* $m:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[cfg(feature = "test-util")]
+            pub mod $m;
+            $(#[$doc])*
+            #[cfg(not(feature = "test-util"))]
+            pub(crate) mod $m;
+        )*
+    };
+}
+
+internal!(
+    admin, config, diagnose, exit, limit, listen, logging, metrics, outcome, pem, proxy, relay,
+    state, tls, upstream,
+);

@@ -42,11 +42,8 @@ impl Limit {
         })
     }
 
-    pub fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
-
     /// Connections holding a permit now.
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }

@@ -5,8 +5,7 @@ use clap::Parser;
 
 use det_tls_proxy::cli::{Cli, Command};
 use det_tls_proxy::cmd::{self, trust::TrustOptions};
-use det_tls_proxy::listen::Inherited;
-use det_tls_proxy::server;
+use det_tls_proxy::server::{self, Inherited};
 
 fn main() {
     // Taken before any thread exists: reading clears LISTEN_* from the environment.

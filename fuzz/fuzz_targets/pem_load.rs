@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use det_tls_proxy::diagnose::CertSummary;
-use det_tls_proxy::trust::{self, PemError};
+use det_tls_proxy::pem::{self as trust, PemError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

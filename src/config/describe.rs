@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use figment::value::{Dict, Value};
 
 use super::layers::Loaded;
-use super::raw::{RawConfig, RawListener};
+use super::raw::RawConfig;
 use super::Config;
 
 // === `det-tls-proxy config` ===
@@ -94,12 +94,13 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// Every key the file schema has, list items as `listeners[].alpn`: read off the schema
 /// types themselves, so a key added there shows up here (and in the reload test) with no
 /// second list to keep.
 pub fn schema_keys() -> Vec<String> {
     let sample = RawConfig {
-        listeners: Some(vec![RawListener::default()]),
+        listeners: Some(vec![super::raw::RawListener::default()]),
         ..RawConfig::default()
     };
     let mut rows = BTreeMap::new();

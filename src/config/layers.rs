@@ -293,6 +293,7 @@ pub fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, 
     assemble_inner(vars, flags, None)
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// Assembles the layers with `yaml` as the proxy's file (no environment, no flags): for
 /// property tests and fuzzing of the configuration parser.
 pub fn assemble_str(yaml: &str) -> Result<Loaded, ConfigErrors> {

@@ -18,12 +18,13 @@ mod typed;
 mod validate;
 
 pub(crate) use describe::key_values;
-pub use describe::{changed_keys, describe, schema_keys};
-pub use keys::{parse_bool, KeyDecl, ValueKind, KEYS};
-pub use layers::{
-    assemble, assemble_str, env_vars, load, log_format_hint, Loaded, Overrides, Purpose,
-};
-pub use raw::*;
+pub use describe::{changed_keys, describe};
+#[cfg(any(test, feature = "test-util"))]
+pub use describe::schema_keys;
+pub use keys::{parse_bool, ValueKind, KEYS};
+#[cfg(any(test, feature = "test-util"))]
+pub use layers::assemble_str;
+pub use layers::{assemble, env_vars, load, log_format_hint, Overrides, Purpose};
 pub use typed::*;
 pub use validate::validate;
 

@@ -1,18 +1,16 @@
-//! Drain: from the first SIGTERM/SIGINT, /readyz answers 503 and systemd hears STOPPING=1;
-//! the listeners close, connections in flight finish within `timeouts.shutdown` (or a second
+//! Drain: after the first SIGTERM/SIGINT (when /readyz already answers 503 and systemd has
+//! heard STOPPING=1) the listeners close, connections in flight finish within `timeouts.shutdown` (or a second
 //! signal), and the admin endpoint stops last.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::Signal;
 
-use super::{notify, Server};
+use super::Server;
 
 impl Server {
+    /// Called once `shared.draining` is set and systemd has heard STOPPING=1.
     pub(super) async fn drain(&mut self, term: &mut Signal, int: &mut Signal) {
-        self.shared.draining.store(true, Ordering::SeqCst);
-        notify(&[sd_notify::NotifyState::Stopping]);
         // Stop accepting and close the sockets: new clients are refused from here on.
         for (_, r) in self.listeners.drain() {
             r.stop.cancel();

@@ -10,6 +10,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,11 +22,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config, ListenerKey, Overrides, Purpose};
 use crate::exit::{self, StartError};
 use crate::limit::Limit;
-use crate::listen::{self, Bound, Inherited};
+use crate::listen::{self, Bound};
 use crate::metrics::Metrics;
 use crate::state::{Shared, State};
 use crate::tls::{NameReason, TlsContext};
 
+pub use crate::listen::Inherited;
 pub use watch::WATCH_PERIOD;
 
 // === systemd notification ===
@@ -274,14 +276,22 @@ impl Server {
         let status_stop = CancellationToken::new();
         spawn_status(self.tracker.clone(), status_stop.clone());
 
-        loop {
+        let signal = loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "draining"); break; }
-                _ = int.recv() => { tracing::info!(signal = "SIGINT", "draining"); break; }
-                _ = &mut shutdown => { tracing::info!("draining"); break; }
+                _ = term.recv() => break Some("SIGTERM"),
+                _ = int.recv() => break Some("SIGINT"),
+                _ = &mut shutdown => break None,
                 _ = hup.recv() => self.reload("SIGHUP").await,
                 Some(why) = reload_rx.recv() => self.reload(why).await,
             }
+        };
+        // Visible before the line that says so: /readyz answers 503 from here on, and systemd
+        // knows we are stopping.
+        self.shared.draining.store(true, Ordering::SeqCst);
+        notify(&[sd_notify::NotifyState::Stopping]);
+        match signal {
+            Some(signal) => tracing::info!(signal, "draining"),
+            None => tracing::info!("draining"),
         }
         watcher_stop.cancel();
         self.drain(&mut term, &mut int).await;

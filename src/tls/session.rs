@@ -35,6 +35,7 @@ impl SessionStore {
     }
 
     /// TLS 1.3 tickets held for `name`.
+    #[cfg(test)]
     pub fn tickets(&self, name: &ServerName<'static>) -> usize {
         let map = self.tickets.lock().unwrap_or_else(|p| p.into_inner());
         map.get(name).map(|q| q.len()).unwrap_or(0)
