@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # benches/compare.sh — det-tls-proxy side by side with stunnel4, HAProxy, nginx (stream) and
-# socat on this machine (issue 6). Every proxy relays plaintext clients to the same rustls
+# socat on this machine. Every proxy relays plaintext clients to the same rustls
 # server (benches/tlssink.rs), verifying the same certificate, with the same cipher suite, and
 # faces the same load generator (benches/loadgen.rs).
 #

@@ -1,4 +1,4 @@
-//! `loadgen`: the load generator of the benchmark harness (issue 6).
+//! `loadgen`: the load generator of the benchmark harness.
 //!
 //! Speaks plaintext to a proxy under test (or, with `--tls --ca FILE --sni NAME`, TLS straight to
 //! `tlssink` for the baseline) and runs one workload per invocation, printing one JSON object

@@ -1,4 +1,4 @@
-//! `tlssink`: the stand-in master of the benchmark harness (issue 6).
+//! `tlssink`: the stand-in master of the benchmark harness.
 //!
 //! A rustls TLS server that every proxy under test talks to, so they all meet the same peer:
 //! TLS 1.3 and 1.2, one cipher suite (TLS13_AES_128_GCM_SHA256; for TLS 1.2

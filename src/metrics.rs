@@ -1,4 +1,4 @@
-//! The Prometheus metrics of DESIGN.md, counted from the start and exposed by the admin
+//! The Prometheus metrics (docs/interface.md), counted from the start and exposed by the admin
 //! endpoint. Per-listener handles are looked up once, so the data path touches only atomics.
 
 use std::sync::atomic::AtomicU64;

@@ -18,7 +18,7 @@ const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
 
 // === Metric families ===
 
-/// Every family of DESIGN.md, with the type a parser must see.
+/// Every metric family (docs/interface.md), with the type a parser must see.
 const FAMILIES: &[(&str, &str)] = &[
     ("det_tls_proxy_connections", "counter"),
     ("det_tls_proxy_active_connections", "gauge"),

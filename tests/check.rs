@@ -1,6 +1,6 @@
 //! `det-tls-proxy check`: one dial through the data path's code, a readable report (or JSON),
 //! exit 0 when the connection was made as configured, and on failure exactly one `FAILED:`
-//! line in the words an operator searches for (issue 3).
+//! line in the words an operator searches for.
 
 mod common;
 
@@ -478,7 +478,7 @@ fn check_accepts_a_trusted_self_signed_certificate_marked_ca() {
     );
 }
 
-/// DESIGN.md: an IP master_host with a master_cert holding a certificate with DNS names
+/// The name rules: an IP master_host with a master_cert holding a certificate with DNS names
 /// verifies the first of them. A self-signed master certificate is that certificate even
 /// when openssl marked it CA:TRUE.
 #[test]

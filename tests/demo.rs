@@ -1,5 +1,5 @@
 //! `det-tls-proxy demo`: the whole path on loopback with no setup, three real exchanges
-//! printed with their timings, and no files left behind (issue 3).
+//! printed with their timings, and no files left behind.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Diagnostics in `run` (issue 3): a handshake failure is logged once per distinct cause per
+//! Diagnostics in `run`: a handshake failure is logged once per distinct cause per
 //! minute, not once per connection (an agent's reconnect loop must not flood the journal),
 //! in the same words as `check`, and every failure is counted by kind in
 //! `upstream_errors_total{kind}`.

@@ -1,5 +1,5 @@
 //! Which name the proxy sends as SNI and verifies in the master's certificate
-//! (DESIGN.md, "Choosing the name to verify"), and what it says when verification fails.
+//! (docs/interface.md), and what it says when verification fails.
 
 mod common;
 

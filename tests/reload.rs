@@ -4,9 +4,9 @@
 //! symlink swap, a certificate rotated to a new CA, a file named by a reloaded
 //! configuration); every key reloads live; a reload applies all or nothing.
 //!
-//! The SIGHUP tests match reload lines loosely (a message mentioning "reload"): DESIGN.md
+//! The SIGHUP tests match reload lines loosely (a message mentioning "reload"): the interface
 //! fixes the behaviour, not the wording. The reload-from-disk tests match the message and
-//! its `trigger` field exactly, as issue 4 fixed them.
+//! its `trigger` field exactly, as the interface fixes them.
 
 mod common;
 
@@ -133,7 +133,7 @@ fn sighup_removing_ca_refuses_new_connections_despite_cached_session() {
     refused(addr, Duration::from_secs(5));
 }
 
-// === Reload from disk, without a signal (issue 4) ===
+// === Reload from disk, without a signal ===
 //
 // The files are watched: a changed master_cert (replaced, or swapped in by a Kubernetes
 // Secret volume) or configuration is reloaded with no SIGHUP, a broken file is refused, and
@@ -243,7 +243,7 @@ fn echo(
     let _ = tls.flush();
 }
 
-/// How long a change on disk may take to be noticed (issue 4: at most 10 s late).
+/// How long a change on disk may take to be noticed (at most 10 s late).
 const RELOAD_LATENCY: Duration = Duration::from_secs(10);
 
 #[test]
@@ -447,7 +447,7 @@ fn a_certificate_file_named_by_a_reloaded_config_is_watched_too() {
     relays(main, b"new CA");
 }
 
-// === Every key reloads live (issue 10) ===
+// === Every key reloads live ===
 //
 // One case per key (or per pair of keys that only make sense together), each observed from
 // outside: a client relayed or refused, the master's view of the handshake, a socket file's

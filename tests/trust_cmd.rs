@@ -1,7 +1,7 @@
 //! `det-tls-proxy trust`: fetch the master's chain without verifying it, show the leaf's
 //! SHA-256 fingerprint as openssl prints it, confirm (by `--fingerprint` when there is no
 //! terminal), write the PEM chain atomically with mode 0644, and prove that `run` and `check`
-//! then verify (issue 3).
+//! then verify.
 
 mod common;
 
@@ -236,7 +236,7 @@ fn fingerprint_equals_what_openssl_prints_and_openssls_line_is_accepted() {
     assert_eq!(
         printed,
         printed.to_lowercase(),
-        "DESIGN.md: lowercase hex pairs"
+        "the interface: lowercase hex pairs"
     );
 
     // The operator pastes openssl's whole line.

@@ -1,4 +1,4 @@
-//! Shared by `loadgen` and `tlssink` (benchmark harness, issue 6): the wire protocol between
+//! Shared by `loadgen` and `tlssink` (benchmark harness): the wire protocol between
 //! them and the byte pattern both sides check, so a proxy that corrupts, drops or reorders
 //! bytes is caught instead of being measured.
 //!

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use crate::config::{parse_host_ip, MasterConfig, TlsSettings};
 use crate::diagnose::CertSummary;
 
-/// Why a name was chosen: the order of DESIGN.md's rules.
+/// Why a name was chosen, in the order the rules are tried (docs/interface.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameReason {
     /// `security.tls.master_cert_name` was set.
