@@ -4,7 +4,7 @@
 //! master name that stops resolving and comes back elsewhere; clients that reset
 //! mid-transfer; file descriptors running out; slow peers on either side. Every dial
 //! failure and dial timeout is tested here (tests/upstream.rs is what a working dial sends). Each test prints one `FIGURE` line with what it
-//! measured (tests/RELIABILITY.md collects them).
+//! measured (docs/reliability.md collects them).
 
 mod common;
 

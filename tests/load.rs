@@ -2,7 +2,7 @@
 //! with every byte hash-checked at both ends, and a churn of short connections after which
 //! the proxy's descriptors and memory are back where they started. The counts can be scaled
 //! with DTP_LOAD_CONCURRENT and DTP_LOAD_CHURN (the soak script in tests/soak/ is the long run).
-//! Each test prints one `FIGURE` line (tests/RELIABILITY.md collects them).
+//! Each test prints one `FIGURE` line (docs/reliability.md collects them).
 
 mod common;
 

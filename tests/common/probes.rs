@@ -94,7 +94,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// One measured figure, as a `FIGURE` line on stderr (tests/RELIABILITY.md collects them).
+/// One measured figure, as a `FIGURE` line on stderr (docs/reliability.md collects them).
 pub fn figure(line: String) {
     eprintln!("FIGURE {line}");
 }
