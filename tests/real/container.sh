@@ -228,7 +228,7 @@ check_sigterm_drains_then_exits_0() {
     t0=$(now_ms)
     pm kill --signal TERM "$NAME" >/dev/null || { err "podman kill --signal TERM"; rc=1; }
     wait_until 5 "the listener to close" bash -c "! $PY $REAL_DIR/client.py echo 127.0.0.1:$LISTEN_PORT --timeout 1" || rc=1
-    # /readyz: 503 from the first SIGTERM (DESIGN.md), /healthz stays 200.
+    # /readyz: 503 from the first SIGTERM (docs/interface.md), /healthz stays 200.
     if poll_until 3 http_is /readyz 503; then
         READYZ_WHILE_DRAINING=503
     else
@@ -249,7 +249,7 @@ check_sigterm_drains_then_exits_0() {
 
 check_readyz_503_while_draining() {
     # Measured during check_sigterm_drains_then_exits_0.
-    [ "${READYZ_WHILE_DRAINING:-unmeasured}" = 503 ] || { err "/readyz answered ${READYZ_WHILE_DRAINING:-nothing} after SIGTERM, DESIGN.md says 503"; return 1; }
+    [ "${READYZ_WHILE_DRAINING:-unmeasured}" = 503 ] || { err "/readyz answered ${READYZ_WHILE_DRAINING:-nothing} after SIGTERM; it must answer 503 while draining"; return 1; }
 }
 
 setup
