@@ -355,13 +355,16 @@ fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
     Ok(bound)
 }
 
+/// The socket file's `mode`, and its `group` (without one, the process's own group, which is
+/// what a new socket file gets; so a reload that removes `group:` gives the file back).
 fn unix_permissions(lc: &ListenerConfig, path: &Path) -> Result<(), ListenError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(lc.mode))
         .map_err(|e| unix_err(lc, path, format!("cannot set mode {:o}: {e}", lc.mode)))?;
-    if let Some(gid) = lc.group {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| unix_err(lc, path, format!("cannot set group {gid}: {e}")))?;
-    }
+    let gid = lc
+        .group
+        .unwrap_or_else(|| nix::unistd::getegid().as_raw());
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .map_err(|e| unix_err(lc, path, format!("cannot set group {gid}: {e}")))?;
     Ok(())
 }
 

@@ -25,6 +25,17 @@ pub fn looks_like_h2(first: &[u8]) -> bool {
     first.len() == H2_PREFACE.len() && first == H2_PREFACE
 }
 
+/// The listener's client config for a connection whose first bytes are `first` (ALPN `auto`
+/// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else).
+fn client_config(policy: &ListenerPolicy, first: &[u8]) -> Option<Arc<rustls::ClientConfig>> {
+    let tls = policy.tls.as_ref()?;
+    Some(match policy.config.alpn {
+        AlpnPolicy::Auto if looks_like_h2(first) => tls.h2.clone(),
+        AlpnPolicy::Auto => tls.http11.clone(),
+        _ => tls.fixed.clone(),
+    })
+}
+
 // === One connection ===
 
 /// What the access log records of a connection.
@@ -191,7 +202,7 @@ async fn serve(
     let tls_choice = if passthrough {
         None
     } else {
-        policy.client_config(first)
+        client_config(policy, first)
     };
     match (tls_choice, &state.tls) {
         (Some(cfg), Some(tls)) => {

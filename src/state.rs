@@ -46,16 +46,6 @@ impl ListenerPolicy {
     pub fn allows(&self, peer: &Peer) -> bool {
         crate::listen::peer_allowed(self.config.allowed_clients.as_deref(), peer)
     }
-
-    /// The client config for a connection whose first bytes are `first`.
-    pub fn client_config(&self, first: &[u8]) -> Option<Arc<ClientConfig>> {
-        let tls = self.tls.as_ref()?;
-        Some(match self.config.alpn {
-            AlpnPolicy::Auto if crate::proxy::looks_like_h2(first) => tls.h2.clone(),
-            AlpnPolicy::Auto => tls.http11.clone(),
-            _ => tls.fixed.clone(),
-        })
-    }
 }
 
 /// Everything a connection reads from the configuration; replaced whole on reload. Each

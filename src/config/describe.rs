@@ -128,3 +128,30 @@ fn flatten(prefix: &str, v: &Value, rows: &mut Vec<(String, serde_json::Value)>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::layers::{assemble_str, Purpose};
+    use crate::config::validate;
+
+    fn config(yaml: &str) -> Config {
+        validate(&assemble_str(yaml).unwrap(), Purpose::Show).unwrap()
+    }
+
+    #[test]
+    fn changed_keys_names_list_items_by_index() {
+        let a = config("master_host: det\nlisteners: [{listen: \"127.0.0.1:1\", allowed_clients: [127.0.0.0/8]}]\n");
+        let b = config("master_host: det\nlisteners: [{listen: \"127.0.0.1:1\", allowed_clients: [10.0.0.0/8]}]\n");
+        assert_eq!(changed_keys(&a, &b), ["listeners[0].allowed_clients"]);
+        assert!(changed_keys(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn the_schema_keys_include_list_items_and_nested_sections() {
+        let keys = schema_keys();
+        for k in ["master_host", "security.tls.client_key", "listeners[].alpn", "log.access"] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+    }
+}

@@ -432,3 +432,82 @@ pub fn env_vars() -> Vec<(String, String)> {
 pub fn load(flags: &Overrides, purpose: Purpose) -> Result<Config, ConfigErrors> {
     validate(&assemble(&env_vars(), flags)?, purpose)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::keys::decl;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn each_variable_of_the_table_is_its_own_named_source() {
+        let mut errors = Vec::new();
+        let (layers, config) = env_layers(
+            &vars(&[
+                ("DET_MASTER_PORT", "8444"),
+                ("DET_AGENT_ID", "ignored"),
+                ("DET_TLS_PROXY_CONFIG", "/etc/x.yaml"),
+            ]),
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].name, "DET_MASTER_PORT");
+        assert_eq!(config.map(|(p, _)| p), Some(PathBuf::from("/etc/x.yaml")));
+    }
+
+    #[test]
+    fn an_unknown_proxy_variable_or_a_bad_value_is_an_error() {
+        let mut errors = Vec::new();
+        env_layers(
+            &vars(&[("DET_TLS_PROXY_LISTN", "x"), ("DET_MASTER_PORT", "http")]),
+            &mut errors,
+        );
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["DET_TLS_PROXY_LISTN", "master_port"]);
+        assert!(errors[0].message.contains("DET_TLS_PROXY_LISTEN"), "{}", errors[0]);
+        assert!(errors[1].message.contains("not a port number"), "{}", errors[1]);
+    }
+
+    #[test]
+    fn flags_become_layers_named_after_the_flag() {
+        let o = Overrides {
+            config: None,
+            values: vec![
+                (decl("master_host").unwrap(), vec!["det".into()]),
+                (decl("listeners").unwrap(), vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]),
+            ],
+        };
+        let names: Vec<String> = flag_layers(&o).into_iter().map(|l| l.name).collect();
+        assert_eq!(names, ["--master-host", "--listen"]);
+        let loaded = assemble(&[], &o).unwrap();
+        assert_eq!(loaded.raw.listeners.as_ref().map(Vec::len), Some(2));
+        assert_eq!(loaded.source_of("master_host"), "--master-host");
+    }
+
+    #[test]
+    fn the_agent_import_takes_only_the_agents_keys_and_empty_tls_settings_mean_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent.yaml");
+        std::fs::write(
+            &agent,
+            "master_host: det\nagent_id: a1\ncontainer_master_host: 172.17.0.1\nsecurity:\n  tls:\n    enabled: true\n    master_cert: \"\"\n    master_cert_name: det-master\n",
+        )
+        .unwrap();
+        let (layer, has_port) = agent_layer(&agent).unwrap();
+        assert!(!has_port);
+        let mut keys: Vec<String> = layer.data.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["master_host", "security"]);
+        let tls = layer.data["security"].as_dict().unwrap()["tls"].as_dict().unwrap().clone();
+        let mut tls_keys: Vec<&String> = tls.keys().collect();
+        tls_keys.sort();
+        assert_eq!(tls_keys, ["enabled", "master_cert_name"]);
+    }
+}

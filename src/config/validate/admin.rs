@@ -39,3 +39,18 @@ pub(super) fn admin(c: &mut Check, raw: &RawAdmin) -> Option<AdminConfig> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes, valid};
+
+    #[test]
+    fn admin_off_by_default_loopback_without_a_list_elsewhere_with_one() {
+        assert!(valid("master_host: det\n").admin.is_none());
+        assert!(valid("master_host: det\nadmin: {listen: \"127.0.0.1:9090\"}\n").admin.is_some());
+        let m = mistakes("master_host: det\nadmin: {listen: \"0.0.0.0:9090\"}\n");
+        assert!(has(&m, "admin.allowed_clients", "reachable from other hosts"), "{m:?}");
+        let m = mistakes("master_host: det\nadmin: {listen: \"unix:/run/a.sock\"}\n");
+        assert!(has(&m, "admin.listen", "TCP HOST:PORT"), "{m:?}");
+    }
+}

@@ -64,3 +64,22 @@ pub(super) fn admin_is_not_a_listener(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes};
+
+    #[test]
+    fn the_master_may_not_be_one_of_our_own_listeners() {
+        let m = mistakes("master_host: localhost\nmaster_port: 8080\nlisteners: [{listen: \"127.0.0.1:8080\"}]\n");
+        assert!(has(&m, "master_host", "this proxy's own listener"), "{m:?}");
+        let m = mistakes("master_host: \"127.0.0.1\"\nmaster_port: 8080\nlisteners: [{listen: \"0.0.0.0:8080\", allowed_clients: [10.0.0.0/8]}]\n");
+        assert!(has(&m, "master_host", "this proxy's own listener"), "{m:?}");
+    }
+
+    #[test]
+    fn the_admin_endpoint_may_not_take_a_listeners_address() {
+        let m = mistakes("master_host: det\nlisteners: [{listen: \"127.0.0.1:9090\"}]\nadmin: {listen: \"127.0.0.1:9090\"}\n");
+        assert!(has(&m, "admin.listen", "also a proxy listener"), "{m:?}");
+    }
+}

@@ -202,3 +202,69 @@ fn passthrough(c: &mut Check, key: &str, raw: Option<&str>, source: &str) -> boo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes, valid};
+    use crate::config::{AlpnPolicy, ListenAddr};
+
+    fn one(listener: &str) -> String {
+        format!("master_host: det\nlisteners: [{listener}]\n")
+    }
+
+    #[test]
+    fn a_listener_reachable_from_other_hosts_needs_allowed_clients() {
+        let m = mistakes(&one("{listen: \"0.0.0.0:8080\"}"));
+        assert!(has(&m, "listeners[0].allowed_clients", "reachable from other hosts"), "{m:?}");
+        let c = valid(&one("{listen: \"0.0.0.0:8080\", allowed_clients: [172.17.0.0/16, 10.0.0.7]}"));
+        assert_eq!(c.listeners[0].allowed_clients.as_ref().map(Vec::len), Some(2));
+        let m = mistakes(&one("{listen: \"0.0.0.0:8080\", allowed_clients: [nope]}"));
+        assert!(has(&m, "listeners[0].allowed_clients", "not an IP network"), "{m:?}");
+    }
+
+    #[test]
+    fn names_default_to_the_address_and_must_be_unique() {
+        let c = valid(&one("{listen: \"127.0.0.1:8080\"}"));
+        assert_eq!(c.listeners[0].name, "127.0.0.1:8080");
+        let m = mistakes("master_host: det\nlisteners: [{name: a, listen: \"127.0.0.1:1\"}, {name: a, listen: \"127.0.0.1:2\"}]\n");
+        assert!(has(&m, "listeners[1].name", "names must be unique"), "{m:?}");
+    }
+
+    #[test]
+    fn two_listeners_cannot_share_an_address_except_port_zero() {
+        let m = mistakes("master_host: det\nlisteners: [{name: a, listen: \"127.0.0.1:1\"}, {name: b, listen: \"127.0.0.1:1\"}]\n");
+        assert!(has(&m, "listeners[1].listen", "two listeners cannot share"), "{m:?}");
+        valid("master_host: det\nlisteners: [{name: a, listen: \"127.0.0.1:0\"}, {name: b, listen: \"127.0.0.1:0\"}]\n");
+    }
+
+    #[test]
+    fn unix_mode_and_group_only_on_unix_listeners() {
+        let c = valid(&one("{listen: \"unix:/run/x.sock\", mode: \"0600\", group: 0}"));
+        assert_eq!((c.listeners[0].mode, c.listeners[0].group), (0o600, Some(0)));
+        assert_eq!(valid(&one("{listen: \"unix:/run/x.sock\"}")).listeners[0].mode, 0o660);
+        let m = mistakes(&one("{listen: \"127.0.0.1:1\", mode: \"0600\", group: 0}"));
+        assert!(has(&m, "listeners[0].mode", "only unix"), "{m:?}");
+        assert!(has(&m, "listeners[0].group", "only unix"), "{m:?}");
+        let m = mistakes(&one("{listen: \"unix:/run/x.sock\", mode: \"rw\"}"));
+        assert!(has(&m, "listeners[0].mode", "not an octal file mode"), "{m:?}");
+    }
+
+    #[test]
+    fn alpn_and_passthrough_words() {
+        let c = valid(&one("{listen: \"127.0.0.1:1\", alpn: [h2], tls_passthrough: \"off\"}"));
+        assert_eq!(c.listeners[0].alpn, AlpnPolicy::List(vec![b"h2".to_vec()]));
+        assert!(!c.listeners[0].tls_passthrough);
+        assert_eq!(valid(&one("{listen: \"127.0.0.1:1\", alpn: none}")).listeners[0].alpn, AlpnPolicy::None);
+        let m = mistakes(&one("{listen: \"127.0.0.1:1\", alpn: h3, tls_passthrough: maybe}"));
+        assert!(has(&m, "listeners[0].alpn", "write auto, none"), "{m:?}");
+        assert!(has(&m, "listeners[0].tls_passthrough", "write auto or off"), "{m:?}");
+    }
+
+    #[test]
+    fn present_client_cert_defaults_by_reach() {
+        let c = valid("master_host: det\nlisteners: [{name: a, listen: \"127.0.0.1:1\"}, {name: b, listen: \"0.0.0.0:2\", allowed_clients: [10.0.0.0/8]}, {name: c, listen: \"systemd:agent\"}]\n");
+        let present: Vec<Option<bool>> = c.listeners.iter().map(|l| l.present_client_cert).collect();
+        assert_eq!(present, [Some(true), Some(false), None]);
+        assert_eq!(c.listeners[2].addr, ListenAddr::Systemd("agent".into()));
+    }
+}

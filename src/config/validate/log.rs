@@ -36,3 +36,18 @@ pub(super) fn log(c: &mut Check, raw: &RawLog) -> LogConfig {
         access: raw.access.unwrap_or(true),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes, valid};
+    use crate::config::LogFormat;
+
+    #[test]
+    fn format_and_level_words() {
+        let c = valid("master_host: det\nlog: {format: json, level: debug, access: false}\n");
+        assert_eq!((c.log.format, c.log.level.as_str(), c.log.access), (LogFormat::Json, "debug", false));
+        let m = mistakes("master_host: det\nlog: {format: xml, level: \"loud=[\"}\n");
+        assert!(has(&m, "log.format", "write text or json"), "{m:?}");
+        assert!(has(&m, "log.level", "write error, warn"), "{m:?}");
+    }
+}

@@ -72,3 +72,25 @@ pub(super) fn host_is_a_name(c: &mut Check, host: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes, valid};
+
+    #[test]
+    fn master_host_is_required_and_must_be_a_name_or_an_ip() {
+        assert!(has(&mistakes("master_port: 8443\n"), "master_host", "required"));
+        let m = mistakes("master_host: \"https://det:8443\"\n");
+        assert!(has(&m, "master_host", "not a valid DNS name or IP address"), "{m:?}");
+        assert!(mistakes("master_host: \"[::1]\"\n").is_empty());
+    }
+
+    #[test]
+    fn the_default_port_follows_tls() {
+        assert_eq!(valid("master_host: det\n").master.port, 8443);
+        let plain = valid("master_host: det\nsecurity: {tls: {enabled: false}}\n");
+        assert_eq!(plain.master.port, 8080);
+        assert!(plain.master.port_source.starts_with("default"));
+        assert!(has(&mistakes("master_host: det\nmaster_port: 0\n"), "master_port", "0 is not a port"));
+    }
+}

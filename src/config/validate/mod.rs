@@ -99,3 +99,34 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         keys: super::key_values(raw),
     })
 }
+
+/// Validation of YAML text as the proxy's only layer, for the sections' unit tests: the files
+/// it names are not read (as for `det-tls-proxy config`).
+#[cfg(test)]
+mod testing {
+    use super::validate;
+    use crate::config::layers::{assemble_str, Purpose};
+    use crate::config::Config;
+
+    /// (key, message) of every mistake in `yaml`; empty when it is valid.
+    pub(super) fn mistakes(yaml: &str) -> Vec<(String, String)> {
+        let loaded = match assemble_str(yaml) {
+            Ok(l) => l,
+            Err(e) => return e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+        };
+        match validate(&loaded, Purpose::Show) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+        }
+    }
+
+    pub(super) fn valid(yaml: &str) -> Config {
+        let loaded = assemble_str(yaml).expect("assembles");
+        validate(&loaded, Purpose::Show).unwrap_or_else(|e| panic!("{yaml}\n{e}"))
+    }
+
+    /// Whether one mistake is about `key` and its message contains `words`.
+    pub(super) fn has(mistakes: &[(String, String)], key: &str, words: &str) -> bool {
+        mistakes.iter().any(|(k, m)| k == key && m.contains(words))
+    }
+}

@@ -38,3 +38,26 @@ pub(super) fn max_connections(c: &mut Check, raw: Option<usize>) -> usize {
     }
     max
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes, valid};
+    use std::time::Duration;
+
+    #[test]
+    fn zero_timeouts_are_refused_but_a_zero_shutdown_is_not() {
+        let m = mistakes("master_host: det\ntimeouts: {connect: 0s, idle: 0s, shutdown: 0s}\n");
+        assert!(has(&m, "timeouts.connect", "longer than 0s"), "{m:?}");
+        assert!(has(&m, "timeouts.idle", "longer than 0s"), "{m:?}");
+        assert!(!m.iter().any(|(k, _)| k == "timeouts.shutdown"), "{m:?}");
+    }
+
+    #[test]
+    fn defaults_and_humantime_values() {
+        let c = valid("master_host: det\ntimeouts: {handshake: 1m 30s}\n");
+        assert_eq!(c.timeouts.handshake, Duration::from_secs(90));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 10_000);
+        assert!(has(&mistakes("master_host: det\nmax_connections: 0\n"), "max_connections", "at least 1"));
+    }
+}

@@ -87,3 +87,36 @@ pub(super) fn files(c: &mut Check, t: &TlsSettings, purpose: Purpose) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::validate::testing::{has, mistakes, valid};
+
+    #[test]
+    fn master_cert_with_skip_verify_is_refused() {
+        let m = mistakes("master_host: det\nsecurity: {tls: {master_cert: /x.pem, skip_verify: true}}\n");
+        assert!(has(&m, "security.tls.master_cert", "verification off"), "{m:?}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_key_its_certificate() {
+        let m = mistakes("master_host: det\nsecurity: {tls: {client_cert: /a.crt}}\n");
+        assert!(has(&m, "security.tls.client_key", "required"), "{m:?}");
+        let m = mistakes("master_host: det\nsecurity: {tls: {client_key: /a.key}}\n");
+        assert!(has(&m, "security.tls.client_cert", "required"), "{m:?}");
+    }
+
+    #[test]
+    fn empty_paths_and_names_mean_unset() {
+        let c = valid("master_host: det\nsecurity: {tls: {master_cert: \"\", master_cert_name: \" \"}}\n");
+        assert_eq!(c.tls.master_cert, None);
+        assert_eq!(c.tls.master_cert_name, None);
+        assert!(c.tls.post_quantum);
+    }
+
+    #[test]
+    fn master_cert_name_must_be_a_certificate_name() {
+        let m = mistakes("master_host: det\nsecurity: {tls: {master_cert_name: \"bad name\"}}\n");
+        assert!(has(&m, "security.tls.master_cert_name", "not a valid DNS name"), "{m:?}");
+    }
+}
