@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::Value;
 
@@ -158,14 +158,7 @@ struct Switching {
 impl Switching {
     fn start(leaf: &Leaf) -> Switching {
         let current = Arc::new(Mutex::new(certified(leaf)));
-        let mut config = rustls::ServerConfig::builder_with_provider(common::server::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Current(current.clone())));
-        config.session_storage = Arc::new(NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
-        let config = Arc::new(config);
+        let config = common::server::switchable(Arc::new(Current(current.clone())));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {

@@ -21,7 +21,7 @@ use common::prometheus::scrape;
 use common::server::{closed_port, BlackHole, PlainEcho, SilentServer};
 use common::*;
 use nix::sys::signal::Signal;
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde_json::Value;
 
@@ -173,14 +173,7 @@ impl ResolvesServerCert for Current {
 impl Rotating {
     fn start(label: &str, leaf: &Leaf) -> Rotating {
         let current = Arc::new(Mutex::new((label.to_string(), certified(leaf))));
-        let mut config = rustls::ServerConfig::builder_with_provider(common::server::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Current(current.clone())));
-        config.session_storage = Arc::new(NoServerSessionStorage {});
-        config.send_tls13_tickets = 0;
-        let config = Arc::new(config);
+        let config = common::server::switchable(Arc::new(Current(current.clone())));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();

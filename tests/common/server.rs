@@ -19,6 +19,20 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// A server config that asks `resolver` for its certificate at every handshake and never
+/// resumes a session, so each connection shows the certificate current at that moment (for
+/// masters whose certificate a test switches mid-run).
+pub fn switchable(resolver: Arc<dyn rustls::server::ResolvesServerCert>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
 /// `leaf` (sent alone) with its key loaded, for a server whose certificate can change.
 pub fn certified(leaf: &super::Leaf) -> Arc<rustls::sign::CertifiedKey> {
     let key = provider()
