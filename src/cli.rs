@@ -98,7 +98,7 @@ impl Args for Flags {
                     .default_missing_value("true")
                     .value_parser(bool_flag),
                 ValueKind::Port => arg.value_parser(clap::value_parser!(u16)),
-                ValueKind::Listeners => arg.action(ArgAction::Append),
+                ValueKind::Listeners | ValueKind::List => arg.action(ArgAction::Append),
                 ValueKind::Str | ValueKind::Path => arg,
             })
         })

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
@@ -21,6 +21,8 @@ pub enum PemError {
         "{path} holds no PEM private key (expected -----BEGIN PRIVATE KEY----- or an RSA/EC key)"
     )]
     NoKey { path: PathBuf },
+    #[error("{path} holds no certificate revocation list (expected -----BEGIN X509 CRL----- or a DER CRL): {detail}")]
+    NoCrl { path: PathBuf, detail: String },
     #[error("{path} is not valid PEM: {detail}")]
     Malformed { path: PathBuf, detail: String },
 }
@@ -77,4 +79,32 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
             detail: e.to_string(),
         }),
     }
+}
+
+/// The revocation lists in a file: PEM (one or more `X509 CRL` blocks) or one DER CRL. Each
+/// is parsed here, so a file that is not a CRL is refused when the configuration is read.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
+    let bytes = read_pem(path)?;
+    let no_crl = |detail: String| PemError::NoCrl {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let crls: Vec<CertificateRevocationListDer<'static>> = if bytes.first() == Some(&0x30) {
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| PemError::Malformed {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?
+    };
+    if crls.is_empty() {
+        return Err(no_crl("none found".into()));
+    }
+    for crl in &crls {
+        webpki::OwnedCertRevocationList::from_der(crl.as_ref())
+            .map_err(|e| no_crl(format!("{e:?}")))?;
+    }
+    Ok(crls)
 }

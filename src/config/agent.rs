@@ -18,7 +18,7 @@ fn untagged(v: &Value) -> Value {
 }
 
 /// Sets `path` (a dotted key split at its dots) in `data`, creating the tables on the way.
-fn insert_dotted(data: &mut Dict, path: &[&str], value: Value) {
+pub(super) fn insert_dotted(data: &mut Dict, path: &[&str], value: Value) {
     match path {
         [] => {}
         [last] => {

@@ -23,7 +23,11 @@ pub fn describe(l: &Loaded, config: Option<&Config>) -> String {
             push_port(&mut out, l, config);
             continue;
         }
-        let json = serde_json::to_string(&v).unwrap_or_else(|_| "?".into());
+        let mut json = serde_json::to_string(&v).unwrap_or_else(|_| "?".into());
+        if key == "upstream_proxy" {
+            // A proxy URL may carry a password; `config` output is often pasted into tickets.
+            json = crate::egress::redact(&json);
+        }
         out.push_str(&format!("{key} = {json}  ({})\n", l.source_of(&key)));
     }
     out

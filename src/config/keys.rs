@@ -17,6 +17,9 @@ pub enum ValueKind {
     /// Comma-separated in the environment, repeated as a flag; each address becomes a
     /// listener named after it, replacing the file's list.
     Listeners,
+    /// A list of strings: comma-separated in the environment, repeated (or comma-separated)
+    /// as a flag; replaces the file's list.
+    List,
 }
 
 /// One key and the sources besides the file that set it.
@@ -68,7 +71,7 @@ const fn row(
 }
 
 use Owner::{Agent, Proxy};
-use ValueKind::{Bool, Listeners, Path, Port, Str};
+use ValueKind::{Bool, List, Listeners, Path, Port, Str};
 
 /// The agent's own names first (the same variables and flags the agent reads), then ours.
 #[rustfmt::skip]
@@ -89,6 +92,14 @@ pub const KEYS: &[KeyDecl] = &[
         "Client certificate for mutual TLS."),
     row(Agent, "security.tls.client_key", Path, "DET_SECURITY_TLS_CLIENT_KEY", Some("security-tls-client-key"), "FILE",
         "Private key of the client certificate."),
+    row(Proxy, "security.tls.master_cert_sha256", List, "DET_SECURITY_TLS_MASTER_CERT_SHA256", Some("security-tls-master-cert-sha256"), "SHA256",
+        "Accept the master only if its chain holds a certificate with this SHA-256 fingerprint (repeatable)."),
+    row(Proxy, "security.tls.crl", List, "DET_SECURITY_TLS_CRL", Some("security-tls-crl"), "FILE",
+        "A PEM or DER certificate revocation list checked against the master's chain (repeatable)."),
+    row(Proxy, "upstream_proxy", Str, "DET_TLS_PROXY_UPSTREAM_PROXY", Some("upstream-proxy"), "URL",
+        "HTTP proxy to tunnel to the master through (http://[user:pass@]host:port, or none); default: HTTPS_PROXY."),
+    row(Proxy, "upstream_no_proxy", List, "DET_TLS_PROXY_UPSTREAM_NO_PROXY", Some("upstream-no-proxy"), "HOSTS",
+        "Masters reached directly despite upstream_proxy: host suffixes, IPs, CIDRs or * (repeatable); default: NO_PROXY."),
     row(Proxy, "agent_config", Path, "DET_TLS_PROXY_AGENT_CONFIG", None, "FILE",
         "A Determined agent.yaml to import master_host, master_port and security.tls.* from."),
     row(Proxy, "listeners", Listeners, "DET_TLS_PROXY_LISTEN", Some("listen"), "ADDR",
@@ -98,6 +109,16 @@ pub const KEYS: &[KeyDecl] = &[
     row(Proxy, "log.format", Str, "DET_TLS_PROXY_LOG_FORMAT", None, "FORMAT", "text or json."),
     row(Proxy, "log.level", Str, "DET_TLS_PROXY_LOG_LEVEL", None, "LEVEL", "error, warn, info, debug or trace."),
 ];
+
+/// The conventional variables other programs on the host read too. They form a layer below
+/// the proxy's file, so the file, the `DET_*` variables and the flags override them.
+/// `DET_MASTER` is the URL tasks and the CLI are given (`https://host:port`).
+pub const DET_MASTER_ENV: &str = "DET_MASTER";
+/// The proxy variables, in the order the agent's Go HTTP client reads them (upper case
+/// first): `HTTPS_PROXY` for a TLS master, `HTTP_PROXY` for a plaintext one.
+pub const HTTPS_PROXY_ENV: [&str; 2] = ["HTTPS_PROXY", "https_proxy"];
+pub const HTTP_PROXY_ENV: [&str; 2] = ["HTTP_PROXY", "http_proxy"];
+pub const NO_PROXY_ENV: [&str; 2] = ["NO_PROXY", "no_proxy"];
 
 /// The row for a key, if it has one.
 pub fn decl(key: &str) -> Option<&'static KeyDecl> {
@@ -144,8 +165,21 @@ impl ValueKind {
                 let addrs: Vec<String> = raw.split(',').map(str::to_string).collect();
                 Ok(listeners_value(&addrs))
             }
+            List => Ok(list_value(&[raw.to_string()])),
         }
     }
+}
+
+/// A list of strings from comma-separated texts (empty items dropped).
+pub(crate) fn list_value(texts: &[String]) -> Value {
+    let items: Vec<Value> = texts
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| Value::from(t.to_string()))
+        .collect();
+    Value::from(items)
 }
 
 #[cfg(test)]
@@ -191,5 +225,7 @@ mod tests {
         let list: Vec<RawListener> = l.deserialize().unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[1].name.as_deref(), Some("unix:/run/x.sock"));
+        let pins: Vec<String> = List.value("ab, ,cd").unwrap().deserialize().unwrap();
+        assert_eq!(pins, ["ab", "cd"]);
     }
 }

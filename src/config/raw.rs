@@ -65,6 +65,10 @@ pub struct RawConfig {
     pub tls: RawTlsOptions,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub upstream_proxy: Option<String>,
+    #[serde(default)]
+    pub upstream_no_proxy: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -89,6 +93,10 @@ pub struct RawTls {
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub master_cert_sha256: Option<Vec<String>>,
+    #[serde(default)]
+    pub crl: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -207,5 +215,7 @@ pub(crate) fn defaults() -> RawConfig {
             level: Some(DEFAULT_LOG_LEVEL.into()),
             access: Some(true),
         },
+        upstream_proxy: None,
+        upstream_no_proxy: None,
     }
 }

@@ -17,6 +17,8 @@ pub struct Config {
     pub max_connections: usize,
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    /// `upstream_proxy` and `upstream_no_proxy`.
+    pub egress: crate::egress::Egress,
     /// The proxy's own file, when one was read (watched for changes).
     pub config_file: Option<PathBuf>,
     /// The imported agent.yaml, when one was read.
@@ -56,6 +58,11 @@ pub struct TlsSettings {
     pub master_cert_name: Option<String>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Fingerprints one certificate of the master's chain must have, in `trust`'s form
+    /// (lower-case hex pairs joined by `:`). Empty: no pin.
+    pub master_cert_sha256: Vec<String>,
+    /// Certificate revocation lists checked against the master's chain.
+    pub crl: Vec<PathBuf>,
     pub post_quantum: bool,
 }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cross;
+mod egress;
 mod listeners;
 mod log;
 mod master;
@@ -69,9 +70,10 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         errors: Vec::new(),
     };
     let raw = &l.raw;
-    let tls = tls::settings(&raw.security.tls, &raw.tls);
+    let mut tls = tls::settings(&raw.security.tls, &raw.tls);
     let master = master::master(&mut c, raw, tls.enabled);
     tls::combination(&mut c, &tls);
+    tls::pins(&mut c, &mut tls);
     master::host_is_a_name(&mut c, &master.host);
     tls::files(&mut c, &tls, purpose);
     let listeners = listeners::listeners(&mut c, raw.listeners.as_deref().unwrap_or_default());
@@ -83,6 +85,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         cross::admin_is_not_a_listener(&mut c, a, &listeners);
     }
     let log = log::log(&mut c, &raw.log);
+    let egress = egress::egress(&mut c, raw);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -94,6 +97,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         max_connections,
         admin,
         log,
+        egress,
         config_file: l.config_file.clone(),
         agent_config: l.agent_config.clone(),
         keys: super::key_values(raw),

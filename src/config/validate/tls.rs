@@ -21,6 +21,15 @@ pub(super) fn settings(t: &RawTls, opts: &RawTlsOptions) -> TlsSettings {
             .filter(|s| !s.is_empty()),
         client_cert: nonempty_path(&t.client_cert),
         client_key: nonempty_path(&t.client_key),
+        // Checked by `pins`; kept as written until then.
+        master_cert_sha256: t.master_cert_sha256.clone().unwrap_or_default(),
+        crl: t
+            .crl
+            .iter()
+            .flatten()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .collect(),
         post_quantum: opts.post_quantum.unwrap_or(true),
     }
 }
@@ -66,6 +75,35 @@ pub(super) fn combination(c: &mut Check, t: &TlsSettings) {
     }
 }
 
+/// Each pinned fingerprint in `trust`'s canonical form, or a mistake naming the key.
+pub(super) fn pins(c: &mut Check, t: &mut TlsSettings) {
+    let key = "security.tls.master_cert_sha256";
+    let mut canonical = Vec::new();
+    for pin in &t.master_cert_sha256 {
+        match crate::diagnose::parse_fingerprint(pin) {
+            Some(p) if !canonical.contains(&p) => canonical.push(p),
+            Some(_) => {}
+            None => {
+                let source = c.src(key);
+                c.fail(
+                    key,
+                    format!("{pin:?} is not a SHA-256 fingerprint (32 hex pairs, as `det-tls-proxy trust` and `openssl x509 -fingerprint -sha256` print it)"),
+                    Some(source),
+                );
+            }
+        }
+    }
+    t.master_cert_sha256 = canonical;
+    if !t.crl.is_empty() && t.skip_verify {
+        let message = format!(
+            "revocation cannot be checked with verification off (security.tls.skip_verify from {}); remove one of them",
+            c.src("security.tls.skip_verify")
+        );
+        let source = c.src("security.tls.crl");
+        c.fail("security.tls.crl", message, Some(source));
+    }
+}
+
 /// The PEM files, read as `run` will read them. `config` reads none; `trust` does not need
 /// `master_cert` to exist yet (it is about to write it).
 pub(super) fn files(c: &mut Check, t: &TlsSettings, purpose: Purpose) {
@@ -84,6 +122,12 @@ pub(super) fn files(c: &mut Check, t: &TlsSettings, purpose: Purpose) {
         if let Err(e) = crate::pem::load_key(path) {
             let source = c.src("security.tls.client_key");
             c.fail("security.tls.client_key", e.to_string(), Some(source));
+        }
+    }
+    for path in &t.crl {
+        if let Err(e) = crate::pem::load_crls(path) {
+            let source = c.src("security.tls.crl");
+            c.fail("security.tls.crl", e.to_string(), Some(source));
         }
     }
 }
@@ -112,6 +156,21 @@ mod tests {
         assert_eq!(c.tls.master_cert, None);
         assert_eq!(c.tls.master_cert_name, None);
         assert!(c.tls.post_quantum);
+    }
+
+    #[test]
+    fn pins_are_fingerprints_kept_in_one_form() {
+        let fp = "AB".repeat(32);
+        let c = valid(&format!("master_host: det\nsecurity: {{tls: {{master_cert_sha256: [\"{fp}\", \"sha256:{fp}\"]}}}}\n"));
+        assert_eq!(c.tls.master_cert_sha256, [vec!["ab"; 32].join(":")]);
+        let m = mistakes("master_host: det\nsecurity: {tls: {master_cert_sha256: [\"ab:cd\"]}}\n");
+        assert!(has(&m, "security.tls.master_cert_sha256", "not a SHA-256 fingerprint"), "{m:?}");
+    }
+
+    #[test]
+    fn a_crl_needs_verification_on() {
+        let m = mistakes("master_host: det\nsecurity: {tls: {crl: [/x.crl], skip_verify: true}}\n");
+        assert!(has(&m, "security.tls.crl", "verification off"), "{m:?}");
     }
 
     #[test]

@@ -1,0 +1,310 @@
+//! The way out of the host: an HTTP proxy that upstream connections are tunnelled through with
+//! `CONNECT`, and the hosts reached directly despite it (`NO_PROXY`, matched as the agent's
+//! Go HTTP client matches it). Credentials are kept out of every text this module produces.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// An HTTP proxy to tunnel through. Its `Display` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    pub host: String,
+    pub port: u16,
+    /// User and password, percent-decoded, for `Proxy-Authorization: Basic`.
+    pub auth: Option<(String, String)>,
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://")?;
+        if let Some((user, _)) = &self.auth {
+            write!(f, "{user}:***@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyUrl({self})")
+    }
+}
+
+/// `text` with the password of any `scheme://user:password@` in it replaced by `***`, for
+/// messages that quote what an operator wrote.
+pub fn redact(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return text.to_string();
+    };
+    let user = rest[..at].split(':').next().unwrap_or("");
+    format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+}
+
+impl ProxyUrl {
+    /// `http://[user:pass@]host[:port][/]`; a URL without a scheme is taken as `http://`, as
+    /// the agent's HTTP client takes it. `none` or an empty text mean no proxy. The error
+    /// never repeats the password.
+    pub fn parse(text: &str) -> Result<Option<ProxyUrl>, String> {
+        let t = text.trim();
+        if t.is_empty() || t.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        let shown = redact(t);
+        let with_scheme = if t.contains("://") {
+            t.to_string()
+        } else {
+            format!("http://{t}")
+        };
+        let url = url::Url::parse(&with_scheme)
+            .map_err(|e| format!("{shown:?} is not a proxy URL ({e}); write http://HOST:PORT"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "{shown:?}: only http:// proxies are supported (CONNECT over plain HTTP; TLS to the master runs inside the tunnel)"
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(format!("{shown:?} names no proxy host")),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{shown:?}: a proxy URL has no path or query; write http://HOST:PORT"
+            ));
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let auth = if url.username().is_empty() && url.password().is_none() {
+            None
+        } else {
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            Some((
+                decode(url.username()),
+                decode(url.password().unwrap_or("")),
+            ))
+        };
+        Ok(Some(ProxyUrl { host, port, auth }))
+    }
+}
+
+/// One `NO_PROXY` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    /// `*`: every host.
+    All,
+    /// An address, optionally with a port.
+    Ip(IpAddr, Option<u16>),
+    Net(IpNet),
+    /// `.example.com` (subdomains only) or `example.com` (itself and its subdomains), stored
+    /// with its leading dot, optionally with a port.
+    Domain {
+        suffix: String,
+        itself: bool,
+        port: Option<u16>,
+    },
+}
+
+/// The hosts reached directly, as Go's `http.ProxyFromEnvironment` reads `NO_PROXY`: a host
+/// suffix, an IP, a CIDR, optionally with `:port`, or `*`. `localhost` and loopback addresses
+/// never use the proxy, whatever the list says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoProxy {
+    rules: Vec<Rule>,
+}
+
+impl NoProxy {
+    /// Each entry of `list` may itself hold several, comma-separated (the variable's form).
+    pub fn parse(list: &[String]) -> Result<NoProxy, String> {
+        let mut rules = Vec::new();
+        for entry in list.iter().flat_map(|e| e.split(',')) {
+            let e = entry.trim().to_ascii_lowercase();
+            if e.is_empty() {
+                continue;
+            }
+            rules.push(Self::rule(&e)?);
+        }
+        Ok(NoProxy { rules })
+    }
+
+    fn rule(e: &str) -> Result<Rule, String> {
+        if e == "*" {
+            return Ok(Rule::All);
+        }
+        if e.contains('/') {
+            return e
+                .parse::<IpNet>()
+                .map(Rule::Net)
+                .map_err(|_| format!("{e:?} is not a CIDR network (write 10.0.0.0/8)"));
+        }
+        let (host, port) = split_port(e)?;
+        if let Some(ip) = crate::config::parse_host_ip(host) {
+            return Ok(Rule::Ip(ip, port));
+        }
+        let bare = host.strip_prefix('*').unwrap_or(host);
+        let itself = !bare.starts_with('.');
+        let suffix = if itself {
+            format!(".{bare}")
+        } else {
+            bare.to_string()
+        };
+        if suffix.len() < 2 || suffix.contains(['*', ' ', '@']) {
+            return Err(format!(
+                "{e:?} is not a host suffix, IP, CIDR or * (write example.com, .example.com, 10.0.0.7 or 10.0.0.0/8)"
+            ));
+        }
+        Ok(Rule::Domain {
+            suffix,
+            itself,
+            port,
+        })
+    }
+
+    /// Whether `host:port` is reached directly.
+    pub fn bypasses(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let ip = crate::config::parse_host_ip(&host);
+        if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
+            return true;
+        }
+        let port_ok = |p: &Option<u16>| p.is_none_or(|p| p == port);
+        self.rules.iter().any(|r| match r {
+            Rule::All => true,
+            Rule::Ip(a, p) => ip == Some(*a) && port_ok(p),
+            Rule::Net(n) => ip.is_some_and(|ip| n.contains(&ip)),
+            Rule::Domain {
+                suffix,
+                itself,
+                port: p,
+            } => {
+                ip.is_none()
+                    && (host.ends_with(suffix.as_str()) || (*itself && host == suffix[1..]))
+                    && port_ok(p)
+            }
+        })
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare v6 address.
+fn split_port(e: &str) -> Result<(&str, Option<u16>), String> {
+    let bad_port = || format!("{e:?}: the part after the last ':' is not a port");
+    if let Some(rest) = e.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{e:?}: unclosed '['"))?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((host, Some(p.parse().map_err(|_| bad_port())?))),
+            None if after.is_empty() => Ok((host, None)),
+            None => Err(bad_port()),
+        };
+    }
+    if e.parse::<IpAddr>().is_ok() {
+        return Ok((e, None));
+    }
+    match e.rsplit_once(':') {
+        Some((h, p)) => Ok((h, Some(p.parse().map_err(|_| bad_port())?))),
+        None => Ok((e, None)),
+    }
+}
+
+/// The egress settings: the proxy (if any), where it was set, and the hosts that bypass it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    pub proxy: Option<ProxyUrl>,
+    /// The layer that set the proxy (`HTTPS_PROXY`, a file, ...), for `check`.
+    pub source: String,
+    pub no_proxy: NoProxy,
+}
+
+impl Egress {
+    /// The proxy to reach `host:port` through, or `None` to dial it directly.
+    pub fn route(&self, host: &str, port: u16) -> Option<&ProxyUrl> {
+        self.proxy
+            .as_ref()
+            .filter(|_| !self.no_proxy.bypasses(host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(s: &str) -> NoProxy {
+        NoProxy::parse(&[s.to_string()]).unwrap()
+    }
+
+    #[test]
+    fn proxy_urls_parse_and_never_show_the_password() {
+        let p = ProxyUrl::parse("http://al%40ice:s3cr%3At@proxy.corp:3128/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.host, "proxy.corp");
+        assert_eq!(p.port, 3128);
+        assert_eq!(p.auth, Some(("al@ice".into(), "s3cr:t".into())));
+        assert_eq!(p.to_string(), "http://al@ice:***@proxy.corp:3128");
+        let p = ProxyUrl::parse("10.0.0.1").unwrap().unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.auth.is_none()), ("10.0.0.1", 80, true));
+        assert_eq!(ProxyUrl::parse("http://[::1]:8/").unwrap().unwrap().to_string(), "http://[::1]:8");
+        assert_eq!(ProxyUrl::parse(" None ").unwrap(), None);
+        for bad in ["https://u:hunter2@p:1", "socks5://p:1", "http://u:hunter2@p:1/x", "http://u:hunter2@:1"] {
+            let e = ProxyUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("http://u:pw@h:1/x"), "http://u:***@h:1/x");
+        assert_eq!(redact("http://h:1"), "http://h:1");
+        assert_eq!(redact("h:1"), "h:1");
+    }
+
+    #[test]
+    fn no_proxy_matches_as_go_does() {
+        let n = np("example.com, .corp.net, *.lab, 10.0.0.0/8, 192.168.1.5, [2001:db8::1]:8443, api.io:443");
+        assert!(n.bypasses("example.com", 1) && n.bypasses("a.example.com", 1));
+        assert!(!n.bypasses("badexample.com", 1));
+        assert!(n.bypasses("x.corp.net", 1) && !n.bypasses("corp.net", 1));
+        assert!(n.bypasses("m.lab", 1) && !n.bypasses("lab", 1));
+        assert!(n.bypasses("10.2.3.4", 1) && !n.bypasses("11.2.3.4", 1));
+        assert!(n.bypasses("192.168.1.5", 9) && !n.bypasses("192.168.1.6", 9));
+        assert!(n.bypasses("2001:db8::1", 8443) && !n.bypasses("2001:db8::1", 8444));
+        assert!(n.bypasses("API.io", 443) && !n.bypasses("api.io", 8443));
+        assert!(np("*").bypasses("anything", 1));
+        let none = NoProxy::default();
+        assert!(none.bypasses("localhost", 1) && none.bypasses("127.0.0.9", 1) && none.bypasses("::1", 1));
+        assert!(!none.bypasses("det.corp", 1));
+    }
+
+    #[test]
+    fn bad_no_proxy_entries_are_refused() {
+        assert!(NoProxy::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(NoProxy::parse(&["host:port".into()]).is_err());
+        assert!(NoProxy::parse(&["a b".into()]).is_err());
+    }
+
+    #[test]
+    fn route_skips_the_proxy_for_bypassed_hosts() {
+        let e = Egress {
+            proxy: ProxyUrl::parse("http://p:3128").unwrap(),
+            source: "HTTPS_PROXY".into(),
+            no_proxy: np(".internal"),
+        };
+        assert!(e.route("det.internal", 8443).is_none());
+        assert_eq!(e.route("det.example.com", 8443).map(|p| p.port), Some(3128));
+    }
+}
