@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// An HTTP proxy to tunnel through. Its `Display` hides the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -237,6 +239,155 @@ impl Egress {
             .as_ref()
             .filter(|_| !self.no_proxy.bypasses(host, port))
     }
+
+    /// How `host:port` is reached, as `check` reports it.
+    pub fn describe(&self, host: &str, port: u16) -> String {
+        match (&self.proxy, self.route(host, port)) {
+            (None, _) => "direct (no upstream_proxy)".to_string(),
+            (Some(_), None) => format!(
+                "direct ({} is in upstream_no_proxy, or local)",
+                authority(host, port)
+            ),
+            (Some(_), Some(p)) => format!(
+                "via the HTTP proxy {p} (upstream_proxy from {}), CONNECT {}",
+                self.source,
+                authority(host, port)
+            ),
+        }
+    }
+}
+
+// === The tunnel ===
+
+/// Why a proxy did not open the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The proxy's status line (`HTTP/1.1 407 Proxy Authentication Required`), or what went
+    /// wrong before one arrived.
+    pub status_line: String,
+    pub status: Option<u16>,
+}
+
+impl Refusal {
+    /// The `upstream_errors_total{kind}` label.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            Some(407) => "proxy_auth",
+            Some(403) => "proxy_forbidden",
+            Some(502..=504) => "proxy_upstream",
+            _ => "proxy",
+        }
+    }
+
+    /// What the operator can do about it.
+    pub fn hint(&self, proxy: &ProxyUrl, target: &str) -> String {
+        match self.status {
+            Some(407) if proxy.auth.is_some() => format!(
+                "the proxy refused the user and password in upstream_proxy ({proxy}); check them"
+            ),
+            Some(407) => "the proxy wants credentials: write them into upstream_proxy as http://USER:PASSWORD@HOST:PORT".to_string(),
+            Some(403) => format!(
+                "the proxy's policy forbids a tunnel to {target}: ask its operator to allow CONNECT to this host and port, or list the master in upstream_no_proxy if it is reachable directly"
+            ),
+            Some(502..=504) => format!(
+                "the proxy could not reach {target} itself: check that the master's name resolves from the proxy and that the master is up"
+            ),
+            Some(_) => "the proxy did not open a tunnel (a CONNECT answer other than 2xx)".to_string(),
+            None => "check that upstream_proxy names an HTTP proxy".to_string(),
+        }
+    }
+}
+
+/// `host:port` as a CONNECT target and `Host` header (a v6 address in brackets).
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The CONNECT request for `target`, with `Proxy-Authorization` when the URL has a user.
+fn request(proxy: &ProxyUrl, target: &str) -> String {
+    let mut r = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: det-tls-proxy/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some((user, pass)) = &proxy.auth {
+        let token = crate::diagnose::base64(format!("{user}:{pass}").as_bytes());
+        r.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+/// The longest CONNECT answer head read before giving up.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Asks the proxy on `stream` for a tunnel to `host:port` and reads its answer up to the end
+/// of the head and not a byte further, so what follows is the master's.
+pub async fn open_tunnel(
+    stream: &mut TcpStream,
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+) -> Result<(), Refusal> {
+    let target = authority(host, port);
+    let lost = |e: std::io::Error| Refusal {
+        status_line: format!("the proxy closed or failed before answering CONNECT: {e}"),
+        status: None,
+    };
+    stream
+        .write_all(request(proxy, &target).as_bytes())
+        .await
+        .map_err(lost)?;
+    let head = read_head(stream).await.map_err(lost)?;
+    let text = String::from_utf8_lossy(&head);
+    let status_line = text.lines().next().unwrap_or("").trim().to_string();
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(200..=299) => Ok(()),
+        None => Err(Refusal {
+            status_line: format!("not an HTTP answer: {status_line:?}"),
+            status: None,
+        }),
+        Some(_) => Err(Refusal {
+            status_line,
+            status,
+        }),
+    }
+}
+
+/// The answer's head, through the blank line, consumed exactly: peek, then read only what
+/// belongs to the head.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let from = head.len().saturating_sub(3);
+        let before = head.len();
+        head.extend_from_slice(&buf[..n]);
+        if let Some(at) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = from + at + 4;
+            stream.read_exact(&mut buf[..end - before]).await?;
+            head.truncate(end);
+            return Ok(head);
+        }
+        stream.read_exact(&mut buf[..n]).await?;
+        if head.len() > MAX_HEAD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no end of the answer's head within {MAX_HEAD} bytes"),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +446,38 @@ mod tests {
         assert!(NoProxy::parse(&["10.0.0.0/33".into()]).is_err());
         assert!(NoProxy::parse(&["host:port".into()]).is_err());
         assert!(NoProxy::parse(&["a b".into()]).is_err());
+    }
+
+    #[test]
+    fn the_connect_request_names_the_master_and_carries_basic_credentials() {
+        let p = ProxyUrl::parse("http://ops:pa%3Ass@p:3128").unwrap().unwrap();
+        let r = request(&p, &authority("det.corp", 8443));
+        assert!(r.starts_with("CONNECT det.corp:8443 HTTP/1.1\r\nHost: det.corp:8443\r\n"), "{r}");
+        assert!(r.contains("Proxy-Authorization: Basic b3BzOnBhOnNz\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\n"));
+        assert_eq!(authority("::1", 1), "[::1]:1");
+    }
+
+    #[tokio::test]
+    async fn the_answer_head_is_consumed_exactly() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 512];
+            let _ = s.read(&mut req).await.unwrap();
+            for part in [&b"HTTP/1.1 200 Connection established\r"[..], b"\nVia: x\r\n\r", b"\nMASTER"] {
+                s.write_all(part).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let p = ProxyUrl::parse("http://127.0.0.1:1").unwrap().unwrap();
+        open_tunnel(&mut c, &p, "det", 8443).await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"MASTER");
+        server.await.unwrap();
     }
 
     #[test]

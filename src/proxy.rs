@@ -193,7 +193,7 @@ async fn serve(
         .metrics
         .connect_seconds
         .observe(dialed.connect_time.as_secs_f64());
-    rec.master = dialed.addr.to_string();
+    rec.master = state.upstream.peer(&dialed);
     let timeouts = RelayTimeouts {
         idle: state.config.timeouts.idle,
         close: state.config.timeouts.close,
@@ -210,7 +210,7 @@ async fn serve(
             let name = tls.name.server_name.clone();
             let mut stream = match state
                 .upstream
-                .handshake(dialed.addr, dialed.stream, cfg, name)
+                .handshake(&rec.master, dialed.stream, cfg, name)
                 .await
             {
                 Ok(s) => s,

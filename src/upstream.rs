@@ -19,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::parse_host_ip;
+use crate::egress::{authority, open_tunnel, Egress, ProxyUrl};
 use crate::tls::{cert_failure, FailureKind};
 
 // === Resolution ===
@@ -58,13 +59,27 @@ pub enum UpstreamError {
     NoAddress { host: String },
     #[error("cannot connect to the master: {}", describe_attempts(.attempts))]
     Connect { attempts: Vec<Attempt> },
+    #[error("cannot connect to the proxy {proxy} (upstream_proxy from {source_name}): {}", describe_attempts(.attempts))]
+    ProxyConnect {
+        proxy: String,
+        source_name: String,
+        attempts: Vec<Attempt>,
+    },
+    #[error("the proxy {proxy} refused a tunnel to {target}: {status_line}; {hint}")]
+    ProxyRefused {
+        proxy: String,
+        target: String,
+        status_line: String,
+        hint: String,
+        kind: &'static str,
+    },
     #[error(
         "TLS handshake with {addr} did not finish within {timeout:?} (is the port speaking TLS?)"
     )]
-    HandshakeTimeout { addr: SocketAddr, timeout: Duration },
+    HandshakeTimeout { addr: String, timeout: Duration },
     #[error("TLS handshake with {addr} failed: {detail}")]
     Handshake {
-        addr: SocketAddr,
+        addr: String,
         detail: String,
         kind: HandshakeFailure,
     },
@@ -138,6 +153,8 @@ impl UpstreamError {
                     "connect"
                 }
             }
+            UpstreamError::ProxyConnect { .. } => "proxy_connect",
+            UpstreamError::ProxyRefused { kind, .. } => kind,
             UpstreamError::HandshakeTimeout { .. } => "handshake_timeout",
             UpstreamError::Handshake { kind, .. } => kind.label(),
         }
@@ -146,7 +163,7 @@ impl UpstreamError {
 
 /// Describes a failed handshake; a certificate problem says what the certificate holds, and
 /// a master port that answered in plaintext says so.
-pub fn handshake_error(addr: SocketAddr, e: io::Error, first: &[u8]) -> UpstreamError {
+pub fn handshake_error(addr: String, e: io::Error, first: &[u8]) -> UpstreamError {
     if first.starts_with(b"HTTP/") || first.starts_with(b"<") {
         return UpstreamError::Handshake {
             addr,
@@ -202,14 +219,30 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub resolver: Arc<dyn Resolve>,
+    /// The HTTP proxy to tunnel through, and the hosts that bypass it.
+    pub egress: Egress,
 }
 
-/// A TCP connection to the master and what it took to get there.
+/// A TCP connection to the master (direct, or a tunnel through the proxy) and what it took
+/// to get there.
 pub struct Dialed {
     pub stream: TcpStream,
+    /// The address connected to: the master's, or the proxy's for a tunnel.
     pub addr: SocketAddr,
+    /// The proxy tunnelled through (its URL without the password).
+    pub via: Option<String>,
     pub attempts: Vec<Attempt>,
     pub connect_time: Duration,
+}
+
+impl Dialed {
+    /// The master as logs name it: its address, or its configured name and the proxy.
+    pub fn peer(&self, host: &str, port: u16) -> String {
+        match &self.via {
+            None => self.addr.to_string(),
+            Some(via) => format!("{} via {via}", crate::egress::authority(host, port)),
+        }
+    }
 }
 
 impl Upstream {
@@ -221,29 +254,91 @@ impl Upstream {
             connect_timeout: config.timeouts.connect,
             handshake_timeout: config.timeouts.handshake,
             resolver,
+            egress: config.egress.clone(),
         }
     }
 
-    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, UpstreamError> {
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
         let addrs = self
             .resolver
-            .resolve(&self.host, self.port)
+            .resolve(host, port)
             .await
             .map_err(|source| UpstreamError::Resolve {
-                host: self.host.clone(),
+                host: host.to_string(),
                 source,
             })?;
         if addrs.is_empty() {
             return Err(UpstreamError::NoAddress {
-                host: self.host.clone(),
+                host: host.to_string(),
             });
         }
         Ok(addrs)
     }
 
-    /// Tries every address in turn, each within `connect_timeout`.
+    /// The master's address as logs name it, for a connection `dialed` made.
+    pub fn peer(&self, dialed: &Dialed) -> String {
+        dialed.peer(&self.host, self.port)
+    }
+
+    /// A TCP connection to the master: direct, or through the proxy when `upstream_proxy`
+    /// applies to it.
     pub async fn connect(&self) -> Result<Dialed, UpstreamError> {
-        let addrs = self.resolve().await?;
+        match self.egress.route(&self.host, self.port) {
+            None => self.connect_to(&self.host, self.port).await,
+            Some(proxy) => self.connect_via(proxy).await,
+        }
+    }
+
+    /// Connects to the proxy, then asks it for a tunnel to the master by the master's name
+    /// as configured (the proxy resolves it), each step within `connect_timeout`.
+    async fn connect_via(&self, proxy: &ProxyUrl) -> Result<Dialed, UpstreamError> {
+        let shown = proxy.to_string();
+        let mut dialed = match self.connect_to(&proxy.host, proxy.port).await {
+            Ok(d) => d,
+            Err(UpstreamError::Connect { attempts }) => {
+                return Err(UpstreamError::ProxyConnect {
+                    proxy: shown,
+                    source_name: self.egress.source.clone(),
+                    attempts,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let started = Instant::now();
+        let target = authority(&self.host, self.port);
+        let asked = open_tunnel(&mut dialed.stream, proxy, &self.host, self.port);
+        let refused = |status_line: String, hint: String, kind| UpstreamError::ProxyRefused {
+            proxy: shown.clone(),
+            target: target.clone(),
+            status_line,
+            hint,
+            kind,
+        };
+        match tokio::time::timeout(self.connect_timeout, asked).await {
+            Ok(Ok(())) => {}
+            Ok(Err(r)) => {
+                let hint = r.hint(proxy, &target);
+                return Err(refused(r.status_line.clone(), hint, r.kind()));
+            }
+            Err(_) => {
+                return Err(refused(
+                    format!(
+                        "no answer to CONNECT within {:?} (timeouts.connect)",
+                        self.connect_timeout
+                    ),
+                    "the proxy may be slow to reach the master, or not an HTTP proxy".into(),
+                    "proxy_timeout",
+                ))
+            }
+        }
+        dialed.connect_time += started.elapsed();
+        dialed.via = Some(shown);
+        Ok(dialed)
+    }
+
+    /// Tries every address of `host` in turn, each within `connect_timeout`.
+    async fn connect_to(&self, host: &str, port: u16) -> Result<Dialed, UpstreamError> {
+        let addrs = self.resolve(host, port).await?;
         let mut attempts = Vec::new();
         for addr in addrs {
             let started = Instant::now();
@@ -262,6 +357,7 @@ impl Upstream {
                     return Ok(Dialed {
                         stream,
                         addr,
+                        via: None,
                         attempts,
                         connect_time: elapsed,
                     });
@@ -301,13 +397,14 @@ impl Upstream {
         name: ServerName<'static>,
     ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
         let dialed = self.connect().await?;
-        self.handshake(dialed.addr, dialed.stream, config, name)
-            .await
+        let peer = self.peer(&dialed);
+        self.handshake(peer, dialed.stream, config, name).await
     }
 
+    /// `peer` names the master in errors (an address, or a name and the proxy).
     pub async fn handshake(
         &self,
-        dialed_addr: SocketAddr,
+        peer: impl std::fmt::Display,
         stream: TcpStream,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
@@ -322,9 +419,9 @@ impl Upstream {
                 tls.get_mut().1.set_buffer_limit(Some(crate::relay::CHUNK));
                 Ok(tls)
             }
-            Ok(Err((e, io))) => Err(handshake_error(dialed_addr, e, io.first())),
+            Ok(Err((e, io))) => Err(handshake_error(peer.to_string(), e, io.first())),
             Err(_) => Err(UpstreamError::HandshakeTimeout {
-                addr: dialed_addr,
+                addr: peer.to_string(),
                 timeout: self.handshake_timeout,
             }),
         }

@@ -53,6 +53,8 @@ impl ChainEntry {
 pub struct Report {
     pub master: String,
     pub master_port_source: String,
+    /// Direct, or through which HTTP proxy.
+    pub route: String,
     pub tls_enabled: bool,
     pub name: Option<String>,
     pub name_reason: Option<String>,
@@ -139,6 +141,9 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     let mut r = Report {
         master: format!("{}:{}", config.master.host, config.master.port),
         master_port_source: config.master.port_source.clone(),
+        route: config
+            .egress
+            .describe(&config.master.host, config.master.port),
         tls_enabled: config.tls.enabled,
         ..Default::default()
     };
@@ -169,7 +174,7 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     let started = Instant::now();
     let name = ctx.name.server_name.clone();
     let mut tls = match up
-        .handshake(dialed.addr, dialed.stream, cfg.clone(), name)
+        .handshake(up.peer(&dialed), dialed.stream, cfg.clone(), name)
         .await
     {
         Ok(t) => t,
@@ -334,6 +339,7 @@ impl Report {
             "master      {}  (port from {})\n",
             self.master, self.master_port_source
         ));
+        o.push_str(&format!("route       {}\n", self.route));
         if let Some(n) = &self.name {
             o.push_str(&format!(
                 "name        {}  ({})\n",

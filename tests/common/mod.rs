@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod egress;
 pub mod http;
 pub mod probes;
 pub mod prometheus;

@@ -37,6 +37,8 @@ pub const SCRUBBED: &[&str] = &[
     "http_proxy",
     "ALL_PROXY",
     "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
 ];
 
 /// `program` with no inherited variable from `SCRUBBED_PREFIXES`/`SCRUBBED` and stdin
