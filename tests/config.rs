@@ -208,6 +208,70 @@ fn env_overrides_file() {
 }
 
 #[test]
+fn det_master_sets_host_port_and_tls_below_the_file_and_the_det_variables() {
+    let alone = effective(&["config"], |c| {
+        c.env("DET_MASTER", "http://m.example");
+    });
+    assert_key(&alone, "master_host", json!("m.example"), "DET_MASTER");
+    assert_key(&alone, "master_port", json!(8080), "DET_MASTER");
+    assert_key(&alone, "security.tls.enabled", json!(false), "DET_MASTER");
+
+    let dir = tempdir();
+    let path = file_cfg(dir.path());
+    let m = effective(&["config", "--config", path_str(&path)], |c| {
+        c.env("DET_MASTER", "https://url.example:1443")
+            .env("DET_MASTER_PORT", "7443");
+    });
+    assert_key(&m, "master_host", json!("file.example"), path_str(&path));
+    assert_key(&m, "master_port", json!(7443), "DET_MASTER_PORT");
+    assert_key(&m, "security.tls.enabled", json!(true), "DET_MASTER");
+}
+
+#[test]
+fn list_keys_come_from_comma_separated_variables_and_repeated_flags() {
+    let (a, b) = ("ab".repeat(32), "CD:".repeat(31) + "CD");
+    let m = effective(
+        &[
+            "config",
+            "--security-tls-crl",
+            "/a.crl",
+            "--security-tls-crl=/b.crl,/c.crl",
+        ],
+        |c| {
+            c.env("DET_MASTER_HOST", "det")
+                .env("DET_SECURITY_TLS_MASTER_CERT_SHA256", format!("{a}, {b}"))
+                .env("NO_PROXY", "ignored.example")
+                .env("DET_TLS_PROXY_UPSTREAM_NO_PROXY", ".lab,10.0.0.0/8")
+                .env("https_proxy", "http://u:secret@proxy.example:3128");
+        },
+    );
+    assert_key(
+        &m,
+        "security.tls.master_cert_sha256",
+        json!([a, b]),
+        "DET_SECURITY_TLS_MASTER_CERT_SHA256",
+    );
+    assert_key(
+        &m,
+        "security.tls.crl",
+        json!(["/a.crl", "/b.crl", "/c.crl"]),
+        "--security-tls-crl",
+    );
+    assert_key(
+        &m,
+        "upstream_no_proxy",
+        json!([".lab", "10.0.0.0/8"]),
+        "DET_TLS_PROXY_UPSTREAM_NO_PROXY",
+    );
+    assert_key(
+        &m,
+        "upstream_proxy",
+        json!("http://u:***@proxy.example:3128"),
+        "https_proxy",
+    );
+}
+
+#[test]
 fn flag_overrides_env_and_file() {
     let dir = tempdir();
     let path = file_cfg(dir.path());
@@ -532,7 +596,6 @@ fn unrelated_det_variables_ignored() {
             .env("DET_RESOURCE_POOL", "gpu")
             .env("DET_CONTAINER_MASTER_HOST", "172.17.0.1")
             .env("DET_FLUENT_IMAGE", "fluent/fluent-bit:1.6")
-            .env("DET_MASTER", "https://10.0.0.5:8443")
             .env("DET_USE_TLS", "true")
             .env("DET_MASTER_CERT_FILE", "/run/determined/master.crt");
     };

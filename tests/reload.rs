@@ -603,6 +603,16 @@ fn cases() -> Vec<Case> {
             keys: &["log.access"],
             run: case_log_access,
         },
+        Case {
+            name: "upstream_proxy",
+            keys: &["upstream_proxy"],
+            run: case_upstream_proxy,
+        },
+        Case {
+            name: "upstream_no_proxy",
+            keys: &["upstream_no_proxy"],
+            run: case_upstream_no_proxy,
+        },
     ]
 }
 
@@ -626,9 +636,16 @@ fn the_reload_table_covers_every_key_of_the_schema() {
     );
 }
 
+/// Runs every case of the table, or those `RELOAD_CASES` (comma-separated names) lists when
+/// it is set, as a shortcut while working on one key.
 fn run_all(trigger: Trigger) {
+    let only = std::env::var("RELOAD_CASES").ok();
+    let selected = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
     let mut failed = Vec::new();
-    for case in cases() {
+    for case in cases().into_iter().filter(|c| selected(c.name)) {
         let started = Instant::now();
         eprintln!("== reload case {} ({trigger:?})", case.name);
         let r = std::panic::catch_unwind(|| (case.run)(&case, trigger));
@@ -1538,4 +1555,59 @@ fn a_reload_that_cannot_bind_the_new_admin_address_keeps_the_old_one() {
     );
     assert!(line.to_string().contains("admin.listen"), "{line}");
     assert_eq!(http_status(admin, "/healthz"), Some(200));
+}
+
+/// The master reached as `det-master`, a name only the egress proxy resolves.
+fn by_name(m: &Master, egress: &str) -> String {
+    yaml(&format!(
+        "master_host: {}\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}}}}}\n{MAIN}{egress}",
+        common::egress::MASTER_NAME,
+        m.server.port(),
+        qp(&m.ca_pem)
+    ))
+}
+
+fn case_upstream_proxy(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let tiny = common::egress::EgressProxy::tinyproxy(dir.path(), None, &[]);
+    let nowhere = format!("upstream_proxy: \"http://127.0.0.1:{}\"\n", closed_port());
+    let live = Live::start(dir.path(), &by_name(&m, &nowhere), t);
+    refused(live.main(), Duration::from_secs(10));
+    live.change(
+        case,
+        &by_name(&m, &format!("upstream_proxy: {}\n", q(tiny.url(None)))),
+    );
+    let c = relays(live.main(), b"through the proxy");
+    let line = live.proxy.access_line(c);
+    assert!(
+        field(&line, "master").contains(" via http://127.0.0.1:"),
+        "{line}"
+    );
+}
+
+fn case_upstream_no_proxy(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let tiny = common::egress::EgressProxy::tinyproxy(dir.path(), None, &[]);
+    let proxy = format!("upstream_proxy: {}\n", q(tiny.url(None)));
+    let live = Live::start(
+        dir.path(),
+        &by_name(&m, &format!("{proxy}upstream_no_proxy: []\n")),
+        t,
+    );
+    relays(live.main(), b"through the proxy");
+    // Listed, the master is dialled directly, and this host cannot resolve its name.
+    let listed = format!(
+        "{proxy}upstream_no_proxy: [{}]\n",
+        common::egress::MASTER_NAME
+    );
+    live.change(case, &by_name(&m, &listed));
+    let local = refused(live.main(), Duration::from_secs(10));
+    let warn = live
+        .proxy
+        .wait_for("the resolve failure", Duration::from_secs(5), |v| {
+            v["message"] == "upstream failed" && v["client"] == local.to_string().as_str()
+        });
+    assert_eq!(warn["kind"], "resolve", "{warn}");
 }

@@ -9,7 +9,9 @@
 # What the tests call, and why:
 #   curl             tests/alpn.rs: a real HTTP/1.1 and HTTP/2 client through the proxy
 #   openssl          tests/trust_cmd.rs: fingerprints as `openssl x509 -fingerprint` prints them
-#   util-linux       tests/faults.rs: prlimit, to exhaust file descriptors
+#   util-linux       tests/faults.rs: prlimit, to exhaust file descriptors; tests/upstream_proxy.rs:
+#                    unshare, so tinyproxy resolves the master's name from a hosts file of its own
+#   squid, tinyproxy tests/upstream_proxy.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does
@@ -35,7 +37,7 @@ as_root() {
 }
 
 apt_need=()
-for pkg in curl openssl ca-certificates util-linux systemd python3-yaml; do
+for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done
 if [ "${#apt_need[@]}" -gt 0 ]; then

@@ -1,6 +1,7 @@
-//! The layers, later wins: built-in defaults, an imported agent.yaml, the proxy's file, the
-//! environment, the flags. Each variable and flag is its own figment source, so every value
-//! keeps the name of the layer it came from.
+//! The layers, later wins: built-in defaults, `DET_MASTER`, an imported agent.yaml, the
+//! proxy variables other programs read too (`HTTPS_PROXY`, `NO_PROXY`), the proxy's file, the
+//! `DET_*` environment, the flags. Each variable and flag is its own figment source, so every
+//! value keeps the name of the layer it came from.
 
 use std::path::PathBuf;
 
@@ -366,13 +367,15 @@ fn assemble_inner(
         name: DEFAULT_SOURCE.to_string(),
         data: default_data,
     });
+    // DET_MASTER is the lowest of the given layers: an imported agent.yaml says more
+    // precisely what the agent itself uses.
+    if let Some(layer) = det_master {
+        figment = figment.merge(layer);
+    }
     let mut agent_has_port = false;
     if let Some(path) = &agent_path {
         let (layer, has_port) = agent_layer(path)?;
         agent_has_port = has_port;
-        figment = figment.merge(layer);
-    }
-    if let Some(layer) = det_master {
         figment = figment.merge(layer);
     }
     // Which proxy variable applies depends on whether TLS is on, which any layer may say.
