@@ -2,13 +2,15 @@
 # benches/compare.sh — det-tls-proxy side by side with stunnel4, HAProxy, nginx (stream) and
 # socat on this machine. Every proxy relays plaintext clients to the same rustls
 # server (benches/tlssink.rs), verifying the same certificate, with the same cipher suite, and
-# faces the same load generator (benches/loadgen.rs).
+# faces the same load generator (benches/loadgen.rs). The det-connect row is det-tls-proxy
+# reaching the sink through squid as its egress proxy (one HTTP CONNECT tunnel per connection,
+# TLS inside it); its CPU and memory figures are det-tls-proxy's own, squid's not counted.
 #
 #   benches/compare.sh            full run (2 GiB transfers, R=7): writes benches/results.{md,svg,json}
 #   benches/compare.sh --quick    CI mode (a few MiB, a few hundred connections, R=1): proves the
 #                                 harness works; writes target/bench-quick/results.{md,svg,json}
 #
-# Options: --reps N   --out DIR   --only det,det-log,stunnel,haproxy,nginx,socat,direct,openssl
+# Options: --reps N   --out DIR   --only det,det-log,det-connect,stunnel,haproxy,nginx,socat,direct,openssl
 #          --keep (keep the work directory with configs and logs)   --no-install
 #          --debug-build (use the dev profile: in CI it reuses what the tests built; with --quick
 #          only, since such figures mean nothing)
@@ -67,7 +69,7 @@ else
 fi
 CONC=${BENCH_CONCURRENCY:-32}
 MULTI_CONNS=32
-ROWS_ALL="det det-log stunnel haproxy nginx socat direct openssl"
+ROWS_ALL="det det-log det-connect stunnel haproxy nginx socat direct openssl"
 ROWS=${ONLY:+${ONLY//,/ }}
 ROWS=${ROWS:-$ROWS_ALL}
 for r in $ROWS; do
@@ -89,18 +91,19 @@ need_peers() {
   [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
   command -v socat >/dev/null || missing+=(socat)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v squid >/dev/null || missing+=(squid)
   command -v ss >/dev/null || missing+=(iproute2)
   command -v ps >/dev/null || missing+=(procps)
   echo "${missing[@]}"
 }
-if want stunnel || want haproxy || want nginx || want socat || want openssl; then
+if want stunnel || want haproxy || want nginx || want socat || want openssl || want det-connect; then
   missing=$(need_peers)
   if [ -n "$missing" ]; then
     [ "$INSTALL" = 1 ] || { echo "compare.sh: missing $missing (and --no-install)" >&2; exit 1; }
     log "installing $missing"
     # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y stunnel4 haproxy nginx libnginx-mod-stream socat openssl >/dev/null 2>&1 \
-      || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y stunnel4 haproxy nginx libnginx-mod-stream socat openssl >/dev/null; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y stunnel4 haproxy nginx libnginx-mod-stream socat openssl squid >/dev/null 2>&1 \
+      || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y stunnel4 haproxy nginx libnginx-mod-stream socat openssl squid >/dev/null; }
     missing=$(need_peers)
     [ -z "$missing" ] || { echo "compare.sh: could not install $missing" >&2; exit 1; }
   fi
@@ -272,10 +275,55 @@ sink_active() {
 # --- proxies -----------------------------------------------------------------------------------
 PROXY_PID=
 LISTEN=
+start_squid() { # sets SQUID_PORT and SQUID_PID: squid resolving bench-master to 127.0.0.1
+  local dir=$WORK/squid
+  mkdir -p "$dir"
+  chmod 755 "$WORK"
+  chmod 777 "$dir"
+  SQUID_PORT=$(free_ports 1)
+  printf '127.0.0.1 localhost\n127.0.0.1 bench-master\n' >"$dir/hosts"
+  cat >"$dir/squid.conf" <<EOF
+http_port 127.0.0.1:$SQUID_PORT
+pid_filename $dir/squid.pid
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log $dir/cache.log
+cache_store_log none
+hosts_file $dir/hosts
+dns_nameservers 127.0.0.1
+max_filedescriptors 16384
+http_access allow localhost
+http_access deny all
+shutdown_lifetime 0 seconds
+EOF
+  squid -N -f "$dir/squid.conf" >>"$WORK/squid.log" 2>&1 &
+  SQUID_PID=$!
+  STARTED+=("$SQUID_PID")
+  wait_listen "$SQUID_PORT" "$SQUID_PID"
+}
+
 start_proxy() { # ROW MASTER_PORT
   local row=$1 mp=$2 cfg
   LISTEN=$(free_ports 1)
   case "$row" in
+    det-connect)
+      start_squid || { fail "squid did not start: $(tail -5 "$WORK/squid/cache.log" 2>/dev/null)"; return 1; }
+      cfg=$WORK/$row.yaml
+      cat >"$cfg" <<EOF
+master_host: bench-master
+master_port: $mp
+upstream_proxy: http://127.0.0.1:$SQUID_PORT
+security:
+  tls:
+    master_cert: $CA
+listeners:
+  - name: bench
+    listen: 127.0.0.1:$LISTEN
+log: {access: false, level: warn}
+EOF
+      "$PROXY" run --config "$cfg" >>"$WORK/$row.log" 2>&1 &
+      ;;
     det|det-log)
       cfg=$WORK/$row.yaml
       local logcfg='{access: false, level: warn}'
@@ -403,6 +451,11 @@ stop_proxy() {
   kill_tree "$PROXY_PID" 15
   forget "$PROXY_PID"
   PROXY_PID=
+  if [ -n "${SQUID_PID:-}" ]; then
+    kill_tree "$SQUID_PID" 5
+    forget "$SQUID_PID"
+    SQUID_PID=
+  fi
 }
 
 # --- workloads ---------------------------------------------------------------------------------
@@ -602,7 +655,7 @@ EOF
 # Repetitions go round the proxies (rather than one proxy's repetitions in a row), so a slow
 # spell on this shared machine lands on every proxy's spread instead of on one proxy's median.
 for ((REP = 1; REP <= REPS; REP++)); do
-  for row in det det-log stunnel haproxy nginx socat; do
+  for row in det det-log det-connect stunnel haproxy nginx socat; do
     want "$row" || continue
     quiet_gate "$row" "$REP"
     bench_proxy "$row" "$REP"

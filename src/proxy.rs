@@ -210,7 +210,7 @@ async fn serve(
             let name = tls.name.server_name.clone();
             let mut stream = match state
                 .upstream
-                .handshake(&rec.master, dialed.stream, cfg, name)
+                .handshake(dialed, cfg, name)
                 .await
             {
                 Ok(s) => s,

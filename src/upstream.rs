@@ -397,22 +397,23 @@ impl Upstream {
         name: ServerName<'static>,
     ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
         let dialed = self.connect().await?;
-        let peer = self.peer(&dialed);
-        self.handshake(peer, dialed.stream, config, name).await
+        self.handshake(dialed, config, name).await
     }
 
-    /// `peer` names the master in errors (an address, or a name and the proxy).
+    /// The TLS handshake on a connection `connect` made. Through a tunnel, a write shutdown
+    /// toward the master is its close_notify alone: an egress proxy would take a TCP FIN as
+    /// the end of the whole tunnel (squid does) and cut the master's answer still coming.
     pub async fn handshake(
         &self,
-        peer: impl std::fmt::Display,
-        stream: TcpStream,
+        dialed: Dialed,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
     ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
+        let peer = self.peer(&dialed);
+        let mut io = Sniffed::new(dialed.stream);
+        io.hold_fin = dialed.via.is_some();
         let connector = TlsConnector::from(config);
-        let connect = connector
-            .connect(name, Sniffed::new(stream))
-            .into_fallible();
+        let connect = connector.connect(name, io).into_fallible();
         match tokio::time::timeout(self.handshake_timeout, connect).await {
             Ok(Ok(mut tls)) => {
                 // Room for one relay read's worth of records, so a read becomes one write.
@@ -445,6 +446,8 @@ pub struct Sniffed<IO> {
     first: [u8; 8],
     len: u8,
     ahead: bytes::BytesMut,
+    /// A shutdown flushes but sends no FIN (the stream is a tunnel through an egress proxy).
+    pub hold_fin: bool,
 }
 
 impl<IO> Sniffed<IO> {
@@ -454,6 +457,7 @@ impl<IO> Sniffed<IO> {
             first: [0; 8],
             len: 0,
             ahead: bytes::BytesMut::new(),
+            hold_fin: false,
         }
     }
     pub fn first(&self) -> &[u8] {
@@ -534,7 +538,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Sniffed<IO> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.hold_fin {
+            return Pin::new(&mut this.io).poll_flush(cx);
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 

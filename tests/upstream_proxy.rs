@@ -266,3 +266,26 @@ fn a_plaintext_master_is_tunnelled_through_http_proxy() {
         Duration::from_secs(5),
     );
 }
+
+#[test]
+fn a_client_that_half_closes_still_gets_the_answer_through_squid() {
+    // squid ends the whole tunnel at the first FIN it reads, so toward the master the proxy
+    // ends its sending side with close_notify alone and lets the master close.
+    let dir = tempdir();
+    let m = Master::start(
+        dir.path(),
+        Behavior::AnswerLateAfterEof(Duration::from_millis(500), b"all received".to_vec()),
+    );
+    let squid = EgressProxy::squid(dir.path(), None, None);
+    let url = squid.url(None);
+    let proxy = start_with_env(&by_name(&m), dir.path(), &[("HTTPS_PROXY", url.as_str())]);
+    let mut c = connect(proxy.tcp_addr("main"));
+    std::io::Write::write_all(&mut c, b"the whole request").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        read_until_closed(&mut c, Duration::from_secs(10)),
+        b"all received"
+    );
+    let line = proxy.access_line(c.local_addr().unwrap());
+    assert_eq!(line["outcome"], "ok", "{line}");
+}

@@ -173,10 +173,7 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     r.attempts = dialed.attempts.iter().map(AttemptReport::from).collect();
     let started = Instant::now();
     let name = ctx.name.server_name.clone();
-    let mut tls = match up
-        .handshake(up.peer(&dialed), dialed.stream, cfg.clone(), name)
-        .await
-    {
+    let mut tls = match up.handshake(dialed, cfg.clone(), name).await {
         Ok(t) => t,
         Err(e) => {
             fail(&mut r, &e);

@@ -49,6 +49,9 @@ pub enum Behavior {
     Echo,
     /// Read until EOF, then write this answer and close.
     AnswerAfterEof(Vec<u8>),
+    /// Read until EOF, wait this long, then write this answer and close (a master still
+    /// working after the client has finished sending).
+    AnswerLateAfterEof(Duration, Vec<u8>),
     /// Write this greeting, close the write side (close_notify + FIN), then keep
     /// reading until EOF.
     GreetThenHalfClose(Vec<u8>),
@@ -283,6 +286,26 @@ fn update(s: &Shared, f: impl FnOnce(&mut ServerState)) {
     s.1.notify_all();
 }
 
+/// Reads until EOF, waits `delay`, writes `answer` and closes.
+async fn answer_after_eof<S>(
+    tls: &mut tokio_rustls::server::TlsStream<S>,
+    fin: &mut Finished,
+    delay: Duration,
+    answer: &[u8],
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let Err(e) = read_to_eof(tls, fin).await {
+        fin.error = Some(e.to_string());
+        return;
+    }
+    tokio::time::sleep(delay).await;
+    if let Err(e) = tls.write_all(answer).await {
+        fin.error = Some(e.to_string());
+    }
+    let _ = tls.shutdown().await;
+}
+
 async fn serve<S>(
     mut tls: tokio_rustls::server::TlsStream<S>,
     hs: &Handshake,
@@ -317,14 +340,10 @@ where
             let _ = tls.shutdown().await;
         }
         Behavior::AnswerAfterEof(answer) => {
-            if let Err(e) = read_to_eof(&mut tls, &mut fin).await {
-                fin.error = Some(e.to_string());
-                return fin;
-            }
-            if let Err(e) = tls.write_all(&answer).await {
-                fin.error = Some(e.to_string());
-            }
-            let _ = tls.shutdown().await;
+            answer_after_eof(&mut tls, &mut fin, Duration::ZERO, &answer).await
+        }
+        Behavior::AnswerLateAfterEof(delay, answer) => {
+            answer_after_eof(&mut tls, &mut fin, delay, &answer).await
         }
         Behavior::GreetThenHalfClose(greeting) => {
             if let Err(e) = tls.write_all(&greeting).await {
