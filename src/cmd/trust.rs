@@ -153,8 +153,9 @@ pub async fn trust(
         .collect();
     let leaf_fp = show_chain(config, &entries, out);
     confirm(expected, &leaf_fp, opts.yes, stdin_tty, &target, out)?;
-    refuse_unanchored(&entries, &target)?;
-    write_verified(config, opts.force, &target, &pem, entries.len(), out).await
+    write_verified(config, opts.force, &target, &pem, entries.len(), out).await?;
+    let _ = writeln!(out, "{}", anchor_note(&entries));
+    Ok(())
 }
 
 /// The chain as PEM and DER: from the CLI's store when asked, else fetched from the master
@@ -240,19 +241,33 @@ fn confirm(
     }
 }
 
-/// Something must anchor the chain: a self-signed last certificate. A master that sends
-/// only its leaf (or stops at an intermediate) leaves nothing to trust.
-fn refuse_unanchored(entries: &[ChainEntry], target: &Path) -> Result<(), TrustCmdError> {
-    match entries.last() {
-        Some(last) if !last.cert.self_signed => Err(TrustCmdError::Failed(format!(
-            "the chain ends at {} issued by {}, which the master did not send, so nothing written could anchor it; \
-             get that issuer's certificate from the master's operator and put it with the chain in {} \
-             (Determined's master certificate file should hold the full chain to a root)",
-            last.cert.subject,
-            last.cert.issuer,
-            target.display()
-        ))),
-        _ => Ok(()),
+/// Which certificate of the written chain anchors trust, in an operator's words. Every
+/// certificate of `master_cert` is an anchor (as for the agent's Go crypto/x509), so the top
+/// one sent is what later certificates must chain to; a root the master did not send is not
+/// needed.
+fn anchor_note(entries: &[ChainEntry]) -> String {
+    let (Some(leaf), Some(top)) = (entries.first(), entries.last()) else {
+        return "nothing was sent to anchor trust".into();
+    };
+    let renew = "a renewed certificate will need `trust` again";
+    match (entries.len(), top.cert.self_signed) {
+        (1, true) => format!(
+            "the master's self-signed certificate {} is pinned: {renew}",
+            leaf.cert.subject
+        ),
+        (1, false) => format!(
+            "the leaf itself is pinned: {renew} (its issuer {} was not sent and is not needed)",
+            leaf.cert.issuer
+        ),
+        (_, true) => format!(
+            "the root {} is the trust anchor: a renewed leaf it issues verifies without `trust` again",
+            top.cert.subject
+        ),
+        (_, false) => format!(
+            "the intermediate {} is now the trust anchor; the root {} was not sent and is not needed \
+             (a renewed leaf from the same intermediate verifies without `trust` again)",
+            top.cert.subject, top.cert.issuer
+        ),
     }
 }
 
