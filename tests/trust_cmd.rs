@@ -45,6 +45,11 @@ fn printed_fingerprint(out: &Exited) -> String {
         .to_string()
 }
 
+/// A config in `dir` for the master on `port`, `master_cert` at `cert` (need not exist).
+fn config_at(dir: &Path, port: u16, cert: &Path) -> PathBuf {
+    Cfg::new("127.0.0.1", port).master_cert(cert).write(dir)
+}
+
 /// The certificates of a PEM file, in order.
 fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
@@ -78,9 +83,7 @@ fn setup(dir: &Path) -> Setup {
     let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
     let server = ServerBuilder::new(vec![leaf.der(), ca.der()], leaf.key_der()).start();
     let cert_path = dir.join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir);
+    let config = config_at(dir, server.port(), &cert_path);
     Setup {
         ca,
         leaf,
@@ -262,9 +265,7 @@ fn leaf_and_intermediate_without_the_root_are_written_and_the_intermediate_ancho
     let leaf = inter.server("det-master", &["det-master", "127.0.0.1"]);
     let server = ServerBuilder::new(vec![leaf.der(), inter.der()], leaf.key_der()).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let out = trust(&config, &["--fingerprint", &fingerprint(&leaf.der())]);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(pem_certs(&cert_path), vec![leaf.der(), inter.der()]);
@@ -285,11 +286,7 @@ fn leaf_and_intermediate_without_the_root_are_written_and_the_intermediate_ancho
     // As said: a renewed leaf from the same intermediate verifies with the same file.
     let renewed = inter.server("det-master", &["det-master", "127.0.0.1"]);
     let server2 = ServerBuilder::new(vec![renewed.der(), inter.der()], renewed.key_der()).start();
-    let dir2 = tempdir();
-    let config2 = Cfg::new("127.0.0.1", server2.port())
-        .master_cert(&cert_path)
-        .write(dir2.path());
-    let out = check(&config2);
+    let out = check(&config_at(tempdir().path(), server2.port(), &cert_path));
     assert_eq!(out.code(), Some(0), "a renewed leaf:\n{out}");
 }
 
@@ -302,9 +299,7 @@ fn leaf_only_master_is_pinned_and_verifies() {
     let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
     let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der()).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let out = trust(&config, &["--fingerprint", &fingerprint(&leaf.der())]);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(pem_certs(&cert_path), vec![leaf.der()]);
@@ -321,11 +316,7 @@ fn leaf_only_master_is_pinned_and_verifies() {
     // The pin is exactly that leaf: another leaf from the same CA is refused.
     let other = ca.server("det-master", &["det-master", "127.0.0.1"]);
     let server2 = ServerBuilder::new(vec![other.der()], other.key_der()).start();
-    let dir2 = tempdir();
-    let config2 = Cfg::new("127.0.0.1", server2.port())
-        .master_cert(&cert_path)
-        .write(dir2.path());
-    let out = check(&config2);
+    let out = check(&config_at(tempdir().path(), server2.port(), &cert_path));
     assert_eq!(out.code(), Some(1), "another leaf accepted:\n{out}");
 }
 
@@ -335,9 +326,7 @@ fn self_signed_leaf_is_its_own_root() {
     let leaf = Leaf::self_signed("det-master", &["det-master"]);
     let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der()).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let out = trust(&config, &["--fingerprint", &fingerprint(&leaf.der())]);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(pem_certs(&cert_path), vec![leaf.der()]);
@@ -389,9 +378,7 @@ fn openssl_made_self_signed_master_certificate_is_trusted() {
     let key = PrivateKeyDer::from_pem_file(&key_path).expect("key");
     let server = ServerBuilder::new(chain.clone(), key).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let fp = openssl_fingerprint(&crt_path);
     let out = trust(&config, &["--fingerprint", &fp]);
     assert_eq!(
