@@ -52,6 +52,10 @@ pub enum Command {
         /// Import the chain Determined's CLI stored for this master (default ~/.config/determined/certs.json).
         #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true)]
         from_cli_store: Option<Option<PathBuf>>,
+        /// Instead of writing a CA bundle, add the leaf's SHA-256 fingerprint to the proxy's
+        /// configuration file as security.tls.master_cert_sha256 (existing pins are kept).
+        #[arg(long)]
+        pin: bool,
     },
     /// Print the effective configuration and where each value came from.
     Config,

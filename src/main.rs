@@ -23,6 +23,7 @@ fn main() {
             out,
             force,
             from_cli_store,
+            pin,
         } => cmd::trust::main(
             &flags,
             TrustOptions {
@@ -31,6 +32,7 @@ fn main() {
                 out,
                 force,
                 from_cli_store,
+                pin,
             },
         ),
     };

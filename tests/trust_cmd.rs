@@ -1,6 +1,7 @@
 //! `det-tls-proxy trust`: fetch the master's chain without verifying it, show the leaf's
 //! SHA-256 fingerprint as openssl prints it, confirm (by `--fingerprint` when there is no
-//! terminal), write the PEM chain atomically with mode 0644, and prove that `run` and `check`
+//! terminal), write the PEM chain as sent (whatever its top: root, intermediate or the leaf
+//! alone) atomically with mode 0644, name what anchors it, and prove that `run` and `check`
 //! then verify.
 
 mod common;
@@ -44,6 +45,11 @@ fn printed_fingerprint(out: &Exited) -> String {
         .to_string()
 }
 
+/// A config in `dir` for the master on `port`, `master_cert` at `cert` (need not exist).
+fn config_at(dir: &Path, port: u16, cert: &Path) -> PathBuf {
+    Cfg::new("127.0.0.1", port).master_cert(cert).write(dir)
+}
+
 /// The certificates of a PEM file, in order.
 fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_file_iter(path)
@@ -77,9 +83,7 @@ fn setup(dir: &Path) -> Setup {
     let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
     let server = ServerBuilder::new(vec![leaf.der(), ca.der()], leaf.key_der()).start();
     let cert_path = dir.join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir);
+    let config = config_at(dir, server.port(), &cert_path);
     Setup {
         ca,
         leaf,
@@ -117,6 +121,11 @@ fn matching_fingerprint_writes_the_chain_and_run_and_check_verify() {
         & 0o777;
     assert_eq!(mode, 0o644, "mode {mode:o}");
     assert_eq!(dir_names(dir.path()), ["master.crt", "proxy.yaml"]);
+    assert!(
+        out.stdout
+            .contains("the root CN=Trust Test Root CA is the trust anchor"),
+        "{out}"
+    );
 
     // check and run now verify the master with it.
     let out = check(&s.config);
@@ -245,25 +254,70 @@ fn fingerprint_equals_what_openssl_prints_and_openssls_line_is_accepted() {
     assert!(s.cert_path.exists());
 }
 
+/// The usual private-PKI master: its certificate file holds leaf + intermediate, the root
+/// stays offline. Every certificate of `master_cert` is an anchor (as for the agent), so the
+/// chain as sent is written and the intermediate anchors it.
 #[test]
-fn chain_ending_below_an_unsent_root_is_reported_and_nothing_written() {
+fn leaf_and_intermediate_without_the_root_are_written_and_the_intermediate_anchors() {
+    let dir = tempdir();
+    let root = Ca::root("Offline Root CA");
+    let inter = root.intermediate("Issuing Intermediate CA");
+    let leaf = inter.server("det-master", &["det-master", "127.0.0.1"]);
+    let server = ServerBuilder::new(vec![leaf.der(), inter.der()], leaf.key_der()).start();
+    let cert_path = dir.path().join("master.crt");
+    let config = config_at(dir.path(), server.port(), &cert_path);
+    let out = trust(&config, &["--fingerprint", &fingerprint(&leaf.der())]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(pem_certs(&cert_path), vec![leaf.der(), inter.der()]);
+    assert!(
+        out.stdout.contains(
+            "the intermediate CN=Issuing Intermediate CA is now the trust anchor; \
+             the root CN=Offline Root CA was not sent and is not needed"
+        ),
+        "the anchor is not named:\n{out}"
+    );
+    assert_eq!(dir_names(dir.path()), ["master.crt", "proxy.yaml"]);
+
+    let out = check(&config);
+    assert_eq!(out.code(), Some(0), "check after trust:\n{out}");
+    relays(Proxy::start(&config).tcp_addr("main"), b"trusted now");
+    assert!(server.state().handshake_errors.is_empty());
+
+    // As said: a renewed leaf from the same intermediate verifies with the same file.
+    let renewed = inter.server("det-master", &["det-master", "127.0.0.1"]);
+    let server2 = ServerBuilder::new(vec![renewed.der(), inter.der()], renewed.key_der()).start();
+    let out = check(&config_at(tempdir().path(), server2.port(), &cert_path));
+    assert_eq!(out.code(), Some(0), "a renewed leaf:\n{out}");
+}
+
+/// A master that sends only its leaf (signed by a CA it does not send): the leaf itself is
+/// pinned, and the operator is told a renewal will need `trust` again.
+#[test]
+fn leaf_only_master_is_pinned_and_verifies() {
     let dir = tempdir();
     let ca = Ca::root("Unsent Root CA");
     let leaf = ca.server("det-master", &["det-master", "127.0.0.1"]);
-    // The master sends its leaf only.
     let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der()).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let out = trust(&config, &["--fingerprint", &fingerprint(&leaf.der())]);
-    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(pem_certs(&cert_path), vec![leaf.der()]);
     assert!(
-        out.stderr.contains("Unsent Root CA") && out.stderr.contains("did not send"),
-        "the missing issuer is not named:\n{out}"
+        out.stdout
+            .contains("the leaf itself is pinned: a renewed certificate will need `trust` again")
+            && out.stdout.contains("CN=Unsent Root CA was not sent"),
+        "{out}"
     );
-    assert!(!cert_path.exists(), "an unanchored chain was written");
-    assert_eq!(dir_names(dir.path()), ["proxy.yaml"]);
+    let out = check(&config);
+    assert_eq!(out.code(), Some(0), "check after trust:\n{out}");
+    relays(Proxy::start(&config).tcp_addr("main"), b"trusted now");
+
+    // The pin is exactly that leaf: another leaf from the same CA is refused.
+    let other = ca.server("det-master", &["det-master", "127.0.0.1"]);
+    let server2 = ServerBuilder::new(vec![other.der()], other.key_der()).start();
+    let out = check(&config_at(tempdir().path(), server2.port(), &cert_path));
+    assert_eq!(out.code(), Some(1), "another leaf accepted:\n{out}");
 }
 
 #[test]
@@ -272,12 +326,15 @@ fn self_signed_leaf_is_its_own_root() {
     let leaf = Leaf::self_signed("det-master", &["det-master"]);
     let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der()).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let out = trust(&config, &["--fingerprint", &fingerprint(&leaf.der())]);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(pem_certs(&cert_path), vec![leaf.der()]);
+    assert!(
+        out.stdout
+            .contains("self-signed certificate CN=det-master is pinned"),
+        "{out}"
+    );
     // The master is addressed by IP and its certificate holds only a DNS name: the name is
     // substituted from the file just written.
     let out = check(&config);
@@ -321,9 +378,7 @@ fn openssl_made_self_signed_master_certificate_is_trusted() {
     let key = PrivateKeyDer::from_pem_file(&key_path).expect("key");
     let server = ServerBuilder::new(chain.clone(), key).start();
     let cert_path = dir.path().join("master.crt");
-    let config = Cfg::new("127.0.0.1", server.port())
-        .master_cert(&cert_path)
-        .write(dir.path());
+    let config = config_at(dir.path(), server.port(), &cert_path);
     let fp = openssl_fingerprint(&crt_path);
     let out = trust(&config, &["--fingerprint", &fp]);
     assert_eq!(

@@ -1,5 +1,8 @@
 //! `det-tls-proxy trust`: fetch the master's chain without verifying it, have the operator
-//! confirm its fingerprint, prove the chain verifies as `run` would, and only then write it.
+//! confirm its fingerprint, prove the chain verifies as `run` would, and only then write it
+//! (or, with `--pin`, add the leaf's fingerprint to the proxy's file: `pin.rs`).
+
+mod pin;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,50 @@ pub struct TrustOptions {
     pub force: bool,
     /// `Some(None)`: the default store; `Some(Some(p))`: that file.
     pub from_cli_store: Option<Option<PathBuf>>,
+    /// Pin the leaf's fingerprint in the proxy's file instead of writing a CA bundle.
+    pub pin: bool,
+}
+
+/// Where the confirmed trust goes.
+enum Target {
+    /// A PEM bundle: `--out` or `security.tls.master_cert`.
+    Bundle(PathBuf),
+    /// `--pin`: the proxy's own configuration file.
+    Pin(PathBuf),
+}
+
+impl Target {
+    fn pick(config: &Config, opts: &TrustOptions) -> Result<Target, TrustCmdError> {
+        let usage = |m: &str| Err(TrustCmdError::Usage(m.into()));
+        match opts {
+            TrustOptions { pin: true, out: Some(_), .. } => usage(
+                "--pin writes the fingerprint into the configuration file, --out a certificate file: give one of them",
+            ),
+            TrustOptions { pin: true, force: true, .. } => usage(
+                "--force replaces a certificate file; --pin keeps the file's other pins and needs no --force",
+            ),
+            TrustOptions { pin: true, .. } => pin::pin_target(config).map(Target::Pin),
+            _ => opts
+                .out
+                .clone()
+                .or_else(|| config.tls.master_cert.clone())
+                .map(Target::Bundle)
+                .ok_or_else(|| TrustCmdError::Usage("nowhere to write: set security.tls.master_cert (the file to create) or pass --out FILE".into())),
+        }
+    }
+
+    fn question(&self) -> String {
+        match self {
+            Target::Bundle(p) => format!(
+                "Trust this certificate and write the chain to {}?",
+                p.display()
+            ),
+            Target::Pin(p) => format!(
+                "Pin this certificate's SHA-256 fingerprint in {}?",
+                p.display()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,17 +168,14 @@ fn stage(path: &Path, contents: &str) -> std::io::Result<tempfile::NamedTempFile
     Ok(tmp)
 }
 
-/// `det-tls-proxy trust`: fetch (or import), show, confirm, prove, write.
+/// `det-tls-proxy trust`: fetch (or import), show, confirm, prove, write (or pin).
 pub async fn trust(
     config: &Config,
+    flags: &Overrides,
     opts: &TrustOptions,
     out: &mut dyn Write,
 ) -> Result<(), TrustCmdError> {
-    let target = opts
-        .out
-        .clone()
-        .or_else(|| config.tls.master_cert.clone())
-        .ok_or_else(|| TrustCmdError::Usage("nowhere to write: set security.tls.master_cert (the file to create) or pass --out FILE".into()))?;
+    let target = Target::pick(config, opts)?;
     let stdin_tty = std::io::stdin().is_terminal();
     if opts.yes && !stdin_tty && opts.fingerprint.is_none() {
         return Err(TrustCmdError::Usage(
@@ -152,9 +196,22 @@ pub async fn trust(
         .filter_map(|c| ChainEntry::from_der(c))
         .collect();
     let leaf_fp = show_chain(config, &entries, out);
-    confirm(expected, &leaf_fp, opts.yes, stdin_tty, &target, out)?;
-    refuse_unanchored(&entries, &target)?;
-    write_verified(config, opts.force, &target, &pem, entries.len(), out).await
+    confirm(
+        expected,
+        &leaf_fp,
+        opts.yes,
+        stdin_tty,
+        &target.question(),
+        out,
+    )?;
+    match target {
+        Target::Pin(file) => pin::write_pin(flags, &file, &leaf_fp, out),
+        Target::Bundle(path) => {
+            write_verified(config, opts.force, &path, &pem, entries.len(), out).await?;
+            let _ = writeln!(out, "{}", anchor_note(&entries));
+            Ok(())
+        }
+    }
 }
 
 /// The chain as PEM and DER: from the CLI's store when asked, else fetched from the master
@@ -211,7 +268,7 @@ fn confirm(
     leaf_fp: &str,
     yes: bool,
     stdin_tty: bool,
-    target: &Path,
+    question: &str,
     out: &mut dyn Write,
 ) -> Result<(), TrustCmdError> {
     match expected {
@@ -224,7 +281,7 @@ fn confirm(
         ))),
         None if yes && stdin_tty => Ok(()),
         None if stdin_tty => {
-            let _ = write!(out, "Trust this certificate and write the chain to {}? [y/N] ", target.display());
+            let _ = write!(out, "{question} [y/N] ");
             let _ = out.flush();
             let mut answer = String::new();
             let _ = std::io::stdin().read_line(&mut answer);
@@ -240,19 +297,33 @@ fn confirm(
     }
 }
 
-/// Something must anchor the chain: a self-signed last certificate. A master that sends
-/// only its leaf (or stops at an intermediate) leaves nothing to trust.
-fn refuse_unanchored(entries: &[ChainEntry], target: &Path) -> Result<(), TrustCmdError> {
-    match entries.last() {
-        Some(last) if !last.cert.self_signed => Err(TrustCmdError::Failed(format!(
-            "the chain ends at {} issued by {}, which the master did not send, so nothing written could anchor it; \
-             get that issuer's certificate from the master's operator and put it with the chain in {} \
-             (Determined's master certificate file should hold the full chain to a root)",
-            last.cert.subject,
-            last.cert.issuer,
-            target.display()
-        ))),
-        _ => Ok(()),
+/// Which certificate of the written chain anchors trust, in an operator's words. Every
+/// certificate of `master_cert` is an anchor (as for the agent's Go crypto/x509), so the top
+/// one sent is what later certificates must chain to; a root the master did not send is not
+/// needed.
+fn anchor_note(entries: &[ChainEntry]) -> String {
+    let (Some(leaf), Some(top)) = (entries.first(), entries.last()) else {
+        return "nothing was sent to anchor trust".into();
+    };
+    let renew = "a renewed certificate will need `trust` again";
+    match (entries.len(), top.cert.self_signed) {
+        (1, true) => format!(
+            "the master's self-signed certificate {} is pinned: {renew}",
+            leaf.cert.subject
+        ),
+        (1, false) => format!(
+            "the leaf itself is pinned: {renew} (its issuer {} was not sent and is not needed)",
+            leaf.cert.issuer
+        ),
+        (_, true) => format!(
+            "the root {} is the trust anchor: a renewed leaf it issues verifies without `trust` again",
+            top.cert.subject
+        ),
+        (_, false) => format!(
+            "the intermediate {} is now the trust anchor; the root {} was not sent and is not needed \
+             (a renewed leaf from the same intermediate verifies without `trust` again)",
+            top.cert.subject, top.cert.issuer
+        ),
     }
 }
 
@@ -333,7 +404,7 @@ pub fn main(flags: &Overrides, opts: TrustOptions) -> i32 {
         }
     };
     let mut out = std::io::stdout();
-    match super::runtime().block_on(trust(&config, &opts, &mut out)) {
+    match super::runtime().block_on(trust(&config, flags, &opts, &mut out)) {
         Ok(()) => exit::OK,
         Err(TrustCmdError::Usage(m)) => {
             eprintln!("error: {m}");

@@ -12,6 +12,7 @@ const DEFAULT_SOURCE: &str = "default";
 /// Built-in values, used by the default layer and by validation when a layer sets a key to null.
 mod agent;
 mod describe;
+pub(crate) mod edit;
 mod keys;
 mod layers;
 mod raw;
@@ -25,7 +26,7 @@ pub use describe::schema_keys;
 pub use keys::{parse_bool, ValueKind, KEYS};
 #[cfg(any(test, feature = "test-util"))]
 pub use layers::assemble_str;
-pub use layers::{assemble, env_vars, load, log_format_hint, Overrides, Purpose};
+pub use layers::{assemble, env_vars, load, log_format_hint, Loaded, Overrides, Purpose};
 pub use typed::*;
 pub use validate::validate;
 
