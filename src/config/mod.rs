@@ -11,6 +11,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SOURCE: &str = "default";
 /// Built-in values, used by the default layer and by validation when a layer sets a key to null.
 mod agent;
+mod conventional;
 mod describe;
 pub(crate) mod edit;
 mod keys;
