@@ -90,6 +90,9 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
             }
         }
     }
+    if let Some(t) = tls {
+        warn_expired_crls(t);
+    }
     if let Some(key) = &config.tls.client_key {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(m) = std::fs::metadata(key) {
@@ -101,6 +104,21 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
                 );
             }
         }
+    }
+}
+
+/// A CRL past its nextUpdate is still applied (an outage is worse than a stale list), and
+/// said at start and at each reload until a fresh one is in place.
+fn warn_expired_crls(tls: &TlsContext) {
+    for crl in tls.expired_crls(crate::diagnose::now_secs()) {
+        tracing::warn!(
+            path = %crl.path.display(),
+            issuer = %crl.issuer,
+            next_update = %crl.next_update.map(crate::diagnose::rfc3339).unwrap_or_default(),
+            "security.tls.crl: the CRL in {} expired (its nextUpdate {} has passed); it is still applied, but revocations since then are not known: publish a fresh CRL",
+            crl.path.display(),
+            crl.next_update.map(crate::diagnose::rfc3339).unwrap_or_default(),
+        );
     }
 }
 
