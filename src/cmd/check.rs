@@ -99,6 +99,10 @@ pub struct Report {
 }
 
 fn trust_source(tls: &TlsSettings, anchors: usize) -> String {
+    let pins = tls.master_cert_sha256.len();
+    if pins > 0 {
+        return super::check_trust::pinned_trust(tls, anchors, pins);
+    }
     match (tls.skip_verify, &tls.master_cert) {
         (true, _) => "NOTHING IS VERIFIED (security.tls.skip_verify)".into(),
         (false, Some(p)) => format!(
@@ -124,6 +128,8 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
     // (`trust` is about to write it) simply offers no name to substitute.
     let mut tls = config.tls.clone();
     tls.skip_verify = true;
+    tls.master_cert_sha256.clear();
+    tls.crl.clear();
     let ctx = match TlsContext::build(&config.master, &tls) {
         Err(crate::tls::TrustError::MasterCert(_)) => {
             tls.master_cert = None;

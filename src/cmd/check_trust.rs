@@ -4,10 +4,28 @@
 
 use rustls::pki_types::CertificateDer;
 
+use crate::config::TlsSettings;
 use crate::diagnose::{now_secs, rfc3339};
 use crate::tls::{status, TlsContext};
 
 use super::check::{CrlReport, Report};
+
+/// The `trust` line when `security.tls.master_cert_sha256` is set.
+pub(super) fn pinned_trust(tls: &TlsSettings, anchors: usize, pins: usize) -> String {
+    let pinned = format!(
+        "security.tls.master_cert_sha256 ({pins} fingerprint{})",
+        if pins == 1 { "" } else { "s" }
+    );
+    match (tls.skip_verify, &tls.master_cert) {
+        (true, _) => format!("{pinned} with security.tls.skip_verify: a pinned certificate and the leaf's dates, NOT the name"),
+        (false, Some(p)) => format!(
+            "security.tls.master_cert {} ({anchors} certificate{}; replaces the system roots) and {pinned}: both must hold",
+            p.display(),
+            if anchors == 1 { "" } else { "s" }
+        ),
+        (false, None) => format!("{pinned} only: the pinned certificate is the trust, the system roots are not used"),
+    }
+}
 
 /// The configured CRLs and their freshness; an expired one is also a warning.
 pub(super) fn crl_files(ctx: &TlsContext, r: &mut Report) {

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod http;
+pub mod pki;
 pub mod probes;
 pub mod prometheus;
 pub mod proxy;
