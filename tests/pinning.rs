@@ -17,10 +17,7 @@ const REFUSED_WITHIN: Duration = Duration::from_secs(10);
 
 /// A YAML list of fingerprints.
 fn pins(fps: &[&str]) -> String {
-    format!(
-        "[{}]",
-        fps.iter().map(|f| q(f)).collect::<Vec<_>>().join(", ")
-    )
+    format!("[{}]", fps.iter().map(q).collect::<Vec<_>>().join(", "))
 }
 
 /// The one `upstream failed` line's error, once it is logged.
