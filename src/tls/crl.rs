@@ -137,3 +137,72 @@ pub fn find_revoked(crls: &[LoadedCrl], chain: &[CertificateDer<'_>]) -> Option<
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        CertificateParams, CertificateRevocationListParams, DnType, IsCa, KeyIdMethod, KeyPair,
+        RevokedCertParams, SerialNumber,
+    };
+
+    fn ca(cn: &str) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (p.self_signed(&key).unwrap(), key)
+    }
+
+    fn leaf(issuer: &(rcgen::Certificate, KeyPair), serial: u64) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["det-master".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "det-master");
+        p.serial_number = Some(SerialNumber::from(serial));
+        p.signed_by(&key, &issuer.0, &issuer.1).unwrap().der().clone()
+    }
+
+    fn crl_revoking(issuer: &(rcgen::Certificate, KeyPair), serial: u64) -> LoadedCrl {
+        let crl = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2024, 2, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 15),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer.0, &issuer.1)
+        .unwrap();
+        parse(Path::new("/etc/ca.crl"), crl.der().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_is_judged_by_its_issuers_crls_only() {
+        let (issuer, other) = (ca("Issuer CA"), ca("Other CA"));
+        let crls = vec![crl_revoking(&issuer, 7)];
+        let path = PathBuf::from("/etc/ca.crl");
+        let revoked = leaf(&issuer, 7);
+        assert!(matches!(status(&crls, &revoked), CrlStatus::Revoked { path: p, .. } if p == path));
+        assert_eq!(
+            status(&crls, &leaf(&issuer, 8)),
+            CrlStatus::NotRevoked { path: path.clone() }
+        );
+        assert_eq!(status(&crls, &leaf(&other, 7)), CrlStatus::NoCrl);
+        let r = find_revoked(&crls, &[leaf(&issuer, 8), revoked]).unwrap();
+        assert_eq!((r.subject.as_str(), r.serial.as_str()), ("CN=det-master", "07"));
+        assert_eq!(crate::diagnose::rfc3339(r.date), "2024-01-15T00:00:00Z");
+    }
+
+    #[test]
+    fn a_crl_past_its_next_update_is_expired() {
+        let crl = crl_revoking(&ca("Issuer CA"), 1);
+        let feb_2024 = crl.next_update.unwrap();
+        assert!(!crl.expired(feb_2024 - 1));
+        assert!(crl.expired(feb_2024 + 1));
+    }
+}

@@ -54,3 +54,38 @@ impl Pins {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn the_first_pinned_certificate_of_the_chain_is_found_and_a_mismatch_lists_both_sides() {
+        let (leaf, inter, other) = (cert("leaf"), cert("inter"), cert("other"));
+        let chain = [leaf.clone(), inter.clone()];
+        let pins = Pins::new(vec![fingerprint(&inter), fingerprint(&other)]);
+        assert_eq!(pins.matching(&chain), Some(1));
+        assert_eq!(pins.pin_of(&inter), Some(fingerprint(&inter).as_str()));
+        let both = Pins::new(vec![fingerprint(&inter), fingerprint(&leaf)]);
+        assert_eq!(both.matching(&chain), Some(0), "the leaf is looked at first");
+
+        let none = Pins::new(vec![fingerprint(&other)]);
+        assert_eq!(none.matching(&chain), None);
+        let m = none.mismatch(&chain);
+        assert_eq!(
+            m.sent,
+            [
+                ("CN=leaf".to_string(), fingerprint(&leaf)),
+                ("CN=inter".to_string(), fingerprint(&inter))
+            ]
+        );
+        assert_eq!(m.pins, [fingerprint(&other)]);
+    }
+}
