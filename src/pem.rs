@@ -104,7 +104,26 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
     }
     for crl in &crls {
         webpki::OwnedCertRevocationList::from_der(crl.as_ref())
-            .map_err(|e| no_crl(format!("{e:?}")))?;
+            .map_err(|e| no_crl(crl_problem(crl.as_ref(), e)))?;
     }
     Ok(crls)
+}
+
+/// Why WebPKI refused a CRL, in words: it takes only version 2 CRLs with a CRL number and a
+/// nextUpdate, which `openssl ca -gencrl` makes only when its configuration names a
+/// `crlnumber` file.
+fn crl_problem(der: &[u8], e: webpki::Error) -> String {
+    const HOW: &str = "only version 2 CRLs with a CRL number and a nextUpdate are accepted (with `openssl ca -gencrl`, set crlnumber in the CA's configuration)";
+    let Ok((_, crl)) = x509_parser::parse_x509_crl(der) else {
+        return format!("{e:?}");
+    };
+    if crl.version().is_none_or(|v| v.0 != 1) {
+        format!("it is a version 1 CRL; {HOW}")
+    } else if crl.crl_number().is_none() {
+        format!("it has no CRL number; {HOW}")
+    } else if crl.next_update().is_none() {
+        format!("it has no nextUpdate; {HOW}")
+    } else {
+        format!("{e:?}")
+    }
 }

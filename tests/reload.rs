@@ -494,6 +494,16 @@ fn cases() -> Vec<Case> {
             run: case_master_cert_name,
         },
         Case {
+            name: "master_cert_sha256",
+            keys: &["security.tls.master_cert_sha256"],
+            run: case_master_cert_sha256,
+        },
+        Case {
+            name: "crl",
+            keys: &["security.tls.crl"],
+            run: case_crl,
+        },
+        Case {
             name: "client_cert_and_key",
             keys: &["security.tls.client_cert", "security.tls.client_key"],
             run: case_client_cert,
@@ -916,6 +926,46 @@ fn case_master_cert_name(case: &Case, t: Trigger) {
         Some("det-master"),
         "the master was not dialled with the new name"
     );
+}
+
+fn case_master_cert_sha256(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    // No master_cert: the pin alone is the trust.
+    let with = |pin: &str| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert_sha256: [{}]}}}}\n{MAIN}",
+            m.server.port(),
+            q(pin)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(&fingerprint(&m.leaf.der())), t);
+    relays(live.main(), b"pinned");
+    relays(live.main(), b"a session is cached");
+    live.change(case, &with(&fingerprint(&m.ca.der())));
+    // The cached session must not carry the old pin's verdict over.
+    refused(live.main(), Duration::from_secs(10));
+}
+
+fn case_crl(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let ca = common::pki::OpensslCa::root(dir.path(), "ca", "Reload CRL CA");
+    let leaf = ca.server("leaf");
+    let server = ServerBuilder::new(vec![leaf.der()], leaf.key_der()).start();
+    ca.revoke(&leaf.cert);
+    let crl = ca.crl(&dir.path().join("revoking.crl"));
+    let with = |crl: &str| {
+        yaml(&format!(
+            "master_host: \"127.0.0.1\"\nmaster_port: {}\nsecurity: {{tls: {{master_cert: {}{crl}}}}}\n{MAIN}",
+            server.port(),
+            qp(&ca.cert)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(""), t);
+    relays(live.main(), b"no CRL yet");
+    relays(live.main(), b"a session is cached");
+    live.change(case, &with(&format!(", crl: [{}]", qp(&crl))));
+    refused(live.main(), Duration::from_secs(10));
 }
 
 /// A master that asks for (`required`: insists on) a client certificate from its CA, and an

@@ -38,6 +38,9 @@ pub struct ChainEntry {
     #[serde(flatten)]
     pub cert: CertSummary,
     pub days_left: i64,
+    /// What `security.tls.crl` says about it (`None` when no CRL is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl: Option<String>,
 }
 
 impl ChainEntry {
@@ -45,8 +48,19 @@ impl ChainEntry {
         CertSummary::from_der(der).map(|cert| ChainEntry {
             days_left: cert.days_left(),
             cert,
+            crl: None,
         })
     }
+}
+
+/// One CRL of `security.tls.crl` as `check` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrlReport {
+    pub path: String,
+    pub issuer: String,
+    /// RFC 3339; empty when the CRL has none.
+    pub next_update: String,
+    pub expired: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -74,12 +88,23 @@ pub struct Report {
     pub error: Option<String>,
     pub error_kind: Option<String>,
     pub warnings: Vec<String>,
+    /// Which certificate matched which pin of `security.tls.master_cert_sha256`, or the
+    /// mismatch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// The CRLs of `security.tls.crl` and their next update.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<CrlReport>,
     /// The configuration could not even be turned into a TLS context (exit 2).
     #[serde(skip)]
     pub config_error: bool,
 }
 
 fn trust_source(tls: &TlsSettings, anchors: usize) -> String {
+    let pins = tls.master_cert_sha256.len();
+    if pins > 0 {
+        return super::check_trust::pinned_trust(tls, anchors, pins);
+    }
     match (tls.skip_verify, &tls.master_cert) {
         (true, _) => "NOTHING IS VERIFIED (security.tls.skip_verify)".into(),
         (false, Some(p)) => format!(
@@ -105,6 +130,8 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
     // (`trust` is about to write it) simply offers no name to substitute.
     let mut tls = config.tls.clone();
     tls.skip_verify = true;
+    tls.master_cert_sha256.clear();
+    tls.crl.clear();
     let ctx = match TlsContext::build(&config.master, &tls) {
         Err(crate::tls::TrustError::MasterCert(_)) => {
             tls.master_cert = None;
@@ -183,6 +210,7 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
                         .iter()
                         .filter_map(|c| ChainEntry::from_der(c))
                         .collect();
+                    super::check_trust::chain_checks(&ctx, &chain, &mut r);
                 }
             }
             return r;
@@ -190,6 +218,9 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
     };
     r.handshake_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
     record_session(tls.get_ref().1, &mut r);
+    if let Some(chain) = tls.get_ref().1.peer_certificates() {
+        super::check_trust::chain_checks(&ctx, chain, &mut r);
+    }
     settle_and_close(&mut tls).await;
     r.verified = !ctx.skip_verify;
     r.ok = true;
@@ -221,6 +252,7 @@ fn describe_trust(config: &Config, ctx: &TlsContext, r: &mut Report) {
     r.name_reason = Some(ctx.name.reason.to_string());
     r.sni = ctx.name.sni();
     r.client_certificate = ctx.has_client_cert();
+    super::check_trust::crl_files(ctx, r);
     if ctx.skip_verify {
         r.warnings.push(
             "security.tls.skip_verify is true: NOTHING WAS VERIFIED — the connection is encrypted, but to whoever answered"
@@ -318,6 +350,9 @@ pub(super) fn print_chain(out: &mut String, chain: &[ChainEntry]) {
             crate::diagnose::rfc3339(s.not_after)
         ));
         out.push_str(&format!("      SHA-256   {}\n", s.sha256));
+        if let Some(crl) = &c.crl {
+            out.push_str(&format!("      CRL       {crl}\n"));
+        }
     }
 }
 
@@ -394,6 +429,7 @@ impl Report {
             ));
             print_chain(&mut o, &self.chain);
         }
+        self.render_trust_checks(&mut o);
         for w in &self.warnings {
             o.push_str(&format!("WARNING: {w}\n"));
         }

@@ -75,10 +75,19 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
             master = %format!("{}:{}", config.master.host, config.master.port),
             "security.tls.enabled is false: relaying plain TCP to the master, nothing is encrypted"
         ),
+        Some(t) if t.skip_verify && !t.pins.is_empty() => tracing::warn!(
+            "security.tls.skip_verify is true with security.tls.master_cert_sha256: only the pin and the leaf's dates are checked, NOT the name"
+        ),
         Some(t) if t.skip_verify => tracing::warn!(
             "security.tls.skip_verify is true: the master's certificate is NOT verified; traffic is encrypted to whoever answers. Set security.tls.master_cert instead"
         ),
         Some(t) => {
+            if !t.pins.is_empty() && config.tls.master_cert.is_none() {
+                tracing::info!(
+                    pins = t.pins.as_slice().len(),
+                    "security.tls.master_cert_sha256 without master_cert: the pinned certificate is the trust; the system roots are not used"
+                );
+            }
             if let NameReason::Substituted { from } = &t.name.reason {
                 tracing::info!(
                     master_host = %config.master.host,
@@ -89,6 +98,9 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
                 );
             }
         }
+    }
+    if let Some(t) = tls {
+        warn_expired_crls(t);
     }
     if let Some(key) = &config.tls.client_key {
         use std::os::unix::fs::PermissionsExt;
@@ -101,6 +113,21 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
                 );
             }
         }
+    }
+}
+
+/// A CRL past its nextUpdate is still applied (an outage is worse than a stale list), and
+/// said at start and at each reload until a fresh one is in place.
+fn warn_expired_crls(tls: &TlsContext) {
+    for crl in tls.expired_crls(crate::diagnose::now_secs()) {
+        tracing::warn!(
+            path = %crl.path.display(),
+            issuer = %crl.issuer,
+            next_update = %crl.next_update.map(crate::diagnose::rfc3339).unwrap_or_default(),
+            "security.tls.crl: the CRL in {} expired (its nextUpdate {} has passed); it is still applied, but revocations since then are not known: publish a fresh CRL",
+            crl.path.display(),
+            crl.next_update.map(crate::diagnose::rfc3339).unwrap_or_default(),
+        );
     }
 }
 

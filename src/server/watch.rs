@@ -1,5 +1,5 @@
-//! Polls the files the live configuration names (the config file, agent.yaml, certificates
-//! and key) and asks for a reload when one changed. The stat calls run on the blocking pool.
+//! Polls the files the live configuration names (the config file, agent.yaml, certificates,
+//! key and CRLs) and asks for a reload when one changed. The stat calls run on the blocking pool.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ pub fn watch_list(c: &Config) -> Watched {
     files.extend(c.tls.master_cert.clone());
     files.extend(c.tls.client_cert.clone());
     files.extend(c.tls.client_key.clone());
+    files.extend(c.tls.crl.iter().cloned());
     files
         .into_iter()
         .map(|p| {

@@ -7,6 +7,8 @@ use rustls::{CertificateError, OtherError};
 
 use crate::diagnose::CertSummary;
 
+use super::crl::Revocation;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     WrongName,
@@ -15,6 +17,10 @@ pub enum FailureKind {
     NotYetValid,
     /// The master presents a CA certificate as its own and it is not pinned in master_cert.
     CaAsLeaf,
+    /// No certificate of the chain has a fingerprint of `security.tls.master_cert_sha256`.
+    PinMismatch,
+    /// A configured CRL revokes a certificate of the chain.
+    Revoked,
     Other,
 }
 
@@ -27,6 +33,8 @@ impl FailureKind {
             FailureKind::Expired => "cert_expired",
             FailureKind::NotYetValid => "cert_not_yet_valid",
             FailureKind::CaAsLeaf => "cert_ca_as_leaf",
+            FailureKind::PinMismatch => "cert_pin_mismatch",
+            FailureKind::Revoked => "cert_revoked",
             FailureKind::Other => "cert_invalid",
         }
     }
@@ -41,6 +49,18 @@ pub struct CertFailure {
     pub leaf: Option<CertSummary>,
     /// The last certificate the master sent (where its chain ends).
     pub chain_end: Option<CertSummary>,
+    /// For [`FailureKind::PinMismatch`]: what was sent and what is pinned.
+    pub pins: Option<PinMismatch>,
+    /// For [`FailureKind::Revoked`]: which certificate, by which CRL (when it was found).
+    pub revoked: Option<Revocation>,
+}
+
+/// The fingerprints of the chain the master sent, and the pins none of them matched.
+#[derive(Debug, Clone)]
+pub struct PinMismatch {
+    /// (subject, SHA-256) of each certificate sent, leaf first.
+    pub sent: Vec<(String, String)>,
+    pub pins: Vec<String>,
 }
 
 impl fmt::Display for CertFailure {
@@ -51,6 +71,8 @@ impl fmt::Display for CertFailure {
             FailureKind::Expired => self.fmt_expired(f),
             FailureKind::NotYetValid => self.fmt_not_yet_valid(f),
             FailureKind::CaAsLeaf => self.fmt_ca_as_leaf(f),
+            FailureKind::PinMismatch => self.fmt_pin_mismatch(f),
+            FailureKind::Revoked => self.fmt_revoked(f),
             FailureKind::Other => self.fmt_other(f),
         }
     }
@@ -154,6 +176,52 @@ impl CertFailure {
         )
     }
 
+    fn fmt_pin_mismatch(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no certificate the master sent matches security.tls.master_cert_sha256"
+        )?;
+        if let Some(p) = &self.pins {
+            let sent: Vec<String> = p
+                .sent
+                .iter()
+                .enumerate()
+                .map(|(i, (subject, fp))| format!("[{i}] {subject} SHA-256 {fp}"))
+                .collect();
+            write!(
+                f,
+                ": the master sent {}; pinned: {}",
+                sent.join(", "),
+                p.pins.join(", ")
+            )?;
+        }
+        write!(
+            f,
+            "; if the master's certificate was renewed, confirm the new one is the master's (`det-tls-proxy check` prints each certificate's SHA-256) and add its fingerprint to security.tls.master_cert_sha256 (`det-tls-proxy trust --pin --fingerprint SHA256` does both)"
+        )
+    }
+
+    fn fmt_revoked(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.revoked {
+            Some(r) => write!(
+                f,
+                "the master's certificate chain holds a revoked certificate: {} (serial {}) was revoked on {} by the CRL in {} (security.tls.crl)",
+                r.subject,
+                r.serial,
+                crate::diagnose::rfc3339(r.date),
+                r.path.display()
+            )?,
+            None => write!(
+                f,
+                "a certificate of the master's chain is revoked by a CRL of security.tls.crl"
+            )?,
+        }
+        write!(
+            f,
+            "; the master needs a certificate that is not revoked (or, if the revocation is a mistake, a new CRL without it)"
+        )
+    }
+
     fn fmt_other(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let leaf = self.leaf.as_ref();
         write!(f, "the master's certificate was rejected: {:?}", self.cause)?;
@@ -172,6 +240,7 @@ pub(crate) fn classify(e: &CertificateError) -> FailureKind {
             FailureKind::WrongName
         }
         CertificateError::UnknownIssuer => FailureKind::UnknownIssuer,
+        CertificateError::Revoked => FailureKind::Revoked,
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => FailureKind::Expired,
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             FailureKind::NotYetValid

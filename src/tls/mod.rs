@@ -3,13 +3,17 @@
 //! them. A verification failure is turned into a [`CertFailure`] that says what the
 //! certificate holds.
 
+mod crl;
 mod failure;
 mod name;
+mod pin;
 mod session;
 mod verify;
 
+pub use crl::*;
 pub use failure::*;
 pub use name::*;
+pub use pin::*;
 pub use session::*;
 pub use verify::*;
 
@@ -18,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
-use rustls::client::{ClientSessionStore, Resumption, WebPkiServerVerifier};
+use rustls::client::{ClientSessionStore, Resumption};
+use rustls::pki_types::CertificateDer;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::{ClientConfig, NamedGroup, RootCertStore};
 
@@ -29,6 +34,8 @@ use crate::pem::{load_certs, load_key, PemError};
 pub enum TrustError {
     #[error("security.tls.master_cert: {0}")]
     MasterCert(PemError),
+    #[error("security.tls.crl: {0}")]
+    Crl(PemError),
     #[error("security.tls.client_cert: {0}")]
     ClientCert(PemError),
     #[error("security.tls.client_key: {0}")]
@@ -74,6 +81,10 @@ pub struct TlsContext {
     sessions: Arc<dyn ClientSessionStore>,
     /// How many certificates `master_cert` holds (0 when the system roots are used).
     pub anchors: usize,
+    /// `security.tls.master_cert_sha256`.
+    pub pins: Pins,
+    /// The CRLs of `security.tls.crl`, as read for this context.
+    pub crls: Arc<Vec<LoadedCrl>>,
 }
 
 impl fmt::Debug for TlsContext {
@@ -103,40 +114,11 @@ impl TlsContext {
             Some(p) => Some(load_certs(p).map_err(TrustError::MasterCert)?),
             None => None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = if tls.skip_verify {
-            Arc::new(NoVerify::new(provider.clone()))
-        } else {
-            let mut roots = RootCertStore::empty();
-            match &bundle {
-                Some(certs) => {
-                    // Every certificate of the bundle is an anchor: a leaf-only bundle (a
-                    // self-signed master) works as well as leaf + intermediates + root.
-                    let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
-                    if added == 0 {
-                        return Err(TrustError::BadAnchor(
-                            tls.master_cert.clone().unwrap_or_default(),
-                            "none of its certificates parsed".into(),
-                        ));
-                    }
-                }
-                None => {
-                    let native = rustls_native_certs::load_native_certs();
-                    roots.add_parsable_certificates(native.certs);
-                    if roots.is_empty() {
-                        return Err(TrustError::NoSystemRoots);
-                    }
-                }
-            }
-            let inner =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| TrustError::Tls(rustls::Error::General(e.to_string())))?;
-            Arc::new(Diagnosing {
-                inner,
-                pinned: bundle.clone().unwrap_or_default(),
-                provider: provider.clone(),
-            })
+        let checks = Checks {
+            pins: Pins::new(tls.master_cert_sha256.clone()),
+            crls: Arc::new(load_all(&tls.crl).map_err(TrustError::Crl)?),
         };
+        let verifier = verifier(tls, bundle.as_deref(), &provider, &checks)?;
         let builder = || -> Result<_, TrustError> {
             Ok(ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -166,7 +148,14 @@ impl TlsContext {
             authenticated,
             sessions: Arc::new(SessionStore::new()),
             anchors: bundle.as_ref().map(|b| b.len()).unwrap_or(0),
+            pins: checks.pins,
+            crls: checks.crls,
         })
+    }
+
+    /// The configured CRLs past their nextUpdate at `now`: still applied, but stale.
+    pub fn expired_crls(&self, now: i64) -> impl Iterator<Item = &LoadedCrl> {
+        self.crls.iter().filter(move |c| c.expired(now))
     }
 
     pub fn has_client_cert(&self) -> bool {
@@ -193,6 +182,54 @@ impl TlsContext {
         };
         Arc::new(cfg)
     }
+}
+
+/// The verifier a configuration asks for: `skip_verify`'s (with the pins, if any); pins alone
+/// anchored at the pinned certificate; otherwise WebPKI over `master_cert` or the system roots,
+/// with the CRLs, and the pins on top.
+fn verifier(
+    tls: &TlsSettings,
+    bundle: Option<&[CertificateDer<'static>]>,
+    provider: &Arc<CryptoProvider>,
+    checks: &Checks,
+) -> Result<Arc<dyn ServerCertVerifier>, TrustError> {
+    if tls.skip_verify {
+        return Ok(Arc::new(NoVerify::with_pins(
+            provider.clone(),
+            checks.pins.clone(),
+        )));
+    }
+    if bundle.is_none() && !checks.pins.is_empty() {
+        return Ok(Arc::new(PinAnchored::new(checks.clone(), provider.clone())));
+    }
+    let mut roots = RootCertStore::empty();
+    match bundle {
+        Some(certs) => {
+            // Every certificate of the bundle is an anchor: a leaf-only bundle (a
+            // self-signed master) works as well as leaf + intermediates + root.
+            let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(TrustError::BadAnchor(
+                    tls.master_cert.clone().unwrap_or_default(),
+                    "none of its certificates parsed".into(),
+                ));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                return Err(TrustError::NoSystemRoots);
+            }
+        }
+    }
+    let inner = webpki(roots, provider.clone(), &checks.crls).map_err(TrustError::Tls)?;
+    Ok(Arc::new(Diagnosing {
+        inner,
+        pinned: bundle.map(<[_]>::to_vec).unwrap_or_default(),
+        checks: checks.clone(),
+        provider: provider.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,21 +1,27 @@
 //! The verifiers: WebPKI wrapped to keep why a certificate failed (and to accept a pinned
-//! certificate found byte for byte in `master_cert`), and `skip_verify`'s, which still checks
-//! handshake signatures.
+//! certificate found byte for byte in `master_cert`), with the CRLs and the
+//! `master_cert_sha256` pins; the pin-anchored one (pins without `master_cert`); and
+//! `skip_verify`'s, which still checks handshake signatures (and the pins, when set).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme,
+};
 
 use crate::diagnose::CertSummary;
 
-use super::failure::{classify, CertFailure};
+use super::crl::{find_revoked, LoadedCrl};
+use super::failure::{classify, CertFailure, FailureKind};
+use super::pin::Pins;
 use super::name::server_name_text;
 
-/// Wraps the WebPKI verifier so a failure carries what the certificate holds.
+/// Wraps the WebPKI verifier so a failure carries what the certificate holds; with pins, a
+/// chain that verifies must also hold a pinned certificate.
 #[derive(Debug)]
 pub(crate) struct Diagnosing {
     pub(crate) inner: Arc<WebPkiServerVerifier>,
@@ -24,8 +30,105 @@ pub(crate) struct Diagnosing {
     /// made with `openssl req -x509` is marked CA:TRUE, which WebPKI will not accept as an end
     /// entity, while the agent (Go's crypto/x509) and curl do.
     pub(crate) pinned: Vec<CertificateDer<'static>>,
+    /// `master_cert_sha256` and the CRLs, to check the pins and name a revoked certificate.
+    pub(crate) checks: Checks,
     /// Handshake signatures are checked with this provider's algorithms.
     pub(crate) provider: Arc<CryptoProvider>,
+}
+
+/// What every verifier may have to add to the usual checks: the pins and the CRLs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Checks {
+    pub(crate) pins: Pins,
+    pub(crate) crls: Arc<Vec<LoadedCrl>>,
+}
+
+impl Checks {
+    /// A verification failure as rustls carries it, with what the certificate holds.
+    fn fail(
+        &self,
+        cause: CertificateError,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+    ) -> rustls::Error {
+        let leaf = CertSummary::from_der(end_entity);
+        let chain_end = intermediates
+            .last()
+            .and_then(|c| CertSummary::from_der(c))
+            .or_else(|| leaf.clone());
+        let expected = server_name_text(server_name).unwrap_or_else(|| "the master".into());
+        let kind = classify(&cause);
+        let revoked = (kind == FailureKind::Revoked)
+            .then(|| find_revoked(&self.crls, &chain(end_entity, intermediates)))
+            .flatten();
+        let failure = CertFailure {
+            kind,
+            cause,
+            expected,
+            leaf,
+            chain_end,
+            pins: None,
+            revoked,
+        };
+        reject(failure)
+    }
+
+    /// `Ok` when no pin is set or a certificate of the chain is pinned; otherwise the
+    /// mismatch, listing both sides.
+    fn require_pin(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
+        let chain = chain(end_entity, intermediates);
+        if self.pins.is_empty() || self.pins.matching(&chain).is_some() {
+            return Ok(());
+        }
+        let leaf = CertSummary::from_der(end_entity);
+        Err(reject(CertFailure {
+            kind: FailureKind::PinMismatch,
+            cause: CertificateError::ApplicationVerificationFailure,
+            expected: String::new(),
+            chain_end: chain.last().and_then(|c| CertSummary::from_der(c)),
+            leaf,
+            pins: Some(self.pins.mismatch(&chain)),
+            revoked: None,
+        }))
+    }
+}
+
+fn reject(failure: CertFailure) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(failure))))
+}
+
+/// The chain as the master sent it: leaf first.
+fn chain<'a>(
+    end_entity: &CertificateDer<'a>,
+    intermediates: &[CertificateDer<'a>],
+) -> Vec<CertificateDer<'a>> {
+    std::iter::once(end_entity.clone())
+        .chain(intermediates.iter().cloned())
+        .collect()
+}
+
+/// A WebPKI verifier over `roots`, enforcing `crls` on the whole chain. A certificate whose
+/// issuer has no CRL here passes (unknown status allowed); an expired CRL is still applied
+/// (rustls' default `ExpirationPolicy::Ignore`, kept on purpose: `run` warns about it).
+pub(crate) fn webpki(
+    roots: RootCertStore,
+    provider: Arc<CryptoProvider>,
+    crls: &[LoadedCrl],
+) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    let mut builder = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider);
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls.iter().map(|c| c.der.clone()))
+            .allow_unknown_revocation_status();
+    }
+    builder
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))
 }
 
 /// Both verifiers check handshake signatures the same way, with their provider's algorithms,
@@ -68,48 +171,30 @@ macro_rules! signatures_checked_by_provider {
     };
 }
 
-impl Diagnosing {
-    fn failure(
-        cause: CertificateError,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-    ) -> rustls::Error {
-        let leaf = CertSummary::from_der(end_entity);
-        let chain_end = intermediates
-            .last()
-            .and_then(|c| CertSummary::from_der(c))
-            .or_else(|| leaf.clone());
-        let expected = server_name_text(server_name).unwrap_or_else(|| "the master".into());
-        let failure = CertFailure {
-            kind: classify(&cause),
-            cause,
-            expected,
-            leaf,
-            chain_end,
-        };
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(failure))))
-    }
+/// Verifies a pinned leaf: its validity dates and the name, nothing else to do.
+fn verify_pinned(
+    end_entity: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), CertificateError> {
+    verify_dates(end_entity, now)?;
+    let ee =
+        webpki::EndEntityCert::try_from(end_entity).map_err(|_| CertificateError::BadEncoding)?;
+    ee.verify_is_valid_for_subject_name(server_name)
+        .map_err(|_| CertificateError::NotValidForName)
+}
 
-    /// Verifies a pinned certificate: its validity dates and the name, nothing else to do.
-    fn verify_pinned(
-        end_entity: &CertificateDer<'_>,
-        server_name: &ServerName<'_>,
-        now: UnixTime,
-    ) -> Result<(), CertificateError> {
-        let summary = CertSummary::from_der(end_entity).ok_or(CertificateError::BadEncoding)?;
-        let now = now.as_secs() as i64;
-        if now > summary.not_after {
-            return Err(CertificateError::Expired);
-        }
-        if now < summary.not_before {
-            return Err(CertificateError::NotValidYet);
-        }
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|_| CertificateError::BadEncoding)?;
-        ee.verify_is_valid_for_subject_name(server_name)
-            .map_err(|_| CertificateError::NotValidForName)
+/// The leaf's validity dates against `now`.
+fn verify_dates(end_entity: &CertificateDer<'_>, now: UnixTime) -> Result<(), CertificateError> {
+    let summary = CertSummary::from_der(end_entity).ok_or(CertificateError::BadEncoding)?;
+    let now = now.as_secs() as i64;
+    if now > summary.not_after {
+        return Err(CertificateError::Expired);
     }
+    if now < summary.not_before {
+        return Err(CertificateError::NotValidYet);
+    }
+    Ok(())
 }
 
 impl ServerCertVerifier for Diagnosing {
@@ -128,51 +213,137 @@ impl ServerCertVerifier for Diagnosing {
             ocsp_response,
             now,
         ) {
-            Ok(v) => Ok(v),
+            Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(cause)) => {
                 let pinned = self
                     .pinned
                     .iter()
                     .any(|p| p.as_ref() == end_entity.as_ref());
-                let cause = if pinned {
-                    match Self::verify_pinned(end_entity, server_name, now) {
-                        Ok(()) => return Ok(ServerCertVerified::assertion()),
-                        Err(e) => e,
-                    }
-                } else {
-                    cause
-                };
-                Err(Self::failure(cause, end_entity, intermediates, server_name))
+                if !pinned {
+                    return Err(self.checks.fail(cause, end_entity, intermediates, server_name));
+                }
+                verify_pinned(end_entity, server_name, now)
+                    .map_err(|e| self.checks.fail(e, end_entity, intermediates, server_name))?;
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        self.checks.require_pin(end_entity, intermediates)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    signatures_checked_by_provider!();
+}
+
+/// Pins without `master_cert`: the system roots are not used; the pinned certificate of the
+/// chain is the trust. A pinned leaf is checked for its dates and the name; a pinned
+/// intermediate is the only anchor of a WebPKI path validation of the leaf (dates, name,
+/// signatures, CRLs).
+#[derive(Debug)]
+pub(crate) struct PinAnchored {
+    pub(crate) checks: Checks,
+    pub(crate) provider: Arc<CryptoProvider>,
+    /// WebPKI verifiers built for a pinned intermediate, by its DER (a handful at most: one
+    /// per pin).
+    anchored: Mutex<Vec<(Vec<u8>, Arc<WebPkiServerVerifier>)>>,
+}
+
+impl PinAnchored {
+    pub(crate) fn new(checks: Checks, provider: Arc<CryptoProvider>) -> Self {
+        PinAnchored {
+            checks,
+            provider,
+            anchored: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The WebPKI verifier whose only anchor is `pinned`.
+    fn anchored_at(
+        &self,
+        pinned: &CertificateDer<'_>,
+    ) -> Result<Arc<WebPkiServerVerifier>, CertificateError> {
+        let mut cache = self.anchored.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, v)) = cache.iter().find(|(d, _)| d == pinned.as_ref()) {
+            return Ok(v.clone());
+        }
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(pinned.clone().into_owned())
+            .map_err(|_| CertificateError::BadEncoding)?;
+        let v = webpki(roots, self.provider.clone(), &self.checks.crls)
+            .map_err(|_| CertificateError::BadEncoding)?;
+        cache.truncate(15);
+        cache.push((pinned.to_vec(), v.clone()));
+        Ok(v)
+    }
+}
+
+impl ServerCertVerifier for PinAnchored {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.checks.require_pin(end_entity, intermediates)?;
+        let chain = chain(end_entity, intermediates);
+        let fail = |e| self.checks.fail(e, end_entity, intermediates, server_name);
+        match self.checks.pins.matching(&chain) {
+            Some(0) | None => verify_pinned(end_entity, server_name, now).map_err(fail)?,
+            Some(i) => {
+                let v = self.anchored_at(&chain[i]).map_err(fail)?;
+                match v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                {
+                    Err(rustls::Error::InvalidCertificate(e)) => return Err(fail(e)),
+                    other => {
+                        other?;
+                    }
+                }
+            }
+        }
+        Ok(ServerCertVerified::assertion())
     }
 
     signatures_checked_by_provider!();
 }
 
 /// `skip_verify`: accepts any certificate but still checks that the handshake was signed by
-/// its key, so the connection is encrypted to whoever holds that key.
+/// its key, so the connection is encrypted to whoever holds that key. With pins, a
+/// certificate of the chain must be pinned and the leaf within its dates; the name is not
+/// checked.
 #[derive(Debug)]
 pub struct NoVerify {
     provider: Arc<CryptoProvider>,
+    checks: Checks,
 }
 
 impl NoVerify {
-    pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        NoVerify { provider }
+    pub(crate) fn with_pins(provider: Arc<CryptoProvider>, pins: Pins) -> Self {
+        NoVerify {
+            provider,
+            checks: Checks {
+                pins,
+                ..Checks::default()
+            },
+        }
     }
 }
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if !self.checks.pins.is_empty() {
+            self.checks.require_pin(end_entity, intermediates)?;
+            verify_dates(end_entity, now)
+                .map_err(|e| self.checks.fail(e, end_entity, intermediates, server_name))?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
