@@ -2,10 +2,10 @@
 //! with socket2; the client-address check and the accept back-off the accept loop
 //! (`server::accept`) uses.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicBool;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -157,9 +157,19 @@ pub struct Bound {
     /// A unix socket file we created and remove at exit.
     pub unix_path: Option<PathBuf>,
     pub inherited: bool,
+    /// Passed to the process that replaced this one: its socket file is that process's now.
+    pub handed_over: AtomicBool,
 }
 
 impl Bound {
+    /// The listening socket's descriptor (to pass it on in an upgrade).
+    pub fn raw_fd(&self) -> RawFd {
+        match &self.socket {
+            Socketish::Tcp(l) => l.as_raw_fd(),
+            Socketish::Unix(l) => l.as_raw_fd(),
+        }
+    }
+
     pub async fn accept(&self) -> io::Result<(ClientStream, Peer)> {
         match &self.socket {
             Socketish::Tcp(l) => {
@@ -229,50 +239,16 @@ pub fn client_allowed(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
 
 impl Drop for Bound {
     fn drop(&mut self) {
+        if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let Some(p) = &self.unix_path {
             let _ = std::fs::remove_file(p);
         }
     }
 }
 
-/// Sockets systemd handed over (LISTEN_FDS / LISTEN_FDNAMES), by name; taken once at start.
-#[derive(Debug, Default)]
-pub struct Inherited {
-    fds: HashMap<String, Vec<RawFd>>,
-}
-
-impl Inherited {
-    /// Reads and clears the socket-activation variables. Call before any thread starts.
-    pub fn from_env() -> Inherited {
-        let mut fds: HashMap<String, Vec<RawFd>> = HashMap::new();
-        if let Ok(iter) = sd_notify::listen_fds_with_names(true) {
-            for (fd, name) in iter {
-                fds.entry(name).or_default().push(fd);
-            }
-        }
-        Inherited { fds }
-    }
-
-    pub fn names(&self) -> String {
-        let mut v: Vec<&str> = self.fds.keys().map(|s| s.as_str()).collect();
-        v.sort();
-        if v.is_empty() {
-            "nothing".into()
-        } else {
-            v.join(", ")
-        }
-    }
-
-    /// The first fd passed under `name`, or the only fd when systemd passed unnamed ones.
-    fn take(&mut self, name: &str) -> Option<RawFd> {
-        if let Some(list) = self.fds.get_mut(name) {
-            if !list.is_empty() {
-                return Some(list.remove(0));
-            }
-        }
-        None
-    }
-}
+pub use crate::inherit::Inherited;
 
 fn bind_err(lc: &ListenerConfig, source: io::Error) -> ListenError {
     ListenError::Bind {
@@ -314,6 +290,7 @@ fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError>
         host_only: addr.ip().is_loopback(),
         unix_path: None,
         inherited: false,
+        handed_over: AtomicBool::new(false),
     })
 }
 
@@ -349,6 +326,7 @@ fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
         host_only: true,
         unix_path: Some(path.to_path_buf()),
         inherited: false,
+        handed_over: AtomicBool::new(false),
     };
     // On failure `bound` is dropped, which removes the socket file again.
     unix_permissions(lc, path)?;
@@ -373,17 +351,13 @@ fn adopt_systemd(
     socket_name: &str,
     inherited: &mut Inherited,
 ) -> Result<Bound, ListenError> {
-    let fd = inherited
-        .take(socket_name)
+    let owned = inherited
+        .take_systemd(socket_name)
         .ok_or_else(|| ListenError::NoSystemdSocket {
             name: lc.name.clone(),
             socket: socket_name.to_string(),
             available: inherited.names(),
         })?;
-    // SAFETY: systemd passed this descriptor to us (LISTEN_PID is our pid), it is open, and
-    // `Inherited::take` hands each descriptor out once, so nothing else owns it.
-    #[allow(unsafe_code)]
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let socket = Socket::from(owned);
     socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
     let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
@@ -396,6 +370,7 @@ fn adopt_systemd(
             host_only: addr.ip().is_loopback(),
             unix_path: None,
             inherited: true,
+            handed_over: AtomicBool::new(false),
         };
         bound.check_policy(lc)?;
         Ok(bound)
@@ -412,12 +387,55 @@ fn adopt_systemd(
             host_only: true,
             unix_path: None,
             inherited: true,
+            handed_over: AtomicBool::new(false),
         })
     }
 }
 
+/// Takes over the socket a replaced process passed for this listener: same address, and the
+/// clients waiting in its backlog with it. A unix socket's file is this process's to keep (and
+/// to remove at exit) from now on.
+fn adopt_upgraded(lc: &ListenerConfig, owned: OwnedFd) -> Result<Bound, ListenError> {
+    let socket = Socket::from(owned);
+    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
+    let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
+    if let Some(addr) = local.as_socket() {
+        let std_listener: std::net::TcpListener = socket.into();
+        let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+        return Ok(Bound {
+            socket: Socketish::Tcp(listener),
+            local: addr.to_string(),
+            host_only: addr.ip().is_loopback(),
+            unix_path: None,
+            inherited: false,
+            handed_over: AtomicBool::new(false),
+        });
+    }
+    let path = local
+        .as_pathname()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| unix_err(lc, Path::new(""), "the passed socket has no path"))?;
+    let std_listener: std::os::unix::net::UnixListener = socket.into();
+    let listener = UnixListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+    let bound = Bound {
+        socket: Socketish::Unix(listener),
+        local: format!("unix:{}", path.display()),
+        host_only: true,
+        unix_path: Some(path.clone()),
+        inherited: false,
+        handed_over: AtomicBool::new(false),
+    };
+    unix_permissions(lc, &path)?;
+    Ok(bound)
+}
+
 /// Binds (or adopts) one listener. Must run inside the tokio runtime.
 pub fn bind(lc: &ListenerConfig, inherited: &mut Inherited) -> Result<Bound, ListenError> {
+    if !matches!(lc.addr, ListenAddr::Systemd(_)) {
+        if let Some(fd) = inherited.take_upgraded(&crate::inherit::listener_key(&lc.key())) {
+            return adopt_upgraded(lc, fd);
+        }
+    }
     match &lc.addr {
         ListenAddr::Tcp(a) => bind_tcp(lc, *a),
         ListenAddr::Unix(p) => bind_unix(lc, p),

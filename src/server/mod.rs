@@ -6,6 +6,7 @@
 mod accept;
 mod drain;
 mod reload;
+mod upgrade;
 mod watch;
 
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ struct Running {
 /// The admin endpoint: the address it was configured with, and its stop switch.
 struct AdminRunning {
     listen: SocketAddr,
+    /// Its listening socket (open until `stop`), to pass on in an upgrade.
+    fd: std::os::fd::RawFd,
     stop: CancellationToken,
 }
 
@@ -66,6 +69,16 @@ pub struct Server {
     admin: Option<AdminRunning>,
     /// The files the live configuration names, with their state when it was loaded.
     watched: Arc<Mutex<watch::Watched>>,
+    /// The binary an upgrade starts: this process's own path, read at start.
+    exe: Option<std::path::PathBuf>,
+}
+
+/// Why the serving loop ended.
+enum End {
+    Signal(&'static str),
+    Shutdown,
+    /// A new process serves the sockets now (its pid).
+    Upgraded(u32),
 }
 
 /// Start-up lines an operator should see once: what is verified, and what is not.
@@ -170,17 +183,10 @@ impl Server {
             bound.push((lc.key(), Arc::new(b)));
         }
         let admin = match &config.admin {
-            Some(a) => Some((
-                a.listen,
-                crate::admin::bind(a.listen).map_err(|e| {
-                    StartError::Runtime(format!(
-                        "cannot start the admin endpoint on {}: {e}",
-                        a.listen
-                    ))
-                })?,
-            )),
+            Some(a) => Some((a.listen, bind_admin(a.listen, &mut inherited)?)),
             None => None,
         };
+        inherited.close_unclaimed_upgrade();
         log_trust_summary(&config, tls.as_ref());
         let host_only: HashMap<ListenerKey, bool> = bound
             .iter()
@@ -200,6 +206,7 @@ impl Server {
             tracker: TaskTracker::new(),
             admin: None,
             watched: Arc::new(Mutex::new(watched)),
+            exe: upgrade::own_path(),
         };
         for (addr, b) in bound {
             server.launch(addr, b);
@@ -262,9 +269,11 @@ impl Server {
     }
 
     fn launch_admin(&mut self, listen: SocketAddr, listener: tokio::net::TcpListener) {
+        use std::os::fd::AsRawFd;
         let stop = CancellationToken::new();
+        let fd = listener.as_raw_fd();
         crate::admin::serve(listener, self.shared.clone(), stop.clone());
-        self.admin = Some(AdminRunning { listen, stop });
+        self.admin = Some(AdminRunning { listen, fd, stop });
     }
 
     /// Serves until SIGTERM/SIGINT, then drains. Returns the exit status.
@@ -279,10 +288,11 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> i32 {
         tokio::pin!(shutdown);
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return exit::RUNTIME;
@@ -292,10 +302,15 @@ impl Server {
             listeners = self.listeners.len(),
             "ready"
         );
-        notify(&[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("ready, 0 connections"),
-        ]);
+        if self.inherited.is_upgrade() {
+            // The replaced process tells systemd (it is still the main pid until then).
+            self.inherited.signal_ready();
+        } else {
+            notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("ready, 0 connections"),
+            ]);
+        }
 
         let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(1);
         let watcher_stop = CancellationToken::new();
@@ -303,28 +318,63 @@ impl Server {
         let status_stop = CancellationToken::new();
         spawn_status(self.tracker.clone(), status_stop.clone());
 
-        let signal = loop {
+        let end = loop {
             tokio::select! {
-                _ = term.recv() => break Some("SIGTERM"),
-                _ = int.recv() => break Some("SIGINT"),
-                _ = &mut shutdown => break None,
+                _ = term.recv() => break End::Signal("SIGTERM"),
+                _ = int.recv() => break End::Signal("SIGINT"),
+                _ = &mut shutdown => break End::Shutdown,
                 _ = hup.recv() => self.reload("SIGHUP").await,
                 Some(why) = reload_rx.recv() => self.reload(why).await,
+                _ = usr2.recv() => {
+                    if let Some(pid) = self.upgrade().await {
+                        break End::Upgraded(pid);
+                    }
+                }
             }
         };
         // Visible before the line that says so: /readyz answers 503 from here on, and systemd
-        // knows we are stopping.
+        // knows we are stopping (unless a new process is the main pid now).
         self.shared.draining.store(true, Ordering::SeqCst);
-        notify(&[sd_notify::NotifyState::Stopping]);
-        match signal {
-            Some(signal) => tracing::info!(signal, "draining"),
-            None => tracing::info!("draining"),
+        match end {
+            End::Signal(signal) => {
+                notify(&[sd_notify::NotifyState::Stopping]);
+                tracing::info!(signal, "draining");
+            }
+            End::Shutdown => {
+                notify(&[sd_notify::NotifyState::Stopping]);
+                tracing::info!("draining");
+            }
+            End::Upgraded(new_pid) => {
+                self.hand_over();
+                tracing::info!(
+                    new_pid,
+                    "draining: the new process serves the listeners now"
+                );
+            }
         }
         watcher_stop.cancel();
         self.drain(&mut term, &mut int).await;
         status_stop.cancel();
         tracing::info!("stopped");
         exit::OK
+    }
+}
+
+/// The admin endpoint's socket: the one a replaced process passed, else bound anew.
+fn bind_admin(
+    listen: SocketAddr,
+    inherited: &mut Inherited,
+) -> Result<tokio::net::TcpListener, StartError> {
+    let cannot = |e: std::io::Error| {
+        StartError::Runtime(format!("cannot start the admin endpoint on {listen}: {e}"))
+    };
+    match inherited.take_upgraded(&crate::inherit::admin_key(listen)) {
+        Some(fd) => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(cannot)?;
+            tokio::net::TcpListener::from_std(l).map_err(cannot)
+        }
+        None => crate::admin::bind(listen).map_err(cannot),
     }
 }
 

@@ -580,6 +580,53 @@ check_socket_activation_holds_first_client() {
     return "$rc"
 }
 
+check_usr2_upgrade_moves_mainpid_and_keeps_the_socket() {
+    # SIGUSR2 to the main process: a new process takes the sockets, systemd hears MAINPID= from
+    # the old main process, the held connection finishes on the old one, nothing restarts,
+    # and the new main process keeps the watchdog fed. Then again with socket activation,
+    # leaving the socket active as the previous check did.
+    local rc=0 pid hpid new n holder c
+    g systemctl stop "$SVC" "$SOCK"
+    config_readme
+    restart_clean || return 1
+    n=$(prop "$SVC" NRestarts)
+    pid=$(prop "$SVC" MainPID)
+    hpid=$(hostpid "$pid") || { err "no proxy process"; return 1; }
+    rm -f "$work/ready" "$work/go"
+    inns "$PY" "$REAL_DIR/client.py" hold 127.0.0.1:8080 --ready "$work/ready" --go "$work/go" --timeout 60 >/dev/null &
+    holder=$!
+    wait_until 10 "the held connection's first round trip" test -e "$work/ready" || rc=1
+    c=$(cursor)
+    g systemctl kill --signal=SIGUSR2 --kill-who=main "$SVC" || { err "systemctl kill -s USR2"; rc=1; }
+    wait_until 20 "a new main process" bash -c "[ \"\$(nsenter -t $L -a systemctl show -P MainPID $SVC)\" != $pid ]" || rc=1
+    new=$(prop "$SVC" MainPID)
+    relay 127.0.0.1:8080 >/dev/null || { err "a new client after the upgrade was not served"; rc=1; }
+    touch "$work/go"
+    wait "$holder" || { err "the connection open during the upgrade broke"; rc=1; }
+    wait_until 10 "the old process to exit once drained" bash -c "! kill -0 $hpid 2>/dev/null" || rc=1
+    is_state active || { err "after the upgrade: $(state)"; rc=1; }
+    journal_since "$c" | has "upgrade: the new process serves" || { err "no upgrade line in the journal"; rc=1; }
+    journal_since "$c" | grep -E "reception only permitted for main PID|Failed" >&2 && { err "systemd refused a notification, or the unit failed"; rc=1; }
+    # ExecReload signals $MAINPID: the new process.
+    g systemctl reload "$SVC" || { err "reload after the upgrade"; rc=1; }
+    wait_until 10 "the new process to reload" bash -c "nsenter -t $L -a journalctl --no-pager -o cat -u $SVC --after-cursor='$c' | grep 'configuration reloaded' | grep -q SIGHUP" || rc=1
+    # The watchdog is the new process's: no kill after WatchdogSec.
+    sleep $((WATCHDOG + 3))
+    [ "$(prop "$SVC" MainPID)" = "$new" ] && [ "$(prop "$SVC" NRestarts)" = "$n" ] ||
+        { err "after WatchdogSec: MainPID $(prop "$SVC" MainPID) (was $new), NRestarts $(prop "$SVC" NRestarts) (was $n)"; rc=1; }
+    say "USR2: main pid $pid -> $new, held connection finished on the old one, watchdog fed by the new one"
+    # Socket activation: the systemd socket is passed on too.
+    g systemctl stop "$SVC"
+    config_socket
+    g systemctl start "$SOCK" "$SVC" || { err "start $SOCK and $SVC"; return 1; }
+    pid=$(prop "$SVC" MainPID)
+    g systemctl kill --signal=SIGUSR2 --kill-who=main "$SVC"
+    wait_until 20 "a new main process (socket activation)" bash -c "[ \"\$(nsenter -t $L -a systemctl show -P MainPID $SVC)\" != $pid ]" || rc=1
+    relay 127.0.0.1:8080 >/dev/null || { err "the systemd socket did not serve after the upgrade"; rc=1; }
+    prop "$SVC" TriggeredBy | has "$SOCK" || { err "TriggeredBy: $(prop "$SVC" TriggeredBy)"; rc=1; }
+    return "$rc"
+}
+
 check_watchdog_kills_stopped_proxy_and_restarts() {
     # SIGSTOP: the proxy stops pinging. WatchdogSec=30s: systemd kills it (SIGABRT) and
     # Restart=on-failure starts it again after RestartSec=2s; meanwhile the socket holds
@@ -701,6 +748,7 @@ run_check check_stop_drains_open_connection
 run_check check_stop_deadline_within_timeoutstopsec
 run_check check_invalid_config_fails_exit_2_no_restart
 run_check check_socket_activation_holds_first_client
+run_check check_usr2_upgrade_moves_mainpid_and_keeps_the_socket
 run_check check_watchdog_kills_stopped_proxy_and_restarts
 [ -n "${DTP_VERBOSE:-}" ] && print_coverage
 summary "tests/real/systemd.sh (systemd $(g systemctl --version | awk 'NR==1 {print $2}'), $(basename "$BIN"))" || {
