@@ -378,13 +378,26 @@ fn bind_admin(
     }
 }
 
+/// WATCHDOG_USEC when the watchdog is this process's: WATCHDOG_PID is our pid, or absent, as
+/// after an upgrade, whose new process cannot know its pid in advance (libsystemd reads the
+/// variables the same way).
+fn watchdog_usec() -> Option<u64> {
+    let usec = std::env::var("WATCHDOG_USEC").ok()?.parse::<u64>().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => Some(usec),
+    }
+}
+
 /// STATUS= with the live connection count, and watchdog pings at half of WATCHDOG_USEC.
 fn spawn_status(tracker: TaskTracker, stop: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    let mut usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let (watchdog, usec) = match watchdog_usec() {
+        Some(usec) => (true, usec),
+        None => (false, 0),
+    };
     let period = if watchdog {
         Duration::from_micros(usec / 2).max(Duration::from_millis(100))
     } else {
