@@ -27,6 +27,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, config, diagnose, egress, exit, limit, listen, logging, metrics, outcome, pem, proxy,
-    relay, state, tls, upstream,
+    admin, config, diagnose, egress, exit, limit, listen, logging, metrics, outcome, pem, pool,
+    proxy, relay, state, tls, upstream,
 );
