@@ -354,7 +354,7 @@ fn an_idle_pooled_session_is_replaced_after_max_idle() {
     m.server.finished(2);
     let st = m.server.state();
     assert!(
-        st.finished[1].error.is_none(),
+        st.finished.iter().all(|f| f.error.is_none()),
         "closed with close_notify: {st:#?}"
     );
     assert!(preconnect_count(&proxy, "discard") >= 1.0);
@@ -383,13 +383,14 @@ fn a_pooled_session_the_master_closes_is_dropped_and_the_next_client_works() {
         "the closed session was not counted as discarded"
     );
     let st = m.server.state();
-    assert_eq!(
-        st.finished[1].error.as_deref(),
-        Some("closed idle"),
-        "{st:#?}"
-    );
-    assert_eq!(
-        st.finished[1].received, 0,
+    let idle: Vec<_> = st
+        .finished
+        .iter()
+        .filter(|f| f.error.as_deref() == Some("closed idle"))
+        .collect();
+    assert!(!idle.is_empty(), "{st:#?}");
+    assert!(
+        idle.iter().all(|f| f.received == 0),
         "the proxy sent data on a pooled session"
     );
     // Clients keep working, whenever they come relative to the master's closes.
