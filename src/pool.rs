@@ -11,7 +11,9 @@
 //! sending it a byte; the same task closes it after `preconnect_max_idle` and when the pool is
 //! closed, and hands it, once, to the one client that takes it. One refill task per choice
 //! dials back up to the pool's size, one session at a time, with the data path's own
-//! [`Upstream::dial_tls_peer`]; after a failure it waits, doubling from 1 s to a minute.
+//! [`Upstream::dial_tls_peer`], and dials a session's replacement a little before its
+//! `preconnect_max_idle` (so the pool does not dip while it is closed); after a failure it
+//! waits, doubling from 1 s to a minute.
 //!
 //! The pool belongs to one [`State`](crate::state::State): a reload closes it (every ready
 //! session gets a close_notify) and the new state starts its own.
@@ -70,10 +72,12 @@ pub struct Pooled {
 
 type Reply = oneshot::Sender<Pooled>;
 
-/// One ready session, as the pool sees it: a way to ask its holder for it.
+/// One ready session, as the pool sees it: a way to ask its holder for it, and when its holder
+/// will close it.
 struct Slot {
     id: u64,
     take: oneshot::Sender<Reply>,
+    expires: Instant,
 }
 
 struct Choice {
@@ -93,6 +97,21 @@ impl Choice {
 
     fn touch(&self) {
         *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How many ready sessions will not be closed for their age within `margin`, and when the
+    /// next one will be.
+    fn fresh(&self, margin: Duration) -> (usize, Option<Instant>) {
+        let renew = Instant::now() + margin;
+        let ready = self.ready();
+        let fresh = ready.iter().filter(|s| s.expires > renew).count();
+        let next = ready
+            .iter()
+            .map(|s| s.expires)
+            .filter(|e| *e > renew)
+            .min()
+            .map(|e| e - margin);
+        (fresh, next)
     }
 
     fn forget_at(&self) -> Instant {
@@ -253,9 +272,17 @@ fn alpn_text(alpn: &[Vec<u8>]) -> String {
 
 // === Refill ===
 
-/// Keeps `choice` at the pool's size until it is forgotten or the pool closed.
+/// How long before a session's `max_idle` its replacement is dialled, so the pool does not dip
+/// while the old one is closed: a tenth of `max_idle`, at most 5 s.
+fn renew_margin(max_idle: Duration) -> Duration {
+    (max_idle / 10).min(Duration::from_secs(5))
+}
+
+/// Keeps `choice` at the pool's size until it is forgotten or the pool closed; a session
+/// about to reach `max_idle` is replaced ahead of time.
 async fn refill(inner: Arc<Inner>, choice: Arc<Choice>) {
     let mut backoff = BACKOFF_MIN;
+    let margin = renew_margin(inner.max_idle);
     loop {
         if choice.closed.is_cancelled() {
             return;
@@ -265,7 +292,8 @@ async fn refill(inner: Arc<Inner>, choice: Arc<Choice>) {
             inner.forget(&choice);
             return;
         }
-        if choice.ready().len() < inner.size {
+        let (fresh, renew_at) = choice.fresh(margin);
+        if fresh < inner.size {
             let dialled = tokio::select! {
                 r = inner.upstream.dial_tls_peer(choice.config.clone(), inner.name.clone()) => r,
                 _ = choice.closed.cancelled() => return,
@@ -291,9 +319,10 @@ async fn refill(inner: Arc<Inner>, choice: Arc<Choice>) {
             }
             continue;
         }
+        let wake = renew_at.map_or(choice.forget_at(), |r| r.min(choice.forget_at()));
         tokio::select! {
             _ = choice.refill.notified() => {}
-            _ = tokio::time::sleep_until(choice.forget_at()) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = choice.closed.cancelled() => return,
         }
     }
@@ -303,11 +332,12 @@ async fn refill(inner: Arc<Inner>, choice: Arc<Choice>) {
 fn add(inner: &Arc<Inner>, choice: &Arc<Choice>, session: Session, peer: String) {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (take, asked) = oneshot::channel();
-    choice.ready().push_back(Slot { id, take });
+    let expires = Instant::now() + inner.max_idle;
+    choice.ready().push_back(Slot { id, take, expires });
     tokio::spawn(hold(
         inner.clone(),
         choice.clone(),
-        id,
+        (id, expires),
         Pooled { session, peer },
         asked,
     ));
@@ -329,11 +359,10 @@ enum End {
 async fn hold(
     inner: Arc<Inner>,
     choice: Arc<Choice>,
-    id: u64,
+    (id, deadline): (u64, Instant),
     mut pooled: Pooled,
     mut asked: oneshot::Receiver<Reply>,
 ) {
-    let deadline = Instant::now() + inner.max_idle;
     let mut byte = [0u8; 1];
     // A pending read sees the master's close_notify, FIN or reset; rustls processes the
     // session tickets that arrive meanwhile. Dropping the read loses nothing.

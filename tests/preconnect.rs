@@ -338,18 +338,25 @@ fn an_idle_pooled_session_is_replaced_after_max_idle() {
     let m = Master::start(dir.path(), Behavior::Echo);
     let proxy = m
         .cfg()
-        .extra(&upstream(1, "1s"))
+        .extra(&upstream(1, "2s"))
         .extra(ADMIN)
         .start(dir.path());
     relays(proxy.tcp_addr("main"), b"learn");
+    m.server.finished(1); // the learning client's own connection
     m.server.handshake(2);
     let made = Instant::now();
-    // The pooled one (#2) is closed by the proxy after 1 s and replaced (#3), and so on.
+    // The pooled one (#2) is replaced (#3) a little before its 2 s are up (a tenth of it),
+    // then closed; and so on.
     m.server.handshake(3);
     let replaced = made.elapsed();
     assert!(
-        replaced >= Duration::from_millis(800) && replaced < Duration::from_secs(5),
-        "replaced after {replaced:?}, max_idle 1s"
+        replaced >= Duration::from_millis(1500) && replaced < Duration::from_secs(6),
+        "replaced after {replaced:?}, max_idle 2s"
+    );
+    assert_eq!(
+        m.server.state().finished.len(),
+        1,
+        "the old session was closed before its replacement was made"
     );
     m.server.finished(2);
     let st = m.server.state();
