@@ -76,6 +76,32 @@ pub struct PreconnectMetrics {
     pub discard: Counter,
 }
 
+impl PreconnectMetrics {
+    /// Registers `preconnect_total{result}` with its three children, so they read 0 from
+    /// the start.
+    fn register(registry: &mut Registry) -> PreconnectMetrics {
+        let family = Family::<ResultLabel, Counter>::default();
+        let by_result = |r: &str| {
+            family
+                .get_or_create(&ResultLabel {
+                    result: r.to_string(),
+                })
+                .clone()
+        };
+        let metrics = PreconnectMetrics {
+            hit: by_result("hit"),
+            miss: by_result("miss"),
+            discard: by_result("discard"),
+        };
+        registry.register(
+            "preconnect",
+            "Pre-connected sessions (upstream.preconnect), by result: hit (a client took one), miss (none ready, dialled fresh), discard (closed unused)",
+            family,
+        );
+        metrics
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -95,19 +121,6 @@ impl Metrics {
         let master_cert_expiry = Gauge::<f64, AtomicU64>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let skip_verify = Gauge::default();
-        let preconnect_family = Family::<ResultLabel, Counter>::default();
-        let by_result = |r: &str| {
-            preconnect_family
-                .get_or_create(&ResultLabel {
-                    result: r.to_string(),
-                })
-                .clone()
-        };
-        let preconnect = PreconnectMetrics {
-            hit: by_result("hit"),
-            miss: by_result("miss"),
-            discard: by_result("discard"),
-        };
         registry.register(
             "connections",
             "Client connections finished, by listener and result",
@@ -158,11 +171,7 @@ impl Metrics {
             "1 when the master's certificate is not verified (security.tls.skip_verify)",
             skip_verify.clone(),
         );
-        registry.register(
-            "preconnect",
-            "Pre-connected sessions (upstream.preconnect), by result: hit (a client took one), miss (none ready, dialled fresh), discard (closed unused)",
-            preconnect_family,
-        );
+        let preconnect = PreconnectMetrics::register(&mut registry);
         Metrics {
             registry,
             connections,
