@@ -437,3 +437,43 @@ fn a_master_that_is_down_is_not_hammered() {
     assert!((1..=4).contains(&tries), "{tries} refill attempts in 3.5 s");
     let _ = TcpStream::connect(("127.0.0.1", port));
 }
+
+#[test]
+fn a_listener_without_the_client_certificate_never_gets_an_authenticated_session() {
+    let dir = tempdir();
+    let client_ca = Ca::root("Agent Client CA");
+    let agent = client_ca.client("agent-1");
+    let cert = certs::write(dir.path(), "client.pem", &agent.pem());
+    let key = certs::write(dir.path(), "client.key", &agent.key_pem());
+    let m = Master::start_with(dir.path(), |b| {
+        b.behavior(Behavior::HttpRecord)
+            .client_auth(ClientAuth::Optional(client_ca.der()))
+    });
+    let proxy = m
+        .cfg()
+        .tls("client_cert", qp(&cert))
+        .tls("client_key", qp(&key))
+        .listeners(&[
+            r#"{name: agent, listen: "127.0.0.1:0"}"#,
+            r#"{name: bridge, listen: "127.0.0.1:0", present_client_cert: false}"#,
+        ])
+        .extra(&upstream(1, "30s"))
+        .extra(ADMIN)
+        .start(dir.path());
+    // Both choices learned (same ALPN, with and without the certificate): one session each.
+    http_get(proxy.tcp_addr("agent"), "/agent-learn");
+    http_get(proxy.tcp_addr("bridge"), "/bridge-learn");
+    settles_at(&m, 4);
+    for round in 0..2 {
+        let (path_b, path_a) = (format!("/bridge-{round}"), format!("/agent-{round}"));
+        let (_, local) = http_get(proxy.tcp_addr("bridge"), &path_b);
+        assert_eq!(proxy.access_line(local)["preconnected"], true);
+        let (_, local) = http_get(proxy.tcp_addr("agent"), &path_a);
+        assert_eq!(proxy.access_line(local)["preconnected"], true);
+        let st = m.server.state();
+        let hs = |path: &str| st.handshakes[connection_of(&m, path)].client_cert;
+        assert!(!hs(&path_b), "a bridge client got the agent's identity");
+        assert!(hs(&path_a), "an agent client lost its certificate");
+        std::thread::sleep(Duration::from_millis(300)); // refilled
+    }
+}
