@@ -168,6 +168,9 @@ def markdown(meta, table, stats, errors, loadavg):
     v = meta.get("versions", {})
     L.append("# det-tls-proxy benchmark: side by side with stunnel, HAProxy, nginx and socat")
     L.append("")
+    L.append("First byte through a far master (connect to first response byte at 0, 10 and 50 ms round trip, "
+             "with and without `upstream.preconnect`): [firstbyte.md](firstbyte.md), written by `benches/firstbyte.sh`.")
+    L.append("")
     if meta.get("quick"):
         L.append("**Quick (CI) run: tiny sizes, one repetition — these figures only prove the harness works.**")
         L.append("")

@@ -11,6 +11,7 @@
 //! loadgen --addr 127.0.0.1:PORT multi --conns 32 --bytes 2147483648 [--dir mixed|up|down]
 //! loadgen --addr 127.0.0.1:PORT connrate --duration 5 --concurrency 32 [--count N] [--size 100]
 //! loadgen --addr 127.0.0.1:PORT latency --count 20000 [--warmup 1000] [--size 64]
+//! loadgen --addr 127.0.0.1:PORT firstbyte --count 200 [--warmup 5] [--size 64] [--gap-ms 100]
 //! loadgen --addr 127.0.0.1:PORT hold --conns 1000            # prints "HELD n", holds until stdin EOF
 //! ```
 //! Exit status 0 when the workload completed with every byte right, 1 otherwise (the JSON then
@@ -105,6 +106,19 @@ enum Workload {
         warmup: u64,
         #[arg(long, default_value_t = 64)]
         size: usize,
+    },
+    /// New connections one after another, --gap-ms apart: connect, send --size bytes, time
+    /// until the first byte of the echo arrives (connect to first response byte), read the
+    /// rest, close. Reports p50/p99 in milliseconds.
+    Firstbyte {
+        #[arg(long, default_value_t = 200)]
+        count: u64,
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 100)]
+        gap_ms: u64,
     },
     /// Open --conns connections, one echo round-trip each, print "HELD n", then keep them
     /// idle until stdin closes, SIGTERM/SIGINT, or --max-hold seconds.
@@ -259,6 +273,29 @@ impl Target {
     }
 
     /// Connect, one echo round-trip of `size` bytes; returns the open stream.
+    /// One new connection: nanoseconds from the start of connect to the first byte of the
+    /// echo of a --size request; the whole echo is then read and checked.
+    async fn first_byte(&self, size: usize, i: u64) -> io::Result<u64> {
+        let t0 = Instant::now();
+        let mut s = self.connect().await?;
+        let mut msg = Vec::with_capacity(1 + size);
+        msg.push(CMD_ECHO);
+        msg.extend_from_slice(self.pattern.window(i * 13, size));
+        self.write_all(&mut s, &msg).await?;
+        let mut back = vec![0u8; size];
+        let n = self.read(&mut s, &mut back).await?;
+        let ns = t0.elapsed().as_nanos() as u64;
+        if n == 0 {
+            return Err(err("closed before the first byte of the answer"));
+        }
+        self.read_exact(&mut s, &mut back[n..]).await?;
+        if back != msg[1..] {
+            return Err(err("wrong bytes: the echo differs from the request"));
+        }
+        let _ = timed(self.timeout, "shutdown", s.shutdown()).await;
+        Ok(ns)
+    }
+
     async fn echo_once(&self, size: usize) -> io::Result<Stream> {
         let mut s = self.connect().await?;
         let mut msg = Vec::with_capacity(1 + size);
@@ -436,6 +473,35 @@ async fn run(args: &Args, target: Arc<Target>) -> Result<Value, (Value, String)>
                 }
                 _ => Ok(v),
             }
+        }
+        Workload::Firstbyte {
+            count,
+            warmup,
+            size,
+            gap_ms,
+        } => {
+            let mut times = Vec::with_capacity(count as usize);
+            for i in 0..warmup + count {
+                let ns = target.first_byte(size, i).await.map_err(|e| {
+                    (
+                        json!({"workload": "firstbyte"}),
+                        format!("connection {i}: {e}"),
+                    )
+                })?;
+                if i >= warmup {
+                    times.push(ns);
+                }
+                tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+            }
+            times.sort_unstable();
+            let ms = |ns: u64| round(ns as f64 / 1e6, 2);
+            let mean = times.iter().sum::<u64>() as f64 / times.len().max(1) as f64;
+            Ok(
+                json!({"workload": "firstbyte", "count": count, "size": size, "gap_ms": gap_ms,
+                      "p50_ms": ms(percentile(&times, 50.0)), "p90_ms": ms(percentile(&times, 90.0)),
+                      "p99_ms": ms(percentile(&times, 99.0)), "min_ms": ms(*times.first().unwrap_or(&0)),
+                      "max_ms": ms(*times.last().unwrap_or(&0)), "mean_ms": round(mean / 1e6, 2)}),
+            )
         }
         Workload::Latency {
             count,

@@ -60,6 +60,46 @@ pub struct Metrics {
     pub master_cert_expiry: Gauge<f64, AtomicU64>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub skip_verify: Gauge,
+    /// `preconnect_total{result}`: hit, miss, discard.
+    pub preconnect: PreconnectMetrics,
+}
+
+/// The pool's counters, looked up once: a client taking a session bumps an atomic.
+#[derive(Clone, Default)]
+pub struct PreconnectMetrics {
+    /// A client served on a pooled session.
+    pub hit: Counter,
+    /// A client that found no pooled session for its ALPN choice and dialled fresh.
+    pub miss: Counter,
+    /// A pooled session closed unused: the master closed it, it sat `preconnect_max_idle`, or
+    /// a reload replaced the pool.
+    pub discard: Counter,
+}
+
+impl PreconnectMetrics {
+    /// Registers `preconnect_total{result}` with its three children, so they read 0 from
+    /// the start.
+    fn register(registry: &mut Registry) -> PreconnectMetrics {
+        let family = Family::<ResultLabel, Counter>::default();
+        let by_result = |r: &str| {
+            family
+                .get_or_create(&ResultLabel {
+                    result: r.to_string(),
+                })
+                .clone()
+        };
+        let metrics = PreconnectMetrics {
+            hit: by_result("hit"),
+            miss: by_result("miss"),
+            discard: by_result("discard"),
+        };
+        registry.register(
+            "preconnect",
+            "Pre-connected sessions (upstream.preconnect), by result: hit (a client took one), miss (none ready, dialled fresh), discard (closed unused)",
+            family,
+        );
+        metrics
+    }
 }
 
 impl Default for Metrics {
@@ -131,6 +171,7 @@ impl Metrics {
             "1 when the master's certificate is not verified (security.tls.skip_verify)",
             skip_verify.clone(),
         );
+        let preconnect = PreconnectMetrics::register(&mut registry);
         Metrics {
             registry,
             connections,
@@ -143,6 +184,7 @@ impl Metrics {
             master_cert_expiry,
             config_reloads,
             skip_verify,
+            preconnect,
         }
     }
 

@@ -13,7 +13,8 @@ use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
 use crate::relay::{Relay, RelayResult, RelayTimeouts};
 use crate::state::{ListenerPolicy, Shared, State};
-use crate::upstream::{version_name, UpstreamError};
+use crate::pool::Session;
+use crate::upstream::{version_name, Dialed, UpstreamError};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -46,6 +47,8 @@ pub struct Record {
     alpn: String,
     tls_version: &'static str,
     resumed: bool,
+    /// Served on a session `upstream.preconnect` had ready.
+    preconnected: bool,
     up: u64,
     down: u64,
 }
@@ -158,6 +161,7 @@ fn access_line(
         alpn = %rec.alpn,
         tls_version = rec.tls_version,
         resumed = rec.resumed,
+        preconnected = rec.preconnected,
         bytes_up = rec.up,
         bytes_down = rec.down,
         duration_ms = took.as_millis() as u64,
@@ -181,24 +185,10 @@ async fn serve(
     };
     let first = &first[..n];
     let passthrough = policy.config.tls_passthrough && first.first() == Some(&0x16);
-
-    let dialed = match state.upstream.connect().await {
-        Ok(d) => d,
-        Err(e) => {
-            upstream_failed(shared, policy, peer, &e);
-            return Outcome::UpstreamError;
-        }
-    };
-    shared
-        .metrics
-        .connect_seconds
-        .observe(dialed.connect_time.as_secs_f64());
-    rec.master = state.upstream.peer(&dialed);
     let timeouts = RelayTimeouts {
         idle: state.config.timeouts.idle,
         close: state.config.timeouts.close,
     };
-
     let tls_choice = if passthrough {
         None
     } else {
@@ -206,31 +196,79 @@ async fn serve(
     };
     match (tls_choice, &state.tls) {
         (Some(cfg), Some(tls)) => {
-            let hs_started = Instant::now();
-            let name = tls.name.server_name.clone();
-            let mut stream = match state
-                .upstream
-                .handshake(dialed, cfg, name)
-                .await
-            {
+            let mut stream = match master_tls(state, policy, shared, peer, cfg, rec).await {
                 Ok(s) => s,
-                Err(e) => {
-                    upstream_failed(shared, policy, peer, &e);
-                    return Outcome::UpstreamError;
-                }
+                Err(outcome) => return outcome,
             };
-            shared
-                .metrics
-                .handshake_seconds
-                .observe(hs_started.elapsed().as_secs_f64());
             record_session(stream.get_ref().1, tls, shared, rec);
             finish(client, &mut stream, first, timeouts, policy, rec).await
         }
         _ => {
-            let mut stream = dialed.stream;
+            let mut stream = match dial(state, policy, shared, peer, rec).await {
+                Ok(d) => d.stream,
+                Err(outcome) => return outcome,
+            };
             finish(client, &mut stream, first, timeouts, policy, rec).await
         }
     }
+}
+
+/// A TCP connection to the master, timed and named for the access line.
+async fn dial(
+    state: &State,
+    policy: &ListenerPolicy,
+    shared: &Shared,
+    peer: &Peer,
+    rec: &mut Record,
+) -> Result<Dialed, Outcome> {
+    let dialed = state.upstream.connect().await.map_err(|e| {
+        upstream_failed(shared, policy, peer, &e);
+        Outcome::UpstreamError
+    })?;
+    shared
+        .metrics
+        .connect_seconds
+        .observe(dialed.connect_time.as_secs_f64());
+    rec.master = state.upstream.peer(&dialed);
+    Ok(dialed)
+}
+
+/// A TLS session with the master for a client that will use `cfg`: a pre-connected one when
+/// the pool has one ready, else dialled and handshaken now.
+async fn master_tls(
+    state: &State,
+    policy: &ListenerPolicy,
+    shared: &Shared,
+    peer: &Peer,
+    cfg: Arc<rustls::ClientConfig>,
+    rec: &mut Record,
+) -> Result<Session, Outcome> {
+    if let Some(pool) = &state.pool {
+        if let Some(p) = pool.take(&cfg, state.presents_client_cert(policy)).await {
+            rec.master = p.peer;
+            rec.preconnected = true;
+            return Ok(p.session);
+        }
+    }
+    let dialed = dial(state, policy, shared, peer, rec).await?;
+    let hs_started = Instant::now();
+    let name = match &state.tls {
+        Some(tls) => tls.name.server_name.clone(),
+        None => return Err(Outcome::UpstreamError),
+    };
+    let stream = state
+        .upstream
+        .handshake(dialed, cfg, name)
+        .await
+        .map_err(|e| {
+            upstream_failed(shared, policy, peer, &e);
+            Outcome::UpstreamError
+        })?;
+    shared
+        .metrics
+        .handshake_seconds
+        .observe(hs_started.elapsed().as_secs_f64());
+    Ok(stream)
 }
 
 /// What the access log and metrics keep of a handshake; a full handshake also updates the

@@ -18,6 +18,7 @@ use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey};
 use crate::diagnose::CertSummary;
 use crate::listen::Peer;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::pool::{ChoiceKey, Pool};
 use crate::tls::{TlsContext, TrustError};
 use crate::upstream::{Resolve, Upstream};
 
@@ -56,6 +57,9 @@ pub struct State {
     pub upstream: Upstream,
     /// By listen address: a reload that keeps an address keeps its socket, whatever its name.
     pub listeners: HashMap<ListenerKey, Arc<ListenerPolicy>>,
+    /// `upstream.preconnect`'s ready sessions: `None` when it is 0 or TLS is off. Started by
+    /// [`Shared`] when the state goes live, closed when a reload replaces it.
+    pub pool: Option<Pool>,
 }
 
 impl State {
@@ -114,13 +118,72 @@ impl State {
             );
         }
         let upstream = Upstream::for_config(&config, resolver);
+        let pool = new_pool(&config, tls.as_ref(), &upstream, &listeners, metrics);
         State {
             config,
             tls,
             upstream,
             listeners,
+            pool,
         }
     }
+
+    /// Whether a client of `policy` presents the client certificate (one is configured).
+    pub fn presents_client_cert(&self, policy: &ListenerPolicy) -> bool {
+        policy.present_client_cert && self.tls.as_ref().is_some_and(|t| t.has_client_cert())
+    }
+
+    /// Starts the pool as this state goes live, with the choices the pool it replaces had
+    /// learned (built afresh from this state's TLS context).
+    fn start_pool(&self, learned: Vec<ChoiceKey>) {
+        let (Some(pool), Some(tls)) = (&self.pool, &self.tls) else {
+            return;
+        };
+        for key in learned {
+            if key.client_cert && !tls.has_client_cert() {
+                continue;
+            }
+            pool.seed(key.clone(), tls.client_config(&key.alpn, key.client_cert, true));
+        }
+        pool.start();
+    }
+
+    fn close_pool(&self) {
+        if let Some(pool) = &self.pool {
+            pool.close();
+        }
+    }
+}
+
+/// The pool for `config`, seeded with the listeners whose ALPN the configuration fixes (not
+/// `auto`, whose choice depends on each client's first bytes). A seeded choice no client
+/// uses is forgotten after an hour, like a learned one.
+fn new_pool(
+    config: &Config,
+    tls: Option<&TlsContext>,
+    upstream: &Upstream,
+    listeners: &HashMap<ListenerKey, Arc<ListenerPolicy>>,
+    metrics: &Metrics,
+) -> Option<Pool> {
+    let tls = tls?;
+    if config.preconnect.size == 0 {
+        return None;
+    }
+    let pool = Pool::new(
+        config.preconnect,
+        upstream.clone(),
+        tls.name.server_name.clone(),
+        metrics.preconnect.clone(),
+    );
+    for p in listeners.values() {
+        let Some(ltls) = &p.tls else { continue };
+        if matches!(p.config.alpn, AlpnPolicy::Auto) {
+            continue;
+        }
+        let client_cert = p.present_client_cert && tls.has_client_cert();
+        pool.seed(ChoiceKey::of(&ltls.fixed, client_cert), ltls.fixed.clone());
+    }
+    Some(pool)
 }
 
 // === Shared ===
@@ -145,6 +208,7 @@ impl Shared {
         metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        state.start_pool(Vec::new());
         Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
             metrics,
@@ -162,13 +226,22 @@ impl Shared {
     }
 
     /// Swaps in a new configuration; connections in flight keep the state they started with.
+    /// The old state's pre-connected sessions are closed, and the new state's pool starts.
     pub fn replace(&self, state: State) {
         self.access_log
             .store(state.config.log.access, Ordering::Relaxed);
         self.metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        let new = Arc::new(state);
+        let old = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
+            new.clone(),
+        );
+        // The old pool's sessions were made under the old configuration: closed, never
+        // handed to a client; what it learned about clients carries over.
+        new.start_pool(old.pool.as_ref().map(Pool::learned).unwrap_or_default());
+        old.close_pool();
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

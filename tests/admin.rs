@@ -33,6 +33,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ),
     ("det_tls_proxy_config_reloads", "counter"),
     ("det_tls_proxy_skip_verify", "gauge"),
+    ("det_tls_proxy_preconnect", "counter"),
 ];
 
 fn assert_families(s: &Scrape) {

@@ -623,6 +623,16 @@ fn cases() -> Vec<Case> {
             keys: &["upstream_no_proxy"],
             run: case_upstream_no_proxy,
         },
+        Case {
+            name: "preconnect",
+            keys: &["upstream.preconnect"],
+            run: case_preconnect,
+        },
+        Case {
+            name: "preconnect_max_idle",
+            keys: &["upstream.preconnect_max_idle"],
+            run: case_preconnect_max_idle,
+        },
     ]
 }
 
@@ -1660,4 +1670,58 @@ fn case_upstream_no_proxy(case: &Case, t: Trigger) {
             v["message"] == "upstream failed" && v["client"] == local.to_string().as_str()
         });
     assert_eq!(warn["kind"], "resolve", "{warn}");
+}
+
+fn case_preconnect(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |n: usize| {
+        yaml(&format!(
+            "{}upstream: {{preconnect: {n}}}\n{MAIN}",
+            master_lines(&m)
+        ))
+    };
+    let handshakes = || m.server.state().handshakes.len();
+    let live = Live::start(dir.path(), &with(0), t);
+    relays(live.main(), b"ping");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(handshakes(), 1, "sessions made ahead with preconnect 0");
+    live.change(case, &with(2));
+    // This client teaches the pool its ALPN choice; two sessions are then made for the next.
+    relays(live.main(), b"ping");
+    m.server.handshake(4);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(handshakes(), 4, "two clients and two sessions ahead");
+    let local = relays(live.main(), b"pong");
+    assert_eq!(live.proxy.access_line(local)["preconnected"], true);
+}
+
+fn case_preconnect_max_idle(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |d: &str| {
+        yaml(&format!(
+            "{}upstream: {{preconnect: 1, preconnect_max_idle: {d}}}\n{MAIN}",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with("1h"), t);
+    relays(live.main(), b"ping");
+    m.server.handshake(2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        m.server.state().handshakes.len(),
+        2,
+        "replaced long before an hour"
+    );
+    live.change(case, &with("1s"));
+    // The reload replaces the pooled session (#3), which is then replaced after 1 s (#4).
+    m.server.handshake(3);
+    let made = Instant::now();
+    m.server.handshake(4);
+    assert!(
+        made.elapsed() >= Duration::from_millis(800),
+        "replaced after {:?} with max_idle 1s",
+        made.elapsed()
+    );
 }

@@ -18,6 +18,10 @@ pub(crate) const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
 };
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
+/// `upstream.preconnect_max_idle`: under the idle timeouts masters and the load balancers in
+/// front of them commonly use (60 s and more), so a pooled session is replaced before the
+/// other side gives up on it.
+pub(crate) const DEFAULT_PRECONNECT_MAX_IDLE: Duration = Duration::from_secs(30);
 
 /// A duration written as a humantime string (`10s`, `1h 30m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,18 @@ pub struct RawConfig {
     pub upstream_proxy: Option<String>,
     #[serde(default)]
     pub upstream_no_proxy: Option<Vec<String>>,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+}
+
+/// `upstream.*`: how the master is reached beyond its address.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub preconnect: Option<usize>,
+    #[serde(default)]
+    pub preconnect_max_idle: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -217,5 +233,9 @@ pub(crate) fn defaults() -> RawConfig {
         },
         upstream_proxy: None,
         upstream_no_proxy: None,
+        upstream: RawUpstream {
+            preconnect: Some(0),
+            preconnect_max_idle: Some(HumanDuration(DEFAULT_PRECONNECT_MAX_IDLE)),
+        },
     }
 }

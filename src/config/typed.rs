@@ -19,6 +19,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `upstream_proxy` and `upstream_no_proxy`.
     pub egress: crate::egress::Egress,
+    /// `upstream.*`: the pool of pre-connected sessions.
+    pub preconnect: Preconnect,
     /// The proxy's own file, when one was read (watched for changes).
     pub config_file: Option<PathBuf>,
     /// The imported agent.yaml, when one was read.
@@ -175,6 +177,15 @@ pub struct Timeouts {
     pub idle: Duration,
     pub close: Duration,
     pub shutdown: Duration,
+}
+
+/// `upstream.preconnect` and `upstream.preconnect_max_idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preconnect {
+    /// Verified sessions kept ready per ALPN choice clients use; 0: none.
+    pub size: usize,
+    /// How long a ready session may wait for a client before it is replaced.
+    pub max_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

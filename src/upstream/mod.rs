@@ -390,7 +390,6 @@ impl Upstream {
         Err(UpstreamError::Connect { attempts })
     }
 
-    /// The TLS handshake on a connected stream, within `handshake_timeout`.
     /// Connects and runs the TLS handshake, as the data path does (the admin probe, `check`
     /// and `trust` dial this way).
     pub async fn dial_tls(
@@ -398,8 +397,18 @@ impl Upstream {
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
     ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
+        Ok(self.dial_tls_peer(config, name).await?.0)
+    }
+
+    /// As [`Upstream::dial_tls`], with the master as logs name it (the preconnect pool).
+    pub async fn dial_tls_peer(
+        &self,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<(TlsStream<Sniffed<TcpStream>>, String), UpstreamError> {
         let dialed = self.connect().await?;
-        self.handshake(dialed, config, name).await
+        let peer = self.peer(&dialed);
+        Ok((self.handshake(dialed, config, name).await?, peer))
     }
 
     /// The TLS handshake on a connection `connect` made. Through a tunnel, a write shutdown

@@ -47,6 +47,10 @@ pub fn certified(leaf: &super::Leaf) -> Arc<rustls::sign::CertifiedKey> {
 pub enum Behavior {
     /// Echo every byte; on EOF, close (close_notify + FIN).
     Echo,
+    /// As `Echo`, but a connection on which nothing arrives within this long is closed by the
+    /// server (close_notify + FIN), as a master's idle timeout does; `Finished::error` then
+    /// says "closed idle".
+    CloseIdle(Duration),
     /// Read until EOF, then write this answer and close.
     AnswerAfterEof(Vec<u8>),
     /// Read until EOF, wait this long, then write this answer and close (a master still
@@ -306,6 +310,32 @@ async fn answer_after_eof<S>(
     let _ = tls.shutdown().await;
 }
 
+/// Echoes every byte until EOF, then closes (close_notify + FIN).
+async fn echo<S>(tls: &mut tokio_rustls::server::TlsStream<S>, fin: &mut Finished)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tls.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                record(fin, &buf[..n]);
+                if let Err(e) = tls.write_all(&buf[..n]).await {
+                    fin.error = Some(e.to_string());
+                    return;
+                }
+                let _ = tls.flush().await;
+            }
+            Err(e) => {
+                fin.error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+    let _ = tls.shutdown().await;
+}
+
 async fn serve<S>(
     mut tls: tokio_rustls::server::TlsStream<S>,
     hs: &Handshake,
@@ -318,27 +348,29 @@ where
 {
     let mut fin = Finished::default();
     match b {
-        Behavior::Echo => {
+        Behavior::CloseIdle(after) => {
             let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match tls.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        record(&mut fin, &buf[..n]);
-                        if let Err(e) = tls.write_all(&buf[..n]).await {
-                            fin.error = Some(e.to_string());
-                            return fin;
-                        }
-                        let _ = tls.flush().await;
-                    }
-                    Err(e) => {
-                        fin.error = Some(e.to_string());
+            match tokio::time::timeout(after, tls.read(&mut buf)).await {
+                Err(_) => {
+                    let _ = tls.shutdown().await;
+                    fin.error = Some("closed idle".into());
+                    return fin;
+                }
+                Ok(Ok(0)) => return fin,
+                Ok(Ok(n)) => {
+                    record(&mut fin, &buf[..n]);
+                    if tls.write_all(&buf[..n]).await.is_err() {
                         return fin;
                     }
                 }
+                Ok(Err(e)) => {
+                    fin.error = Some(e.to_string());
+                    return fin;
+                }
             }
-            let _ = tls.shutdown().await;
+            echo(&mut tls, &mut fin).await;
         }
+        Behavior::Echo => echo(&mut tls, &mut fin).await,
         Behavior::AnswerAfterEof(answer) => {
             answer_after_eof(&mut tls, &mut fin, Duration::ZERO, &answer).await
         }

@@ -10,6 +10,7 @@ mod log;
 mod master;
 mod timeouts;
 mod tls;
+mod upstream;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -86,6 +87,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     }
     let log = log::log(&mut c, &raw.log);
     let egress = egress::egress(&mut c, raw);
+    let preconnect = upstream::preconnect(&mut c, &raw.upstream);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -98,6 +100,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         admin,
         log,
         egress,
+        preconnect,
         config_file: l.config_file.clone(),
         agent_config: l.agent_config.clone(),
         keys: super::key_values(raw),
