@@ -148,7 +148,7 @@ impl State {
         pool.start();
     }
 
-    fn close_pool(&self) {
+    pub(crate) fn close_pool(&self) {
         if let Some(pool) = &self.pool {
             pool.close();
         }

@@ -477,3 +477,33 @@ fn a_listener_without_the_client_certificate_never_gets_an_authenticated_session
         std::thread::sleep(Duration::from_millis(300)); // refilled
     }
 }
+
+#[test]
+fn a_drain_closes_the_pooled_sessions_and_makes_no_more() {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let mut proxy = m.cfg().extra(&upstream(2, "30s")).start(dir.path());
+    relays(proxy.tcp_addr("main"), b"learn");
+    settles_at(&m, 3);
+    m.server.finished(1);
+    // A client still open when the drain starts: it takes a pooled session, and a refill follows.
+    let mut held = connect(proxy.tcp_addr("main"));
+    assert_eq!(roundtrip(&mut held, b"held"), b"held");
+    settles_at(&m, 4);
+
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    // The two ready sessions are closed at once; nothing refills them.
+    m.server.finished(3);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        handshakes(&m),
+        4,
+        "a session was made after the drain began"
+    );
+    assert_eq!(roundtrip(&mut held, b"still held"), b"still held");
+    finish(&mut held);
+    assert!(
+        proxy.wait_exit(Duration::from_secs(10)).is_some(),
+        "the proxy did not exit once drained"
+    );
+}

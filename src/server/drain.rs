@@ -15,6 +15,8 @@ impl Server {
         for (_, r) in self.listeners.drain() {
             r.stop.cancel();
         }
+        // No client will take a pre-connected session any more: close them, and stop refilling.
+        self.shared.current().close_pool();
         self.retired.clear();
         self.tracker.close();
         let shutdown = self.shared.current().config.timeouts.shutdown;
