@@ -71,7 +71,7 @@ def markdown(recs, args):
     pre, det = by.get(("det-preconnect", 50)), by.get(("det", 50))
     if pre and det and "p50_ms" in pre and "p50_ms" in det:
         goal = pre["p50_ms"] / 50 <= 1.2
-        out += ["", "## Goal (issue 14)", "",
+        out += ["", "## Goal", "",
                 f"- With preconnect, a new client's first byte at 50 ms RTT within 1.2 round trips: "
                 f"p50 {pre['p50_ms'] / 50:.2f} RTT ({'met' if goal else 'not met'}); "
                 f"without preconnect {det['p50_ms'] / 50:.2f} RTT."]
