@@ -336,6 +336,26 @@ def svg(meta, table):
     return "\n".join(o) + "\n"
 
 
+def first_byte_section(md_path):
+    """The first-byte table of benches/firstbyte.sh (firstbyte.md beside results.md), shown
+    beside the figures above; empty when that benchmark has not been run into this folder."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(md_path)), "firstbyte.md")
+    if not os.path.exists(path):
+        return ""
+    lines = open(path).read().splitlines()
+    date = next((l for l in lines if l.startswith("- Date:")), "")
+    table = [l for l in lines if l.startswith("|")]
+    if not table:
+        return ""
+    out = ["", "", "## First byte through a far master", "",
+           "Connect to first response byte at an added round trip of 0, 10 and 50 ms, with and without "
+           "`upstream.preconnect`; p50 / p99 ms, and the p50 in round trips. Measured by "
+           "`benches/firstbyte.sh`, a separate run: " + date.removeprefix("- ") + " Details: [firstbyte.md](firstbyte.md).",
+           "", "![connect to first response byte](firstbyte.svg)", ""]
+    return "\n".join(out + table) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--meta", help="run description written by compare.sh")
@@ -360,6 +380,7 @@ def main():
         table.setdefault(row, {})
     with open(a.md, "w") as f:
         f.write(markdown(meta, table, stats, errors, loadavg))
+        f.write(first_byte_section(a.md))
     with open(a.svg, "w") as f:
         f.write(svg(meta, table))
     if a.json:

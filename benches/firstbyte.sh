@@ -233,5 +233,9 @@ done
 python3 "$ROOT/benches/firstbyte.py" --raw "$RAW" --md "$OUT/firstbyte.md" --svg "$OUT/firstbyte.svg" \
   --json "$OUT/firstbyte.json" --count "$COUNT" --preconnect "$PRECONNECT" --quick "$QUICK" \
   --load "$(cut -d' ' -f1-3 /proc/loadavg)"
+# results.md shows these figures beside compare.sh's: render it again from its own data.
+if [ -f "$OUT/results.json" ]; then
+  python3 "$ROOT/benches/chart.py" --from "$OUT/results.json" --md "$OUT/results.md" --svg "$OUT/results.svg"
+fi
 log "done with $FAILS failure(s): $OUT/firstbyte.md, $OUT/firstbyte.svg"
 [ "$FAILS" = 0 ]
