@@ -365,7 +365,7 @@ pub async fn open_tunnel(
 /// belongs to the head.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 2048];
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {

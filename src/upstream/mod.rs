@@ -287,7 +287,9 @@ impl Upstream {
     pub async fn connect(&self) -> Result<Dialed, UpstreamError> {
         match self.egress.route(&self.host, self.port) {
             None => self.connect_to(&self.host, self.port).await,
-            Some(proxy) => self.connect_via(proxy).await,
+            // Boxed: the tunnel's state (its answer buffer among it) would otherwise enlarge
+            // every connection's task, tunnelled or not, for the connection's whole life.
+            Some(proxy) => Box::pin(self.connect_via(proxy)).await,
         }
     }
 
