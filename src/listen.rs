@@ -346,6 +346,28 @@ fn unix_permissions(lc: &ListenerConfig, path: &Path) -> Result<(), ListenError>
     Ok(())
 }
 
+/// A listening socket handed to this process (by systemd or by the process it replaces), as a
+/// tokio listener: TCP with its address, or unix with its path when it has one.
+enum Adopted {
+    Tcp(TcpListener, SocketAddr),
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+fn adopt(lc: &ListenerConfig, owned: OwnedFd) -> Result<Adopted, ListenError> {
+    let socket = Socket::from(owned);
+    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
+    let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
+    if let Some(addr) = local.as_socket() {
+        let std_listener: std::net::TcpListener = socket.into();
+        let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+        return Ok(Adopted::Tcp(listener, addr));
+    }
+    let path = local.as_pathname().map(Path::to_path_buf);
+    let std_listener: std::os::unix::net::UnixListener = socket.into();
+    let listener = UnixListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
+    Ok(Adopted::Unix(listener, path))
+}
+
 fn adopt_systemd(
     lc: &ListenerConfig,
     socket_name: &str,
@@ -358,75 +380,59 @@ fn adopt_systemd(
             socket: socket_name.to_string(),
             available: inherited.names(),
         })?;
-    let socket = Socket::from(owned);
-    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
-    let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
-    if let Some(addr) = local.as_socket() {
-        let std_listener: std::net::TcpListener = socket.into();
-        let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-        let bound = Bound {
+    let bound = match adopt(lc, owned)? {
+        Adopted::Tcp(listener, addr) => Bound {
             socket: Socketish::Tcp(listener),
             local: format!("systemd:{socket_name} ({addr})"),
             host_only: addr.ip().is_loopback(),
             unix_path: None,
             inherited: true,
             handed_over: AtomicBool::new(false),
-        };
-        bound.check_policy(lc)?;
-        Ok(bound)
-    } else {
-        let path = local
-            .as_pathname()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "unnamed".into());
-        let std_listener: std::os::unix::net::UnixListener = socket.into();
-        let listener = UnixListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-        Ok(Bound {
+        },
+        Adopted::Unix(listener, path) => Bound {
             socket: Socketish::Unix(listener),
-            local: format!("systemd:{socket_name} (unix:{path})"),
+            local: format!(
+                "systemd:{socket_name} (unix:{})",
+                path.map_or_else(|| "unnamed".into(), |p| p.display().to_string())
+            ),
             host_only: true,
             unix_path: None,
             inherited: true,
             handed_over: AtomicBool::new(false),
-        })
-    }
+        },
+    };
+    bound.check_policy(lc)?;
+    Ok(bound)
 }
 
 /// Takes over the socket a replaced process passed for this listener: same address, and the
 /// clients waiting in its backlog with it. A unix socket's file is this process's to keep (and
 /// to remove at exit) from now on.
 fn adopt_upgraded(lc: &ListenerConfig, owned: OwnedFd) -> Result<Bound, ListenError> {
-    let socket = Socket::from(owned);
-    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
-    let local = socket.local_addr().map_err(|e| bind_err(lc, e))?;
-    if let Some(addr) = local.as_socket() {
-        let std_listener: std::net::TcpListener = socket.into();
-        let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-        return Ok(Bound {
+    match adopt(lc, owned)? {
+        Adopted::Tcp(listener, addr) => Ok(Bound {
             socket: Socketish::Tcp(listener),
             local: addr.to_string(),
             host_only: addr.ip().is_loopback(),
             unix_path: None,
             inherited: false,
             handed_over: AtomicBool::new(false),
-        });
+        }),
+        Adopted::Unix(listener, path) => {
+            let path =
+                path.ok_or_else(|| unix_err(lc, Path::new(""), "the passed socket has no path"))?;
+            let bound = Bound {
+                socket: Socketish::Unix(listener),
+                local: format!("unix:{}", path.display()),
+                host_only: true,
+                unix_path: Some(path.clone()),
+                inherited: false,
+                handed_over: AtomicBool::new(false),
+            };
+            unix_permissions(lc, &path)?;
+            Ok(bound)
+        }
     }
-    let path = local
-        .as_pathname()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| unix_err(lc, Path::new(""), "the passed socket has no path"))?;
-    let std_listener: std::os::unix::net::UnixListener = socket.into();
-    let listener = UnixListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-    let bound = Bound {
-        socket: Socketish::Unix(listener),
-        local: format!("unix:{}", path.display()),
-        host_only: true,
-        unix_path: Some(path.clone()),
-        inherited: false,
-        handed_over: AtomicBool::new(false),
-    };
-    unix_permissions(lc, &path)?;
-    Ok(bound)
 }
 
 /// Binds (or adopts) one listener. Must run inside the tokio runtime.
