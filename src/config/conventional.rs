@@ -105,14 +105,8 @@ pub(super) fn proxy_env_layers(vars: &[(String, String)], tls_enabled: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::layers::tests::vars;
     use crate::config::layers::{assemble, assemble_inner, Overrides};
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn det_master_is_a_url_of_scheme_host_and_port() {

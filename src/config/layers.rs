@@ -391,11 +391,12 @@ pub fn load(flags: &Overrides, purpose: Purpose) -> Result<Config, ConfigErrors>
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::keys::decl;
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// An environment given as pairs, for the layers' tests.
+    pub(in crate::config) fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
