@@ -54,9 +54,11 @@ seed() { # TARGET: fill corpus/TARGET with starting inputs
       printf 'SHA256 Fingerprint=%s\n' "$(printf 'AB:%.0s' $(seq 31))AB" >"$dir/openssl"
       printf '%s' "$(printf 'ab%.0s' $(seq 32))" >"$dir/bare"
       ;;
-    alpn_sniff)
+    first_bytes)
       printf 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' >"$dir/preface"
       printf 'GET / HTTP/1.1\r\n' >"$dir/http1"
+      printf '\026\003\001\000\055\001\000\000\051' >"$dir/client_hello"
+      printf '\026\003\003\100\000\001\000\100\000' >"$dir/client_hello_fragment"
       ;;
   esac
 }

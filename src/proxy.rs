@@ -5,33 +5,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::AlpnPolicy;
 use crate::diagnose::CertSummary;
 use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
 use crate::relay::{Relay, RelayResult, RelayTimeouts};
+use crate::sniff::{self, FirstBytes, Want};
 use crate::state::{ListenerPolicy, Shared, State};
 use crate::pool::Session;
 use crate::upstream::{version_name, Dialed, UpstreamError};
 
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How long ALPN `auto` (and passthrough detection) waits for the client's first bytes.
-pub const FIRST_BYTES_WAIT: Duration = Duration::from_secs(1);
-
-/// Whether a client's first bytes are the whole HTTP/2 connection preface.
-pub fn looks_like_h2(first: &[u8]) -> bool {
-    first.len() == H2_PREFACE.len() && first == H2_PREFACE
-}
-
 /// The listener's client config for a connection whose first bytes are `first` (ALPN `auto`
 /// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else).
-fn client_config(policy: &ListenerPolicy, first: &[u8]) -> Option<Arc<rustls::ClientConfig>> {
+fn client_config(policy: &ListenerPolicy, first: FirstBytes) -> Option<Arc<rustls::ClientConfig>> {
     let tls = policy.tls.as_ref()?;
     Some(match policy.config.alpn {
-        AlpnPolicy::Auto if looks_like_h2(first) => tls.h2.clone(),
+        AlpnPolicy::Auto if first == FirstBytes::H2Preface => tls.h2.clone(),
         AlpnPolicy::Auto => tls.http11.clone(),
         _ => tls.fixed.clone(),
     })
@@ -61,33 +52,17 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Reads the client's first bytes: enough to see a TLS ClientHello or the HTTP/2 preface.
-/// Returns `None` when the client closed without sending anything.
+/// Reads the client's first bytes: enough to see a TLS ClientHello (with passthrough on) or
+/// the HTTP/2 preface (with ALPN `auto`). `None` when the client closed without sending anything.
 async fn first_bytes(
     client: &mut ClientStream,
     policy: &ListenerPolicy,
-) -> std::io::Result<Option<([u8; 24], usize)>> {
-    let mut buf = [0u8; 24];
-    let mut n = 0;
-    let deadline = tokio::time::Instant::now() + FIRST_BYTES_WAIT;
-    loop {
-        let read = tokio::time::timeout_at(deadline, client.read(&mut buf[n..])).await;
-        match read {
-            Err(_) => return Ok(Some((buf, n))),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(0)) => return Ok(if n == 0 { None } else { Some((buf, n)) }),
-            Ok(Ok(m)) => {
-                n += m;
-                let wants_more = matches!(policy.config.alpn, AlpnPolicy::Auto)
-                    && policy.tls.is_some()
-                    && n < buf.len()
-                    && H2_PREFACE.starts_with(&buf[..n]);
-                if !wants_more {
-                    return Ok(Some((buf, n)));
-                }
-            }
-        }
-    }
+) -> std::io::Result<Option<sniff::First>> {
+    let want = Want {
+        client_hello: policy.config.tls_passthrough && policy.tls.is_some(),
+        h2: matches!(policy.config.alpn, AlpnPolicy::Auto) && policy.tls.is_some(),
+    };
+    sniff::read_first(client, want, sniff::FIRST_BYTES_WAIT).await
 }
 
 /// Serves one accepted client under `policy`, both taken from `state`, the state current when
@@ -178,13 +153,13 @@ async fn serve(
     peer: &Peer,
     rec: &mut Record,
 ) -> Outcome {
-    let (first, n) = match first_bytes(client, policy).await {
+    let sniffed = match first_bytes(client, policy).await {
         Ok(Some(x)) => x,
         Ok(None) => return Outcome::ClientClosedEarly,
         Err(_) => return Outcome::Reset,
     };
-    let first = &first[..n];
-    let passthrough = policy.config.tls_passthrough && first.first() == Some(&0x16);
+    let first = sniffed.bytes();
+    let passthrough = sniffed.kind == FirstBytes::ClientHello;
     let timeouts = RelayTimeouts {
         idle: state.config.timeouts.idle,
         close: state.config.timeouts.close,
@@ -192,7 +167,7 @@ async fn serve(
     let tls_choice = if passthrough {
         None
     } else {
-        client_config(policy, first)
+        client_config(policy, sniffed.kind)
     };
     match (tls_choice, &state.tls) {
         (Some(cfg), Some(tls)) => {

@@ -299,9 +299,9 @@ fn no_key_material_and_no_payload_bytes_in_any_log_line() {
     let mut c = connect(main);
     assert_eq!(roundtrip(&mut c, canary.as_bytes()), canary.as_bytes());
     finish(&mut c);
-    // Passed through (first byte 0x16), where the master then fails the handshake.
+    // Passed through (a ClientHello's headers), where the master then fails the handshake.
     let mut c = connect(main);
-    let mut tlsish = vec![0x16, 0x03, 0x01, 0x00, 0x40];
+    let mut tlsish = vec![0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c];
     tlsish.extend_from_slice(canary.as_bytes());
     let _ = c.write_all(&tlsish);
     let _ = c.shutdown(std::net::Shutdown::Write);

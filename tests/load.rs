@@ -93,8 +93,8 @@ async fn one_client(
     want_down: Arc<Vec<u8>>,
 ) -> Result<Vec<u8>, String> {
     let mut data = pattern_bytes(1000 + i, EACH_WAY);
-    // A first byte of 0x16 would open a TLS handshake and be passed through untouched
-    // (tls_passthrough: auto); these clients speak plaintext.
+    // A ClientHello's headers would be passed through untouched (tls_passthrough: auto);
+    // a first byte other than 0x16 rules them out for these plaintext clients.
     data[0] = b'P';
     let io = |what: &'static str| move |e: std::io::Error| format!("client {i}: {what}: {e}");
     let permit = connect_slots.acquire().await.unwrap();

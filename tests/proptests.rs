@@ -1,17 +1,20 @@
 //! Property tests over the parsers that take outside input: configuration text (random
 //! YAML-ish text, and mutated but plausible configurations), PEM bundles and keys, the
-//! `trust` fingerprint parser, the ALPN preface sniffer, and certificate summaries of
-//! arbitrary DER. Never a panic; always a typed error (or a value that holds up).
+//! `trust` fingerprint parser, the first-bytes classifier (ClientHello, HTTP/2 preface) as
+//! the proxy runs it, and certificate summaries of arbitrary DER. Never a panic; always a typed error (or a value that holds up).
 //! The fuzz targets in fuzz/ cover the same entry points with coverage guidance.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use det_tls_proxy::config::{self, Purpose};
 use det_tls_proxy::diagnose::{self, CertSummary};
 use det_tls_proxy::pem::{self as trust, PemError};
-use det_tls_proxy::proxy::{looks_like_h2, H2_PREFACE};
+use det_tls_proxy::sniff::{
+    self, classify, FirstBytes, Want, H2_PREFACE, HELLO_HEADERS, MAX_PLAINTEXT,
+};
 use proptest::prelude::*;
 use proptest::string::string_regex;
 
@@ -416,7 +419,7 @@ proptest! {
     }
 }
 
-// === Fingerprints and the preface sniffer ===
+// === Fingerprints ===
 
 fn canonical(bytes: &[u8]) -> String {
     bytes
@@ -459,16 +462,191 @@ proptest! {
         prop_assume!(bytes.len() != 32);
         prop_assert_eq!(diagnose::parse_fingerprint(&canonical(&bytes)), None);
     }
+}
+
+// === A client's first bytes: the classifier the proxy runs ===
+
+fn want() -> impl Strategy<Value = Want> {
+    (any::<bool>(), any::<bool>()).prop_map(|(client_hello, h2)| Want { client_hello, h2 })
+}
+
+/// The rules a ClientHello's first nine bytes follow (RFC 8446 §5.1, §4.1.2), read off the
+/// bytes independently of the classifier: handshake record, version 3.x with x <= 4, a
+/// record of 1..=2^14 bytes, client_hello, a body a ClientHello can have, ending with its
+/// record or (too big for one) filling it.
+fn follows_the_rules(b: &[u8]) -> bool {
+    let record = usize::from(u16::from_be_bytes([b[3], b[4]]));
+    let body = u32::from_be_bytes([0, b[6], b[7], b[8]]) as usize;
+    b[0] == 22
+        && b[1] == 3
+        && b[2] <= 4
+        && (1..=MAX_PLAINTEXT).contains(&record)
+        && b[5] == 1
+        && (sniff::MIN_HELLO_BODY..=sniff::MAX_HELLO_BODY).contains(&body)
+        && (body + 4 == record || (record == MAX_PLAINTEXT && body + 4 > record))
+}
+
+/// Nine header bytes, each field valid more often than not and otherwise just past a bound or
+/// anything, then anything: about one case in ten follows every rule.
+fn near_hello() -> impl Strategy<Value = Vec<u8>> {
+    let byte = |valid: std::ops::RangeInclusive<u8>, near: [u8; 2]| prop_oneof![6 => valid, 1 => Just(near[0]), 1 => Just(near[1]), 1 => any::<u8>()];
+    let record = prop_oneof![
+        6 => 45u16..=16384,
+        2 => Just(16384u16),
+        1 => prop::sample::select(vec![0u16, 1, 44, 16385]),
+        1 => any::<u16>(),
+    ];
+    let body_off = prop_oneof![
+        6 => Just(0i64),
+        2 => -6i64..6,
+        1 => 1i64..200_000,
+        1 => any::<u32>().prop_map(i64::from),
+    ];
+    (
+        byte(22..=22, [21, 23]),
+        byte(3..=3, [2, 4]),
+        byte(0..=4, [5, 0xff]),
+        record,
+        byte(1..=1, [0, 2]),
+        body_off,
+        prop::collection::vec(any::<u8>(), 0..24),
+    )
+        .prop_map(|(kind, major, minor, record, hs, off, tail)| {
+            let body = (i64::from(record) - 4 + off).clamp(0, 0xff_ffff) as u32;
+            let (r, b) = (record.to_be_bytes(), body.to_be_bytes());
+            let mut v = vec![kind, major, minor, r[0], r[1], hs, b[1], b[2], b[3]];
+            v.extend(tail);
+            v
+        })
+}
+
+/// Headers every rule holds for: a whole ClientHello in its record, or the first, full,
+/// record of one too big for it.
+fn valid_hello() -> impl Strategy<Value = Vec<u8>> {
+    let whole = (sniff::MIN_HELLO_BODY..=MAX_PLAINTEXT - 4).prop_map(|b| (b + 4, b));
+    let fragmented = (MAX_PLAINTEXT - 3..=sniff::MAX_HELLO_BODY).prop_map(|b| (MAX_PLAINTEXT, b));
+    (
+        0u8..=4,
+        prop_oneof![whole, fragmented],
+        prop::collection::vec(any::<u8>(), 0..24),
+    )
+        .prop_map(|(minor, (record, body), tail)| {
+            let (r, b) = ((record as u16).to_be_bytes(), (body as u32).to_be_bytes());
+            let mut v = vec![22, 3, minor, r[0], r[1], 1, b[1], b[2], b[3]];
+            v.extend(tail);
+            v
+        })
+}
+
+fn settled(kind: FirstBytes) -> FirstBytes {
+    if kind == FirstBytes::NeedMore {
+        FirstBytes::Other
+    } else {
+        kind
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn preface_sniffer_matches_exactly_the_h2_preface(
+    fn a_client_hello_is_exactly_what_follows_the_rules(bytes in near_hello(), w in want()) {
+        let w = Want { client_hello: true, ..w };
+        let verdict = classify(&bytes, w);
+        prop_assert_eq!(verdict == FirstBytes::ClientHello, follows_the_rules(&bytes), "{:02x?}", &bytes[..9]);
+        prop_assert_ne!(verdict, FirstBytes::NeedMore);
+    }
+
+    #[test]
+    fn valid_headers_are_a_client_hello_and_their_prefixes_wait(bytes in valid_hello(), w in want()) {
+        let w = Want { client_hello: true, ..w };
+        prop_assert_eq!(classify(&bytes, w), FirstBytes::ClientHello);
+        for n in 0..HELLO_HEADERS {
+            prop_assert_eq!(classify(&bytes[..n], w), FirstBytes::NeedMore, "{} bytes", n);
+        }
+        // With passthrough off, never a ClientHello (nor a wait for one).
+        prop_assert_eq!(classify(&bytes, Want { client_hello: false, h2: true }), FirstBytes::Other);
+    }
+
+    #[test]
+    fn a_verdict_never_changes_with_more_bytes(
+        bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..48), near_hello(), valid_hello()],
+        w in want(),
+    ) {
+        let mut verdict = FirstBytes::NeedMore;
+        for n in 0..=bytes.len() {
+            let now = classify(&bytes[..n], w);
+            if verdict != FirstBytes::NeedMore {
+                prop_assert_eq!(now, verdict, "{} bytes of {:02x?}", n, bytes);
+            }
+            verdict = now;
+            if n >= H2_PREFACE.len() || (n >= HELLO_HEADERS && !w.h2) {
+                prop_assert_ne!(now, FirstBytes::NeedMore, "{} bytes still undecided", n);
+            }
+        }
+    }
+
+    #[test]
+    fn the_h2_preface_is_recognised_whole_and_nothing_else_is(
         bytes in prop::collection::vec(any::<u8>(), 0..48),
         take in 0usize..=24,
+        hello in any::<bool>(),
     ) {
-        prop_assert_eq!(looks_like_h2(&bytes), bytes.as_slice() == H2_PREFACE);
-        prop_assert_eq!(looks_like_h2(&H2_PREFACE[..take]), take == 24);
+        let auto = Want { client_hello: hello, h2: true };
+        prop_assert_eq!(classify(&bytes, auto) == FirstBytes::H2Preface, bytes.starts_with(H2_PREFACE));
+        let expect = if take == 24 { FirstBytes::H2Preface } else { FirstBytes::NeedMore };
+        prop_assert_eq!(classify(&H2_PREFACE[..take], auto), expect);
         let mut longer = H2_PREFACE.to_vec();
         longer.extend_from_slice(&bytes);
-        prop_assert_eq!(looks_like_h2(&longer), bytes.is_empty());
+        prop_assert_eq!(classify(&longer, auto), FirstBytes::H2Preface);
+        prop_assert_eq!(classify(&longer, Want { client_hello: hello, h2: false }), FirstBytes::Other);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// `sniff::read_first`, as the proxy calls it, over a real socket: the bytes sent in two
+    /// writes and then a FIN are read as sent and judged as the classifier judges them all.
+    #[test]
+    fn first_bytes_read_over_a_socket_are_judged_as_sent(
+        sent in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..40),
+            near_hello(),
+            valid_hello(),
+            Just(H2_PREFACE.to_vec()),
+            (0usize..24).prop_map(|n| H2_PREFACE[..n].to_vec()),
+        ],
+        split in any::<prop::sample::Index>(),
+        w in want(),
+    ) {
+        let at = split.index(sent.len() + 1);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let first = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (head, tail) = (sent[..at].to_vec(), sent[at..].to_vec());
+            let client = tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                c.set_nodelay(true).unwrap();
+                c.write_all(&head).await.unwrap();
+                c.write_all(&tail).await.unwrap();
+                c.shutdown().await.unwrap();
+                c
+            });
+            let (mut server, _) = listener.accept().await.unwrap();
+            let first = sniff::read_first(&mut server, w, Duration::from_secs(10)).await.unwrap();
+            drop(client.await.unwrap());
+            first
+        });
+        match first {
+            None => prop_assert!(sent.is_empty()),
+            Some(f) => {
+                prop_assert!(sent.starts_with(f.bytes()), "read {:02x?} of {:02x?}", f.bytes(), sent);
+                let all = &sent[..sent.len().min(H2_PREFACE.len())];
+                prop_assert_eq!(f.kind, settled(classify(all, w)));
+            }
+        }
     }
 }

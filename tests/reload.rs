@@ -1224,9 +1224,10 @@ fn case_tls_passthrough(case: &Case, t: Trigger) {
             master_lines(&m)
         ))
     };
-    // Bytes that open like a TLS record: with passthrough off they are relayed inside the
-    // proxy's TLS and echoed; with it on they go raw to the master, which cannot read them.
-    let record = b"\x16\x03\x01\x00\x04ping";
+    // Headers of a ClientHello (a 45-byte record holding a 41-byte client_hello): with
+    // passthrough off they are relayed inside the proxy's TLS and echoed; with it on they go
+    // raw to the master, which cannot read them.
+    let record = b"\x16\x03\x01\x00\x2d\x01\x00\x00\x29ping";
     let live = Live::start(dir.path(), &with("off"), t);
     relays(live.main(), record);
     live.change(case, &with("auto"));

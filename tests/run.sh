@@ -7,8 +7,11 @@
 # `cargo test` (e.g. `bash tests/run.sh --test reload`).
 #
 # What the tests call, and why:
-#   curl             tests/alpn.rs: a real HTTP/1.1 and HTTP/2 client through the proxy
-#   openssl          tests/trust_cmd.rs: fingerprints as `openssl x509 -fingerprint` prints them
+#   curl             tests/alpn.rs: a real HTTP/1.1 and HTTP/2 client through the proxy;
+#                    tests/passthrough_sniff.rs: a real client passed through
+#   openssl          tests/trust_cmd.rs: fingerprints as `openssl x509 -fingerprint` prints them;
+#                    tests/passthrough_sniff.rs: `openssl s_client` passed through
+#   golang-go        tests/passthrough_sniff.rs: Go's crypto/tls passed through (tests/real/hello.go)
 #   util-linux       tests/faults.rs: prlimit, to exhaust file descriptors; tests/upstream_proxy.rs:
 #                    unshare, so tinyproxy resolves the master's name from a hosts file of its own
 #   squid, tinyproxy tests/upstream_proxy.rs, tests/reload.rs: real HTTP CONNECT proxies
@@ -37,7 +40,7 @@ as_root() {
 }
 
 apt_need=()
-for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy; do
+for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy golang-go; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done
 if [ "${#apt_need[@]}" -gt 0 ]; then
