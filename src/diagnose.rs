@@ -9,16 +9,19 @@ use serde::Serialize;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::untrusted::Untrusted;
+
 /// A master certificate closer than this to its expiry is warned about (`run`: once a day;
 /// `check`: in its report).
 pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
 
-/// What an operator needs to know about one certificate.
+/// What an operator needs to know about one certificate. Its names are whatever the master
+/// sent, so they are [`Untrusted`]: escaped wherever they are shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertSummary {
-    pub subject: String,
-    pub issuer: String,
-    pub dns_names: Vec<String>,
+    pub subject: Untrusted,
+    pub issuer: Untrusted,
+    pub dns_names: Vec<Untrusted>,
     pub ip_addresses: Vec<IpAddr>,
     /// Seconds since the Unix epoch.
     pub not_before: i64,
@@ -38,7 +41,7 @@ impl CertSummary {
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
-                    GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                    GeneralName::DNSName(d) => dns_names.push(Untrusted::from(*d)),
                     GeneralName::IPAddress(b) => {
                         if let Ok(a) = <[u8; 4]>::try_from(*b) {
                             ip_addresses.push(IpAddr::from(a));
@@ -50,8 +53,8 @@ impl CertSummary {
                 }
             }
         }
-        let subject = cert.subject().to_string();
-        let issuer = cert.issuer().to_string();
+        let subject = Untrusted::new(cert.subject().to_string());
+        let issuer = Untrusted::new(cert.issuer().to_string());
         Some(CertSummary {
             self_signed: subject == issuer,
             subject,
@@ -83,7 +86,8 @@ impl CertSummary {
         let dns = if self.dns_names.is_empty() {
             "no DNS names".to_string()
         } else {
-            format!("DNS names {}", self.dns_names.join(", "))
+            let v: Vec<String> = self.dns_names.iter().map(|d| d.to_string()).collect();
+            format!("DNS names {}", v.join(", "))
         };
         let ips = if self.ip_addresses.is_empty() {
             "no IP addresses".to_string()

@@ -262,8 +262,8 @@ impl Egress {
 /// Why a proxy did not open the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// The proxy's status line (`HTTP/1.1 407 Proxy Authentication Required`), or what went
-    /// wrong before one arrived.
+    /// The proxy's status line (`HTTP/1.1 407 Proxy Authentication Required`, escaped), or
+    /// what went wrong before one arrived.
     pub status_line: String,
     pub status: Option<u16>,
 }
@@ -343,8 +343,10 @@ pub async fn open_tunnel(
         .map_err(lost)?;
     let head = read_head(stream).await.map_err(lost)?;
     let text = String::from_utf8_lossy(&head);
-    let status_line = text.lines().next().unwrap_or("").trim().to_string();
-    let status = status_line
+    let line = text.lines().next().unwrap_or("").trim();
+    // The proxy's words reach logs and `check`: escaped here, where they enter.
+    let status_line = crate::untrusted::Untrusted::new(line);
+    let status = line
         .strip_prefix("HTTP/1.")
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse::<u16>().ok());
@@ -355,7 +357,7 @@ pub async fn open_tunnel(
             status: None,
         }),
         Some(_) => Err(Refusal {
-            status_line,
+            status_line: status_line.to_string(),
             status,
         }),
     }

@@ -28,5 +28,5 @@ macro_rules! internal {
 
 internal!(
     admin, config, diagnose, egress, exit, inherit, limit, listen, logging, metrics, outcome, pem,
-    pool, proxy, relay, sniff, state, tls, upstream,
+    pool, proxy, relay, sniff, state, tls, untrusted, upstream,
 );

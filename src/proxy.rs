@@ -35,7 +35,8 @@ fn client_config(policy: &ListenerPolicy, first: FirstBytes) -> Option<Arc<rustl
 pub struct Record {
     master: String,
     sni: String,
-    alpn: String,
+    /// As the master chose it: escaped when logged.
+    alpn: crate::untrusted::Untrusted<Vec<u8>>,
     tls_version: &'static str,
     resumed: bool,
     /// Served on a session `upstream.preconnect` had ready.
@@ -255,10 +256,7 @@ fn record_session(
     rec: &mut Record,
 ) {
     rec.sni = tls.name.sni().unwrap_or_default();
-    rec.alpn = conn
-        .alpn_protocol()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
+    rec.alpn = crate::untrusted::Untrusted::new(conn.alpn_protocol().unwrap_or_default().to_vec());
     rec.tls_version = version_name(conn.protocol_version());
     rec.resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     if rec.resumed {

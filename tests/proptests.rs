@@ -403,7 +403,9 @@ proptest! {
             d
         };
         if let Some(s) = CertSummary::from_der(&der) {
-            let _ = s.to_string();
+            // Whatever the names hold, what is shown holds no control character.
+            let shown = s.to_string();
+            prop_assert!(!shown.chars().any(char::is_control), "{shown:?}");
             let _ = s.names();
             let _ = s.days_left();
         }

@@ -14,6 +14,7 @@
 #   golang-go        tests/passthrough_sniff.rs: Go's crypto/tls passed through (tests/real/hello.go)
 #   util-linux       tests/faults.rs: prlimit, to exhaust file descriptors; tests/upstream_proxy.rs:
 #                    unshare, so tinyproxy resolves the master's name from a hosts file of its own
+#   bsdutils         tests/untrusted_text.rs: script, a terminal for `trust`'s question
 #   squid, tinyproxy tests/upstream_proxy.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
@@ -40,7 +41,7 @@ as_root() {
 }
 
 apt_need=()
-for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy golang-go; do
+for pkg in curl openssl ca-certificates util-linux bsdutils systemd python3-yaml squid tinyproxy golang-go; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done
 if [ "${#apt_need[@]}" -gt 0 ]; then

@@ -12,6 +12,7 @@ use crate::config::{self, Config, Overrides, Purpose, TlsSettings};
 use crate::diagnose::CertSummary;
 use crate::exit;
 use crate::tls::{NameReason, TlsContext};
+use crate::untrusted::Untrusted;
 use crate::upstream::{version_name, Attempt, SystemResolver, Upstream, UpstreamError};
 
 // === The report ===
@@ -57,7 +58,7 @@ impl ChainEntry {
 #[derive(Debug, Clone, Serialize)]
 pub struct CrlReport {
     pub path: String,
-    pub issuer: String,
+    pub issuer: Untrusted,
     /// RFC 3339; empty when the CRL has none.
     pub next_update: String,
     pub expired: bool,
@@ -79,7 +80,7 @@ pub struct Report {
     pub tls_version: Option<String>,
     pub cipher_suite: Option<String>,
     pub key_exchange: Option<String>,
-    pub alpn: Option<String>,
+    pub alpn: Option<Untrusted<Vec<u8>>>,
     pub handshake_ms: Option<f64>,
     pub resumed_on_second_dial: Option<bool>,
     pub chain: Vec<ChainEntry>,
@@ -273,9 +274,7 @@ fn record_session(conn: &rustls::ClientConnection, r: &mut Report) {
     r.key_exchange = conn
         .negotiated_key_exchange_group()
         .map(|g| format!("{:?}", g.name()));
-    r.alpn = conn
-        .alpn_protocol()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
+    r.alpn = conn.alpn_protocol().map(|p| Untrusted::new(p.to_vec()));
     r.chain = conn
         .peer_certificates()
         .map(|c| c.iter().filter_map(|c| ChainEntry::from_der(c)).collect())
@@ -325,7 +324,8 @@ pub(super) fn print_chain(out: &mut String, chain: &[ChainEntry]) {
             if s.dns_names.is_empty() {
                 "-".to_string()
             } else {
-                s.dns_names.join(", ")
+                let v: Vec<String> = s.dns_names.iter().map(|d| d.to_string()).collect();
+                v.join(", ")
             }
         ));
         let ips: Vec<String> = s.ip_addresses.iter().map(|i| i.to_string()).collect();
@@ -406,7 +406,7 @@ impl Report {
                 v,
                 self.cipher_suite.as_deref().unwrap_or("?"),
                 self.key_exchange.as_deref().unwrap_or("?"),
-                self.alpn.as_deref().unwrap_or("none")
+                self.alpn.as_ref().map_or("none".into(), |a| a.to_string())
             ));
         }
         if let Some(ms) = self.handshake_ms {

@@ -147,7 +147,7 @@ fn from_cli_store(path: &Path, config: &Config) -> Result<(String, String), Trus
             "{} holds no certificate for {} (it has: {})",
             path.display(),
             config.master.host,
-            map.keys().cloned().collect::<Vec<_>>().join(", ")
+            crate::untrusted::escape(&map.keys().cloned().collect::<Vec<_>>().join(", "))
         ))),
     }
 }
@@ -226,6 +226,8 @@ async fn obtain_chain(
         let (url, pem) = from_cli_store(&path, config)?;
         let certs = crate::pem::certs_from_pem(&path, pem.as_bytes())
             .map_err(|e| TrustCmdError::Failed(e.to_string()))?;
+        // The store's keys are whatever was typed at `det` login: shown escaped.
+        let url = crate::untrusted::Untrusted::new(url);
         let _ = writeln!(out, "from the CLI's store {} entry {url}", path.display());
         return Ok((pem_chain(&certs), certs));
     }

@@ -9,6 +9,7 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::pem::{load_crls, PemError};
+use crate::untrusted::Untrusted;
 
 /// One CRL of a configured file, with what is needed to say which certificate it revokes.
 #[derive(Debug, Clone)]
@@ -17,7 +18,7 @@ pub struct LoadedCrl {
     pub der: CertificateRevocationListDer<'static>,
     /// The issuer's name as DER, compared byte for byte with a certificate's issuer.
     issuer_raw: Vec<u8>,
-    pub issuer: String,
+    pub issuer: Untrusted,
     /// Seconds since the Unix epoch.
     pub this_update: i64,
     pub next_update: Option<i64>,
@@ -55,7 +56,7 @@ fn parse(path: &Path, der: CertificateRevocationListDer<'static>) -> Result<Load
     Ok(LoadedCrl {
         path: path.to_path_buf(),
         issuer_raw: crl.issuer().as_raw().to_vec(),
-        issuer: crl.issuer().to_string(),
+        issuer: Untrusted::new(crl.issuer().to_string()),
         this_update: crl.last_update().timestamp(),
         next_update: crl.next_update().map(|t| t.timestamp()),
         revoked,
@@ -115,7 +116,7 @@ pub fn status(crls: &[LoadedCrl], cert: &[u8]) -> CrlStatus {
 /// A certificate of the master's chain that a configured CRL revokes.
 #[derive(Debug, Clone)]
 pub struct Revocation {
-    pub subject: String,
+    pub subject: Untrusted,
     /// Hex pairs joined by `:`, as `openssl x509 -serial` shows it (lower case).
     pub serial: String,
     pub path: PathBuf,
@@ -128,7 +129,7 @@ pub fn find_revoked(crls: &[LoadedCrl], chain: &[CertificateDer<'_>]) -> Option<
         CrlStatus::Revoked { path, date } => {
             let (_, c) = X509Certificate::from_der(der).ok()?;
             Some(Revocation {
-                subject: c.subject().to_string(),
+                subject: Untrusted::new(c.subject().to_string()),
                 serial: c.raw_serial_as_string(),
                 path,
                 date,
@@ -194,7 +195,7 @@ mod tests {
         );
         assert_eq!(status(&crls, &leaf(&other, 7)), CrlStatus::NoCrl);
         let r = find_revoked(&crls, &[leaf(&issuer, 8), revoked]).unwrap();
-        assert_eq!((r.subject.as_str(), r.serial.as_str()), ("CN=det-master", "07"));
+        assert_eq!((r.subject.raw().as_str(), r.serial.as_str()), ("CN=det-master", "07"));
         assert_eq!(crate::diagnose::rfc3339(r.date), "2024-01-15T00:00:00Z");
     }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use rustls::{CertificateError, OtherError};
 
 use crate::diagnose::CertSummary;
+use crate::untrusted::Untrusted;
 
 use super::crl::Revocation;
 
@@ -59,7 +60,7 @@ pub struct CertFailure {
 #[derive(Debug, Clone)]
 pub struct PinMismatch {
     /// (subject, SHA-256) of each certificate sent, leaf first.
-    pub sent: Vec<(String, String)>,
+    pub sent: Vec<(Untrusted, String)>,
     pub pins: Vec<String>,
 }
 

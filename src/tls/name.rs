@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::config::{parse_host_ip, MasterConfig, TlsSettings};
 use crate::diagnose::CertSummary;
+use crate::untrusted::Untrusted;
 
 /// Why a name was chosen, in the order the rules are tried (docs/interface.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +113,10 @@ pub fn choose_name(
         Some(ip) => {
             let substitute = bundle
                 .and_then(bundle_leaf)
-                .and_then(|leaf| leaf.dns_names.into_iter().find(|n| !n.starts_with("*.")))
+                .and_then(|leaf| {
+                    let mut names = leaf.dns_names.into_iter().map(Untrusted::into_raw);
+                    names.find(|n| !n.starts_with("*."))
+                })
                 .and_then(|n| ServerName::try_from(n).ok());
             match (substitute, &tls.master_cert) {
                 (Some(sn), Some(path)) => NameChoice {

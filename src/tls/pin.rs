@@ -82,8 +82,8 @@ mod tests {
         assert_eq!(
             m.sent,
             [
-                ("CN=leaf".to_string(), fingerprint(&leaf)),
-                ("CN=inter".to_string(), fingerprint(&inter))
+                ("CN=leaf".into(), fingerprint(&leaf)),
+                ("CN=inter".into(), fingerprint(&inter))
             ]
         );
         assert_eq!(m.pins, [fingerprint(&other)]);

@@ -23,6 +23,7 @@ pub use sniffed::*;
 use crate::config::parse_host_ip;
 use crate::egress::{authority, open_tunnel, Egress, ProxyUrl};
 use crate::tls::{cert_failure, FailureKind};
+use crate::untrusted::Untrusted;
 
 // === Resolution ===
 
@@ -165,13 +166,12 @@ impl UpstreamError {
 
 /// Describes a failed handshake; a certificate problem says what the certificate holds, and
 /// a master port that answered in plaintext says so.
-pub fn handshake_error(addr: String, e: io::Error, first: &[u8]) -> UpstreamError {
-    if first.starts_with(b"HTTP/") || first.starts_with(b"<") {
+pub fn handshake_error(addr: String, e: io::Error, first: Untrusted<&[u8]>) -> UpstreamError {
+    if first.raw().starts_with(b"HTTP/") || first.raw().starts_with(b"<") {
         return UpstreamError::Handshake {
             addr,
             detail: format!(
-                "the master's port answered in plaintext: it looks like plaintext HTTP ({:?}...), not TLS; set master_port to the master's TLS port, or security.tls.enabled: false if the master has no TLS",
-                String::from_utf8_lossy(first)
+                "the master's port answered in plaintext: it looks like plaintext HTTP ({first:?}...), not TLS; set master_port to the master's TLS port, or security.tls.enabled: false if the master has no TLS"
             ),
             kind: HandshakeFailure::Plaintext,
         };

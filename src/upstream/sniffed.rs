@@ -36,8 +36,9 @@ impl<IO> Sniffed<IO> {
             hold_fin: false,
         }
     }
-    pub fn first(&self) -> &[u8] {
-        &self.first[..self.len as usize]
+    /// What the master sent first: its own words, escaped when shown.
+    pub fn first(&self) -> crate::untrusted::Untrusted<&[u8]> {
+        crate::untrusted::Untrusted::new(&self.first[..self.len as usize])
     }
 
     fn sniff(&mut self, new: &[u8]) {
