@@ -16,6 +16,8 @@ pub struct ProxyUrl {
     pub port: u16,
     /// User and password, percent-decoded, for `Proxy-Authorization: Basic`.
     pub auth: Option<(String, String)>,
+    /// The `upstream_proxy_credentials` file `auth` was read from, if it was.
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Display for ProxyUrl {
@@ -100,7 +102,12 @@ impl ProxyUrl {
                 decode(url.password().unwrap_or("")),
             ))
         };
-        Ok(Some(ProxyUrl { host, port, auth }))
+        Ok(Some(ProxyUrl {
+            host,
+            port,
+            auth,
+            auth_file: None,
+        }))
     }
 }
 
@@ -282,10 +289,16 @@ impl Refusal {
     /// What the operator can do about it.
     pub fn hint(&self, proxy: &ProxyUrl, target: &str) -> String {
         match self.status {
-            Some(407) if proxy.auth.is_some() => format!(
-                "the proxy refused the user and password in upstream_proxy ({proxy}); check them"
-            ),
-            Some(407) => "the proxy wants credentials: write them into upstream_proxy as http://USER:PASSWORD@HOST:PORT".to_string(),
+            Some(407) if proxy.auth.is_some() => match &proxy.auth_file {
+                Some(f) => format!(
+                    "the proxy ({proxy}) refused the user and password in upstream_proxy_credentials ({}); check them",
+                    f.display()
+                ),
+                None => format!(
+                    "the proxy refused the user and password in upstream_proxy ({proxy}); check them"
+                ),
+            },
+            Some(407) => "the proxy wants credentials: put USER:PASSWORD in the file upstream_proxy_credentials names, or write them into upstream_proxy as http://USER:PASSWORD@HOST:PORT".to_string(),
             Some(403) => format!(
                 "the proxy's policy forbids a tunnel to {target}: ask its operator to allow CONNECT to this host and port, or list the master in upstream_no_proxy if it is reachable directly"
             ),

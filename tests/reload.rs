@@ -619,6 +619,11 @@ fn cases() -> Vec<Case> {
             run: case_upstream_proxy,
         },
         Case {
+            name: "upstream_proxy_credentials",
+            keys: &["upstream_proxy_credentials"],
+            run: case_upstream_proxy_credentials,
+        },
+        Case {
             name: "upstream_no_proxy",
             keys: &["upstream_no_proxy"],
             run: case_upstream_no_proxy,
@@ -1645,6 +1650,26 @@ fn case_upstream_proxy(case: &Case, t: Trigger) {
         field(&line, "master").contains(" via http://127.0.0.1:"),
         "{line}"
     );
+}
+
+fn case_upstream_proxy_credentials(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let tiny = common::egress::EgressProxy::tinyproxy(dir.path(), Some(("ops", "s3cret")), &[]);
+    let with = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let lines = format!(
+            "upstream_proxy: {}\nupstream_proxy_credentials: {}\n",
+            q(tiny.url(None)),
+            qp(&file)
+        );
+        by_name(&m, &lines)
+    };
+    let live = Live::start(dir.path(), &with("stale", "ops:stale\n"), t);
+    refused(live.main(), Duration::from_secs(10));
+    live.change(case, &with("fresh", "ops:s3cret\n"));
+    relays(live.main(), b"the new file's password");
 }
 
 fn case_upstream_no_proxy(case: &Case, t: Trigger) {

@@ -15,7 +15,7 @@
 #   util-linux       tests/faults.rs: prlimit, to exhaust file descriptors; tests/upstream_proxy.rs:
 #                    unshare, so tinyproxy resolves the master's name from a hosts file of its own
 #   bsdutils         tests/untrusted_text.rs: script, a terminal for `trust`'s question
-#   squid, tinyproxy tests/upstream_proxy.rs, tests/reload.rs: real HTTP CONNECT proxies
+#   squid, tinyproxy tests/upstream_proxy.rs, tests/upstream_proxy_credentials.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does

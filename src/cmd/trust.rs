@@ -299,8 +299,8 @@ fn confirm(
     }
 }
 
-/// Which certificate of the written chain anchors trust, in an operator's words. Every
-/// certificate of `master_cert` is an anchor (as for the agent's Go crypto/x509), so the top
+/// Which certificate of the written chain anchors trust, in an operator's words. Every CA
+/// certificate of `master_cert` is an anchor and the leaf is trusted as itself, so the top
 /// one sent is what later certificates must chain to; a root the master did not send is not
 /// needed.
 fn anchor_note(entries: &[ChainEntry]) -> String {

@@ -93,6 +93,17 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
             .filter(|k| !old.keys.contains_key(*k))
             .cloned(),
     );
+    // The credentials file's path may stay while what it holds changes.
+    let from_file = |c: &Config| {
+        c.egress
+            .proxy
+            .as_ref()
+            .filter(|p| p.auth_file.is_some())
+            .map(|p| p.auth.clone())
+    };
+    if from_file(old) != from_file(new) {
+        keys.push("upstream_proxy_credentials".to_string());
+    }
     keys.sort();
     keys.dedup();
     keys

@@ -98,6 +98,8 @@ pub const KEYS: &[KeyDecl] = &[
         "A PEM or DER certificate revocation list checked against the master's chain (repeatable)."),
     row(Proxy, "upstream_proxy", Str, "DET_TLS_PROXY_UPSTREAM_PROXY", Some("upstream-proxy"), "URL",
         "HTTP proxy to tunnel to the master through (http://[user:pass@]host:port, or none); default: HTTPS_PROXY."),
+    row(Proxy, "upstream_proxy_credentials", Path, "DET_TLS_PROXY_UPSTREAM_PROXY_CREDENTIALS", Some("upstream-proxy-credentials"), "FILE",
+        "File holding USER:PASSWORD for upstream_proxy; a relative path is under $CREDENTIALS_DIRECTORY (systemd's LoadCredential=)."),
     row(Proxy, "upstream_no_proxy", List, "DET_TLS_PROXY_UPSTREAM_NO_PROXY", Some("upstream-no-proxy"), "HOSTS",
         "Masters reached directly despite upstream_proxy: host suffixes, IPs, CIDRs or * (repeatable); default: NO_PROXY."),
     row(Proxy, "agent_config", Path, "DET_TLS_PROXY_AGENT_CONFIG", None, "FILE",
@@ -119,6 +121,8 @@ pub const DET_MASTER_ENV: &str = "DET_MASTER";
 pub const HTTPS_PROXY_ENV: [&str; 2] = ["HTTPS_PROXY", "https_proxy"];
 pub const HTTP_PROXY_ENV: [&str; 2] = ["HTTP_PROXY", "http_proxy"];
 pub const NO_PROXY_ENV: [&str; 2] = ["NO_PROXY", "no_proxy"];
+/// Where systemd puts the files of `LoadCredential=`.
+pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 
 /// The row for a key, if it has one.
 pub fn decl(key: &str) -> Option<&'static KeyDecl> {

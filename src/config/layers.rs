@@ -11,7 +11,9 @@ use figment::{Figment, Metadata, Profile, Provider};
 
 use super::agent::agent_layer;
 use super::conventional::{det_master_layer, proxy_env_layers};
-use super::keys::{decl, list_value, listeners_value, KeyDecl, ValueKind, CONFIG_ENV, KEYS};
+use super::keys::{
+    decl, list_value, listeners_value, KeyDecl, ValueKind, CONFIG_ENV, CREDENTIALS_DIRECTORY_ENV, KEYS,
+};
 use super::raw::{defaults, RawConfig};
 use super::{
     err, validate, Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, DEFAULT_SOURCE,
@@ -151,6 +153,9 @@ pub struct Loaded {
     pub config_file: Option<PathBuf>,
     pub agent_config: Option<PathBuf>,
     pub(crate) agent_has_port: bool,
+    /// `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`): where a relative
+    /// `upstream_proxy_credentials` is.
+    pub(crate) credentials_directory: Option<PathBuf>,
 }
 
 impl Loaded {
@@ -301,6 +306,10 @@ pub(super) fn assemble_inner(
         config_file,
         agent_config: agent_path,
         agent_has_port,
+        credentials_directory: vars
+            .iter()
+            .find(|(k, v)| k == CREDENTIALS_DIRECTORY_ENV && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v)),
     })
 }
 

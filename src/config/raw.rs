@@ -73,6 +73,10 @@ pub struct RawConfig {
     pub upstream_proxy: Option<String>,
     #[serde(default)]
     pub upstream_no_proxy: Option<Vec<String>>,
+    /// A file holding `USER:PASSWORD` for `upstream_proxy`; relative to
+    /// `$CREDENTIALS_DIRECTORY` when that is set.
+    #[serde(default)]
+    pub upstream_proxy_credentials: Option<PathBuf>,
     #[serde(default)]
     pub upstream: RawUpstream,
 }
@@ -233,6 +237,7 @@ pub(crate) fn defaults() -> RawConfig {
         },
         upstream_proxy: None,
         upstream_no_proxy: None,
+        upstream_proxy_credentials: None,
         upstream: RawUpstream {
             preconnect: Some(0),
             preconnect_max_idle: Some(HumanDuration(DEFAULT_PRECONNECT_MAX_IDLE)),

@@ -1,5 +1,5 @@
 //! Polls the files the live configuration names (the config file, agent.yaml, certificates,
-//! key and CRLs) and asks for a reload when one changed. The stat calls run on the blocking pool.
+//! key, CRLs and the egress proxy's credentials) and asks for a reload when one changed. The stat calls run on the blocking pool.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,7 @@ pub fn watch_list(c: &Config) -> Watched {
     files.extend(c.tls.client_cert.clone());
     files.extend(c.tls.client_key.clone());
     files.extend(c.tls.crl.iter().cloned());
+    files.extend(c.egress.proxy.as_ref().and_then(|p| p.auth_file.clone()));
     files
         .into_iter()
         .map(|p| {

@@ -125,6 +125,9 @@ pub struct Revocation {
 
 /// The first certificate of `chain` (leaf first) that a configured CRL revokes.
 pub fn find_revoked(crls: &[LoadedCrl], chain: &[CertificateDer<'_>]) -> Option<Revocation> {
+    if crls.is_empty() {
+        return None;
+    }
     chain.iter().find_map(|der| match status(crls, der) {
         CrlStatus::Revoked { path, date } => {
             let (_, c) = X509Certificate::from_der(der).ok()?;

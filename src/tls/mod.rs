@@ -28,6 +28,7 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::{ClientConfig, NamedGroup, RootCertStore};
 
 use crate::config::{Config, MasterConfig, TlsSettings};
+use crate::diagnose::CertSummary;
 use crate::pem::{load_certs, load_key, PemError};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,17 @@ pub enum TrustError {
         "security.tls.master_cert: no certificate in {0} could be used as a trust anchor: {1}"
     )]
     BadAnchor(PathBuf, String),
+    #[error(
+        "security.tls.crl: {} revokes {} (serial {}), a trust anchor in {anchors}; WebPKI never \
+         checks the revocation of an anchor, so an anchor cannot be revoked: remove that \
+         certificate from {anchors} (or, if the revocation is a mistake, use a CRL without it)",
+        .revoked.path.display(), .revoked.subject, .revoked.serial
+    )]
+    RevokedAnchor {
+        revoked: Revocation,
+        /// Where the anchor is: `security.tls.master_cert (PATH)` or the system's store.
+        anchors: String,
+    },
     #[error("no system root certificates found and security.tls.master_cert is not set; set it to the master's CA bundle")]
     NoSystemRoots,
     #[error(
@@ -202,34 +214,57 @@ fn verifier(
     if bundle.is_none() && !checks.pins.is_empty() {
         return Ok(Arc::new(PinAnchored::new(checks.clone(), provider.clone())));
     }
-    let mut roots = RootCertStore::empty();
-    match bundle {
+    let (anchors, from): (Vec<_>, _) = match bundle {
         Some(certs) => {
-            // Every certificate of the bundle is an anchor: a leaf-only bundle (a
-            // self-signed master) works as well as leaf + intermediates + root.
-            let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
-            if added == 0 {
+            let path = tls.master_cert.clone().unwrap_or_default();
+            if !certs
+                .iter()
+                .any(|c| webpki::anchor_from_trusted_cert(c).is_ok())
+            {
                 return Err(TrustError::BadAnchor(
-                    tls.master_cert.clone().unwrap_or_default(),
+                    path,
                     "none of its certificates parsed".into(),
                 ));
             }
+            (
+                certs.iter().filter(|c| can_anchor(c)).cloned().collect(),
+                format!("security.tls.master_cert ({})", path.display()),
+            )
         }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
-            if roots.is_empty() {
-                return Err(TrustError::NoSystemRoots);
-            }
-        }
+        None => (
+            rustls_native_certs::load_native_certs().certs,
+            "the system's root certificates".to_string(),
+        ),
+    };
+    if let Some(revoked) = find_revoked(&checks.crls, &anchors) {
+        return Err(TrustError::RevokedAnchor {
+            revoked,
+            anchors: from,
+        });
     }
-    let inner = webpki(roots, provider.clone(), &checks.crls).map_err(TrustError::Tls)?;
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(anchors);
+    if bundle.is_none() && roots.is_empty() {
+        return Err(TrustError::NoSystemRoots);
+    }
+    let inner = match roots.is_empty() {
+        true => None,
+        false => Some(webpki(roots, provider.clone(), &checks.crls).map_err(TrustError::Tls)?),
+    };
     Ok(Arc::new(Diagnosing {
         inner,
         pinned: bundle.map(<[_]>::to_vec).unwrap_or_default(),
         checks: checks.clone(),
         provider: provider.clone(),
     }))
+}
+
+/// Whether a certificate of `master_cert` is made a trust anchor: one that can issue (a CA)
+/// or is its own issuer. A plain leaf is only pinned (trusted as exactly itself): as an
+/// anchor it would admit any certificate signed with its key, a revoked leaf's included, and
+/// as an anchor its own revocation would never be checked.
+fn can_anchor(der: &CertificateDer<'_>) -> bool {
+    CertSummary::from_der(der).is_none_or(|c| c.is_ca || c.self_signed)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The verifiers: WebPKI wrapped to keep why a certificate failed (and to accept a pinned
-//! certificate found byte for byte in `master_cert`), with the CRLs and the
+//! The verifiers: WebPKI wrapped to keep why a certificate failed (and to accept a CA or
+//! issuer-less certificate found byte for byte in `master_cert`), with the CRLs and the
 //! `master_cert_sha256` pins; the pin-anchored one (pins without `master_cert`); and
 //! `skip_verify`'s, which still checks handshake signatures (and the pins, when set).
 
@@ -12,10 +12,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme,
 };
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::diagnose::CertSummary;
 
-use super::crl::{find_revoked, LoadedCrl};
+use super::crl::{find_revoked, status, CrlStatus, LoadedCrl};
 use super::failure::{classify, CertFailure, FailureKind};
 use super::pin::Pins;
 use super::name::server_name_text;
@@ -24,11 +25,14 @@ use super::name::server_name_text;
 /// chain that verifies must also hold a pinned certificate.
 #[derive(Debug)]
 pub(crate) struct Diagnosing {
-    pub(crate) inner: Arc<WebPkiServerVerifier>,
+    /// WebPKI over the anchors: `None` when `master_cert` holds no certificate that can issue
+    /// (a lone leaf, which is then only pinned).
+    pub(crate) inner: Option<Arc<WebPkiServerVerifier>>,
     /// The certificates of `master_cert`. A master certificate that is exactly one of them is
-    /// trusted as pinned even where WebPKI path building refuses it: a self-signed certificate
-    /// made with `openssl req -x509` is marked CA:TRUE, which WebPKI will not accept as an end
-    /// entity, while the agent (Go's crypto/x509) and curl do.
+    /// trusted as pinned where WebPKI refuses it for how it sits, not for what it says (see
+    /// [`excused_when_pinned`]): a self-signed certificate made with `openssl req -x509` is
+    /// marked CA:TRUE, which WebPKI will not accept as an end entity, while the agent (Go's
+    /// crypto/x509) and curl do.
     pub(crate) pinned: Vec<CertificateDer<'static>>,
     /// `master_cert_sha256` and the CRLs, to check the pins and name a revoked certificate.
     pub(crate) checks: Checks,
@@ -171,17 +175,54 @@ macro_rules! signatures_checked_by_provider {
     };
 }
 
-/// Verifies a pinned leaf: its validity dates and the name, nothing else to do.
+/// Whether WebPKI's refusal of a certificate that is exactly one of `master_cert`'s says only
+/// that WebPKI cannot build a path for it, which the operator's choice of that very
+/// certificate replaces: a CA certificate as the master's own (`CaUsedAsEndEntity`, checked
+/// before the EKU and any path), or a leaf whose issuer is neither sent nor trusted (`trust`
+/// of a master that sends its leaf alone). Every other refusal (revoked, expired, EKU, name,
+/// signature, encoding) is about the certificate itself and stands.
+fn excused_when_pinned(cause: &CertificateError) -> bool {
+    match cause {
+        CertificateError::UnknownIssuer => true,
+        CertificateError::Other(o) => matches!(
+            o.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::CaUsedAsEndEntity)
+        ),
+        _ => false,
+    }
+}
+
+/// Verifies a pinned leaf where WebPKI did not: its validity dates, its extended key usage
+/// (serverAuth, when it names any), the configured CRLs' word on it and the name. The CRLs
+/// are matched by issuer name and serial: without the issuer, WebPKI cannot check their
+/// signatures, and a configured list can only refuse here, never admit.
 fn verify_pinned(
     end_entity: &CertificateDer<'_>,
     server_name: &ServerName<'_>,
     now: UnixTime,
+    crls: &[LoadedCrl],
 ) -> Result<(), CertificateError> {
     verify_dates(end_entity, now)?;
+    verify_server_auth(end_entity)?;
+    if let CrlStatus::Revoked { .. } = status(crls, end_entity) {
+        return Err(CertificateError::Revoked);
+    }
     let ee =
         webpki::EndEntityCert::try_from(end_entity).map_err(|_| CertificateError::BadEncoding)?;
     ee.verify_is_valid_for_subject_name(server_name)
         .map_err(|_| CertificateError::NotValidForName)
+}
+
+/// As WebPKI judges a server certificate's extended key usage: absent, or naming serverAuth.
+fn verify_server_auth(end_entity: &CertificateDer<'_>) -> Result<(), CertificateError> {
+    let (_, cert) = X509Certificate::from_der(end_entity.as_ref())
+        .map_err(|_| CertificateError::BadEncoding)?;
+    match cert.extended_key_usage() {
+        Ok(None) => Ok(()),
+        Ok(Some(eku)) if eku.value.server_auth => Ok(()),
+        Ok(Some(_)) => Err(CertificateError::InvalidPurpose),
+        Err(_) => Err(CertificateError::BadEncoding),
+    }
 }
 
 /// The leaf's validity dates against `now`.
@@ -206,23 +247,26 @@ impl ServerCertVerifier for Diagnosing {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let verdict = match &self.inner {
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        };
+        match verdict {
             Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(cause)) => {
-                let pinned = self
-                    .pinned
-                    .iter()
-                    .any(|p| p.as_ref() == end_entity.as_ref());
+                let pinned = excused_when_pinned(&cause)
+                    && self
+                        .pinned
+                        .iter()
+                        .any(|p| p.as_ref() == end_entity.as_ref());
                 if !pinned {
                     return Err(self.checks.fail(cause, end_entity, intermediates, server_name));
                 }
-                verify_pinned(end_entity, server_name, now)
+                verify_pinned(end_entity, server_name, now, &self.checks.crls)
                     .map_err(|e| self.checks.fail(e, end_entity, intermediates, server_name))?;
             }
             Err(e) => return Err(e),
@@ -235,9 +279,10 @@ impl ServerCertVerifier for Diagnosing {
 }
 
 /// Pins without `master_cert`: the system roots are not used; the pinned certificate of the
-/// chain is the trust. A pinned leaf is checked for its dates and the name; a pinned
+/// chain is the trust. A pinned leaf is checked as [`verify_pinned`] does; a pinned
 /// intermediate is the only anchor of a WebPKI path validation of the leaf (dates, name,
-/// signatures, CRLs).
+/// signatures, CRLs), and, since WebPKI never checks an anchor's own revocation, is looked up
+/// in the CRLs here.
 #[derive(Debug)]
 pub(crate) struct PinAnchored {
     pub(crate) checks: Checks,
@@ -290,8 +335,13 @@ impl ServerCertVerifier for PinAnchored {
         let chain = chain(end_entity, intermediates);
         let fail = |e| self.checks.fail(e, end_entity, intermediates, server_name);
         match self.checks.pins.matching(&chain) {
-            Some(0) | None => verify_pinned(end_entity, server_name, now).map_err(fail)?,
+            Some(0) | None => {
+                verify_pinned(end_entity, server_name, now, &self.checks.crls).map_err(fail)?
+            }
             Some(i) => {
+                if let CrlStatus::Revoked { .. } = status(&self.checks.crls, &chain[i]) {
+                    return Err(fail(CertificateError::Revoked));
+                }
                 let v = self.anchored_at(&chain[i]).map_err(fail)?;
                 match v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 {

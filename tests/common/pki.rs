@@ -188,6 +188,13 @@ impl OpensslCa {
         self.issue(&self.dir.clone(), stem, "det-master", ext)
     }
 
+    /// A CA certificate (CA:TRUE) for `det-master` and 127.0.0.1, used as a master's own, in
+    /// this CA's directory.
+    pub fn ca_server(&self, stem: &str) -> Issued {
+        let ext = format!("{CA_EXT}subjectAltName=DNS:det-master,IP:127.0.0.1\n");
+        self.issue(&self.dir.clone(), stem, "det-master", &ext)
+    }
+
     /// Marks `cert` revoked in this CA's database (takes effect in the next CRL).
     pub fn revoke(&self, cert: &Path) {
         openssl(

@@ -39,6 +39,7 @@ pub const SCRUBBED: &[&str] = &[
     "all_proxy",
     "NO_PROXY",
     "no_proxy",
+    "CREDENTIALS_DIRECTORY",
 ];
 
 /// `program` with no inherited variable from `SCRUBBED_PREFIXES`/`SCRUBBED` and stdin

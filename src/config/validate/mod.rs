@@ -86,7 +86,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         cross::admin_is_not_a_listener(&mut c, a, &listeners);
     }
     let log = log::log(&mut c, &raw.log);
-    let egress = egress::egress(&mut c, raw);
+    let egress = egress::egress(&mut c, raw, purpose);
     let preconnect = upstream::preconnect(&mut c, &raw.upstream);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
