@@ -198,6 +198,11 @@ impl ContainerDirectory {
         }
     }
 
+    /// What the table holds for `ip` now, without asking the API (for `status` and tests).
+    pub fn known(&self, ip: IpAddr) -> Option<Arc<ContainerInfo>> {
+        self.shared.get(ip.to_canonical())
+    }
+
     /// Stops the background task; lookups from then on fail with [`LookupError::Stopped`].
     pub fn stop(&self) {
         self.stop.cancel();

@@ -63,7 +63,8 @@ fn nulls_and_absences_are_tolerated() {
 
 #[test]
 fn a_malformed_environment_never_quotes_it() {
-    let body = inspected(true, r#"["DET_SESSION_TOKEN=s3cret", 5]"#, NETWORKS);
+    // One string where a list belongs: serde's own message would quote it.
+    let body = inspected(true, r#""PATH=/bin DET_SESSION_TOKEN=s3cret""#, NETWORKS);
     let e = container(body.as_bytes()).err().unwrap().to_string();
     assert!(!e.contains("s3cret"), "{e}");
     assert!(e.contains("malformed"), "{e}");
