@@ -435,7 +435,7 @@ mod tests {
         let d = ContainerDirectory::start(dir.path().join("docker.sock"));
         let started = std::time::Instant::now();
         let e = d.lookup("10.88.0.2".parse().unwrap()).await.unwrap_err();
-        assert!(started.elapsed() <= LOOKUP_BUDGET + Duration::from_millis(20));
+        assert!(started.elapsed() <= LOOKUP_BUDGET + Duration::from_millis(100));
         assert!(e.to_string().contains("no socket at"), "{e}");
         d.stop();
         let e = d.lookup("10.88.0.2".parse().unwrap()).await.unwrap_err();
