@@ -103,6 +103,8 @@ const KEYS: &[&str] = &[
     "format",
     "level",
     "access",
+    "identity",
+    "container_api",
     "unknown_key",
     "<<",
 ];

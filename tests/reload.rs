@@ -638,6 +638,11 @@ fn cases() -> Vec<Case> {
             keys: &["upstream.preconnect_max_idle"],
             run: case_preconnect_max_idle,
         },
+        Case {
+            name: "container_api",
+            keys: &["identity.container_api"],
+            run: case_container_api,
+        },
     ]
 }
 
@@ -1427,6 +1432,39 @@ fn case_admin_allowed_clients(case: &Case, t: Trigger) {
         None,
         "a scraper outside admin.allowed_clients was answered"
     );
+}
+
+/// The key takes a socket where one is (a stand-in for the runtime's API), and a reload naming
+/// a path with no socket is refused with the key named while the proxy goes on serving.
+fn case_container_api(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let api = common::docker_api::DockerApi::start(dir.path());
+    let with = |extra: &str| yaml(&format!("{}{MAIN}{extra}", master_lines(&m)));
+    let live = Live::start(dir.path(), &with(""), t);
+    relays(live.main(), b"ping");
+    let socket = format!("identity: {{container_api: {}}}\n", qp(api.socket()));
+    live.change(case, &with(&socket));
+    relays(live.main(), b"ping");
+    let before = live.proxy.lines().len();
+    replace(
+        &live.path,
+        &with("identity: {container_api: /nonexistent/docker.sock}\n"),
+    );
+    if t == Trigger::Sighup {
+        live.proxy.signal(Signal::SIGHUP);
+    }
+    let refused = eventually(Duration::from_secs(15), || {
+        live.proxy.lines()[before..]
+            .iter()
+            .any(|l| l.contains("reload refused") && l.contains("identity.container_api"))
+    });
+    assert!(
+        refused,
+        "no refused reload naming the key; stderr:\n{}",
+        live.proxy.stderr()
+    );
+    relays(live.main(), b"ping");
 }
 
 fn case_post_quantum(case: &Case, t: Trigger) {

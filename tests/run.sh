@@ -18,6 +18,8 @@
 #   squid, tinyproxy tests/upstream_proxy.rs, tests/upstream_proxy_credentials.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
+#   podman, runc, containernetworking-plugins  tests/container_api.rs: real containers on bridge
+#                    networks and the Docker-compatible API (`podman system service`)
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does
 #   kubernetes-validate (PyPI) deploy/validate.sh (tests/deploy.rs): the Kubernetes manifests
 set -euo pipefail
@@ -41,7 +43,21 @@ as_root() {
 }
 
 apt_need=()
-for pkg in curl openssl ca-certificates util-linux bsdutils systemd python3-yaml squid tinyproxy golang-go; do
+for pkg in \
+    curl \
+    openssl \
+    ca-certificates \
+    util-linux \
+    bsdutils \
+    systemd \
+    python3-yaml \
+    squid \
+    tinyproxy \
+    golang-go \
+    podman \
+    runc \
+    containernetworking-plugins \
+    ; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done
 if [ "${#apt_need[@]}" -gt 0 ]; then

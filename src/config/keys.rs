@@ -106,6 +106,8 @@ pub const KEYS: &[KeyDecl] = &[
         "A Determined agent.yaml to import master_host, master_port and security.tls.* from."),
     row(Proxy, "listeners", Listeners, "DET_TLS_PROXY_LISTEN", Some("listen"), "ADDR",
         "Listen address (repeatable): HOST:PORT, [v6]:PORT, unix:/path or systemd:NAME; replaces the file's listeners."),
+    row(Proxy, "identity.container_api", Path, "DET_TLS_PROXY_IDENTITY_CONTAINER_API", None, "SOCKET",
+        "The container runtime's API socket (Docker Engine API), to name clients on container bridges."),
     row(Proxy, "admin.listen", Str, "DET_TLS_PROXY_ADMIN_LISTEN", Some("admin-listen"), "ADDR",
         "Admin endpoint address (/healthz, /readyz, /metrics)."),
     row(Proxy, "log.format", Str, "DET_TLS_PROXY_LOG_FORMAT", None, "FORMAT", "text or json."),

@@ -79,6 +79,17 @@ pub struct RawConfig {
     pub upstream_proxy_credentials: Option<PathBuf>,
     #[serde(default)]
     pub upstream: RawUpstream,
+    #[serde(default)]
+    pub identity: RawIdentity,
+}
+
+/// `identity.*`: where the proxy learns who its clients are, beyond the kernel.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// The container runtime's API socket (Docker Engine API); absent: not asked.
+    #[serde(default)]
+    pub container_api: Option<PathBuf>,
 }
 
 /// `upstream.*`: how the master is reached beyond its address.
@@ -242,5 +253,6 @@ pub(crate) fn defaults() -> RawConfig {
             preconnect: Some(0),
             preconnect_max_idle: Some(HumanDuration(DEFAULT_PRECONNECT_MAX_IDLE)),
         },
+        identity: RawIdentity::default(),
     }
 }

@@ -21,6 +21,8 @@ pub struct Config {
     pub egress: crate::egress::Egress,
     /// `upstream.*`: the pool of pre-connected sessions.
     pub preconnect: Preconnect,
+    /// `identity.container_api`: the container runtime's API socket, when it is to be asked.
+    pub container_api: Option<PathBuf>,
     /// The proxy's own file, when one was read (watched for changes).
     pub config_file: Option<PathBuf>,
     /// The imported agent.yaml, when one was read.

@@ -1,11 +1,14 @@
 //! Shared fixtures for the integration tests: certificates (certs), the master stand-in
-//! (server, http), the proxy process (proxy) and blocking plaintext clients (here).
+//! (server, http), the proxy process (proxy) and blocking plaintext clients (here); a real
+//! container runtime (podman) and a stand-in for its API (docker_api).
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod docker_api;
 pub mod egress;
 pub mod http;
 pub mod pki;
+pub mod podman;
 pub mod probes;
 pub mod prometheus;
 pub mod proxy;

@@ -5,6 +5,7 @@
 mod admin;
 mod cross;
 mod egress;
+mod identity;
 mod listeners;
 mod log;
 mod master;
@@ -88,6 +89,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
     let log = log::log(&mut c, &raw.log);
     let egress = egress::egress(&mut c, raw, purpose);
     let preconnect = upstream::preconnect(&mut c, &raw.upstream);
+    let container_api = identity::container_api(&mut c, &raw.identity, purpose);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -101,6 +103,7 @@ pub fn validate(l: &Loaded, purpose: Purpose) -> Result<Config, ConfigErrors> {
         log,
         egress,
         preconnect,
+        container_api,
         config_file: l.config_file.clone(),
         agent_config: l.agent_config.clone(),
         keys: super::key_values(raw),
