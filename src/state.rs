@@ -208,6 +208,10 @@ impl Shared {
         metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        metrics
+            .health
+            .max_connections
+            .set(state.config.max_connections as i64);
         state.start_pool(Vec::new());
         Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
@@ -233,6 +237,10 @@ impl Shared {
         self.metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        self.metrics
+            .health
+            .max_connections
+            .set(state.config.max_connections as i64);
         let new = Arc::new(state);
         let old = std::mem::replace(
             &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),

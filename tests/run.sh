@@ -14,6 +14,8 @@
 #   squid, tinyproxy tests/upstream_proxy.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
+#   prometheus       tests/prometheus_rules.rs: promtool checks and unit-tests deploy/prometheus;
+#                    tests/prometheus_live.rs: a real Prometheus evaluates the alerts
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does
 #   kubernetes-validate (PyPI) deploy/validate.sh (tests/deploy.rs): the Kubernetes manifests
 set -euo pipefail
@@ -37,7 +39,7 @@ as_root() {
 }
 
 apt_need=()
-for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy; do
+for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done
 if [ "${#apt_need[@]}" -gt 0 ]; then
