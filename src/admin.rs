@@ -104,6 +104,33 @@ fn readiness_for_scrape(query: Option<&str>, shared: &Arc<Shared>, probe_state: 
     });
 }
 
+/// `/connections`, for `det-tls-proxy status`: the open connections (newest first, at most
+/// `?limit=`), the master's address and certificate expiry, and the last failures by kind.
+fn connections_page(query: Option<&str>, shared: &Shared) -> Response<Full<Bytes>> {
+    let limit = match crate::connections::parse_limit(query) {
+        Ok(n) => n,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{e}\n"),
+                "text/plain; charset=utf-8",
+            )
+        }
+    };
+    let mut doc = shared.connections.snapshot(limit);
+    let master = &shared.current().config.master;
+    let address = match master.ip() {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", master.port),
+        _ => format!("{}:{}", master.host, master.port),
+    };
+    let expiry = shared.metrics.master_cert_expiry.get() as i64;
+    doc["master"] = serde_json::json!({
+        "address": address,
+        "cert_expiry": (expiry > 0).then(|| crate::diagnose::rfc3339(expiry)),
+    });
+    text(StatusCode::OK, doc.to_string(), "application/json")
+}
+
 /// Rewrites OpenMetrics text as the classic Prometheus format (0.0.4) for scrapers that did
 /// not ask for OpenMetrics: counters are named with their `_total` suffix in HELP/TYPE, and
 /// the `# EOF` and `# UNIT` lines go.
@@ -173,6 +200,7 @@ async fn route(
                 )
             }
         }
+        ("GET" | "HEAD", "/connections") => connections_page(req.uri().query(), &shared),
         ("GET" | "HEAD", "/readyz") if shared.draining.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: draining (SIGTERM received)\n",
@@ -198,12 +226,12 @@ async fn route(
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", plain),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/connections") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", plain)
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n",
+            "not found: try /healthz, /readyz, /metrics or /connections\n",
             plain,
         ),
     })

@@ -15,6 +15,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey};
+use crate::connections::Connections;
 use crate::diagnose::CertSummary;
 use crate::listen::Peer;
 use crate::metrics::{ListenerMetrics, Metrics};
@@ -200,6 +201,8 @@ pub struct Shared {
     expiry_warned: AtomicI64,
     failures: Mutex<HashMap<String, (Instant, u64)>>,
     pub resolver: Arc<dyn Resolve>,
+    /// The connections open now, for `/connections`.
+    pub connections: Connections,
 }
 
 impl Shared {
@@ -222,6 +225,7 @@ impl Shared {
             expiry_warned: AtomicI64::new(0),
             failures: Mutex::new(HashMap::new()),
             resolver,
+            connections: Connections::default(),
         })
     }
 
