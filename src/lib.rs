@@ -27,23 +27,7 @@ macro_rules! internal {
 }
 
 internal!(
-    admin,
-    config,
-    connections,
-    diagnose,
-    egress,
-    exit,
-    inherit,
-    limit,
-    listen,
-    logging,
-    metrics,
-    outcome,
-    pem,
-    pool,
-    proxy,
-    relay,
-    state,
-    tls,
-    upstream,
+    admin, config, diagnose, egress, exit, inherit, limit, listen, logging, metrics, outcome, pem,
+    pool, proxy, relay, state, tls, upstream,
 );
+internal!(connections);

@@ -318,27 +318,29 @@ where
     if !first.is_empty() && server.write_all(first).await.is_err() {
         return Outcome::Reset;
     }
-    let live = rec.live.clone();
-    if let Some(l) = &live {
-        l.session(LiveSession {
-            master: rec.master.clone(),
-            tls_version: rec.tls_version,
-            alpn: rec.alpn.clone(),
-            resumed: rec.resumed,
-            preconnected: rec.preconnected,
-        });
-        l.bytes.up.fetch_add(first.len() as u64, Ordering::Relaxed);
-    }
-    let relay = Relay::new(&mut *client, &mut *server, timeouts);
-    let RelayResult { up, down, outcome } = match &live {
-        Some(l) => relay.counting(&l.bytes).await,
-        None => relay.await,
-    };
+    let live = list_session(rec, first.len());
+    let RelayResult { up, down, outcome } = Relay::new(&mut *client, &mut *server, timeouts)
+        .counting(live.as_deref().map(|l| &l.bytes))
+        .await;
     rec.up = up + first.len() as u64;
     rec.down = down;
     policy.metrics.up.inc_by(rec.up);
     policy.metrics.down.inc_by(rec.down);
     outcome
+}
+
+/// Shows the master session, and the first bytes sent, in the connection's `/connections` row.
+fn list_session(rec: &Record, first: usize) -> Option<Arc<Live>> {
+    let live = rec.live.clone()?;
+    live.session(LiveSession {
+        master: rec.master.clone(),
+        tls_version: rec.tls_version,
+        alpn: rec.alpn.clone(),
+        resumed: rec.resumed,
+        preconnected: rec.preconnected,
+    });
+    live.bytes.up.fetch_add(first as u64, Ordering::Relaxed);
+    Some(live)
 }
 
 fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, peer: &Peer, e: &UpstreamError) {

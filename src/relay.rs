@@ -240,9 +240,9 @@ where
         }
     }
 
-    /// Keeps `live` current as bytes move (it starts from whatever it holds).
-    pub fn counting(mut self, live: &'l LiveBytes) -> Self {
-        self.live = Some(live);
+    /// Keeps `live`, when given, current as bytes move (it starts from whatever it holds).
+    pub fn counting(mut self, live: Option<&'l LiveBytes>) -> Self {
+        self.live = live;
         self
     }
 
@@ -367,7 +367,7 @@ mod tests {
         let (server_near, server_far) = duplex(64 * 1024);
         let live: &'static LiveBytes = Box::leak(Box::default());
         let relay = tokio::spawn(
-            Relay::new(client_near, server_near, timeouts(5_000, 5_000)).counting(live),
+            Relay::new(client_near, server_near, timeouts(5_000, 5_000)).counting(Some(live)),
         );
         let (mut cr, mut cw) = tokio::io::split(client_far);
         let (mut sr, mut sw) = tokio::io::split(server_far);
