@@ -63,6 +63,74 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets `det_tls_proxy_ready` from the last probe's result as a scrape reads it (0 while
+/// draining). A scrape with `probe=1` in its query also starts a new probe when the last is
+/// older than [`PROBE_PERIOD`], in the background: the scrape never waits for the master, and
+/// sees the result at its next visit. Without it a scrape never dials: probing the master is
+/// the scraper's choice (hundreds of hosts probing it is load on the master).
+fn readiness_for_scrape(query: Option<&str>, shared: &Arc<Shared>, probe_state: &Arc<Probe>) {
+    let draining = shared.draining.load(Ordering::Relaxed);
+    // A probe under way holds the lock: the gauge keeps its value until it is done.
+    let Ok(last) = probe_state.last.try_lock() else {
+        return;
+    };
+    let fresh = last
+        .as_ref()
+        .is_some_and(|(at, _)| at.elapsed() < PROBE_PERIOD);
+    let ready = match last.as_ref() {
+        _ if draining => Some(false),
+        Some((_, r)) => Some(r.is_ok()),
+        None => None,
+    };
+    if let Some(ready) = ready {
+        shared.metrics.health.ready.get_or_create(&()).set(i64::from(ready));
+    }
+    drop(last);
+    let asked = query.is_some_and(|q| q.split('&').any(|kv| kv == "probe=1"));
+    if !asked || fresh || draining {
+        return;
+    }
+    let (shared, probe_state) = (shared.clone(), probe_state.clone());
+    tokio::spawn(async move {
+        let mut last = probe_state.last.lock().await;
+        if last
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < PROBE_PERIOD)
+        {
+            return;
+        }
+        let result = probe(&shared.current(), &shared).await;
+        *last = Some((Instant::now(), result));
+    });
+}
+
+/// `/connections`, for `det-tls-proxy status`: the open connections (newest first, at most
+/// `?limit=`), the master's address and certificate expiry, and the last failures by kind.
+fn connections_page(query: Option<&str>, shared: &Shared) -> Response<Full<Bytes>> {
+    let limit = match crate::connections::parse_limit(query) {
+        Ok(n) => n,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("{e}\n"),
+                "text/plain; charset=utf-8",
+            )
+        }
+    };
+    let mut doc = shared.connections.snapshot(limit);
+    let master = &shared.current().config.master;
+    let address = match master.ip() {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", master.port),
+        _ => format!("{}:{}", master.host, master.port),
+    };
+    let expiry = shared.metrics.master_cert_expiry.get() as i64;
+    doc["master"] = serde_json::json!({
+        "address": address,
+        "cert_expiry": (expiry > 0).then(|| crate::diagnose::rfc3339(expiry)),
+    });
+    text(StatusCode::OK, doc.to_string(), "application/json")
+}
+
 /// Rewrites OpenMetrics text as the classic Prometheus format (0.0.4) for scrapers that did
 /// not ask for OpenMetrics: counters are named with their `_total` suffix in HELP/TYPE, and
 /// the `# EOF` and `# UNIT` lines go.
@@ -111,6 +179,7 @@ async fn route(
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET" | "HEAD", "/healthz") => text(StatusCode::OK, "ok\n", plain),
         ("GET" | "HEAD", "/metrics") => {
+            readiness_for_scrape(req.uri().query(), &shared, &probe_state);
             let openmetrics = req
                 .headers()
                 .get(hyper::header::ACCEPT)
@@ -131,6 +200,7 @@ async fn route(
                 )
             }
         }
+        ("GET" | "HEAD", "/connections") => connections_page(req.uri().query(), &shared),
         ("GET" | "HEAD", "/readyz") if shared.draining.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: draining (SIGTERM received)\n",
@@ -156,12 +226,12 @@ async fn route(
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", plain),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/connections") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", plain)
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n",
+            "not found: try /healthz, /readyz, /metrics or /connections\n",
             plain,
         ),
     })

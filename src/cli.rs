@@ -59,6 +59,15 @@ pub enum Command {
     },
     /// Print the effective configuration and where each value came from.
     Config,
+    /// List the running proxy's open connections (from its admin endpoint's /connections).
+    Status {
+        /// Print the admin endpoint's JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many connections, the newest (default 1000, at most 10000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        limit: Option<u16>,
+    },
     /// Run the whole path on loopback with no setup: stand-in master, proxy, HTTP/1.1, WebSocket, HTTP/2.
     Demo {
         /// Keep serving after the exchanges and print commands to try.

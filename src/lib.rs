@@ -30,3 +30,4 @@ internal!(
     admin, config, diagnose, egress, exit, identity, inherit, limit, listen, logging, metrics,
     outcome, pem, pool, proxy, relay, sniff, state, tls, untrusted, upstream,
 );
+internal!(connections);

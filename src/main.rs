@@ -15,6 +15,7 @@ fn main() {
     let code = match cli.command.unwrap_or(Command::Run) {
         Command::Run => server::run(flags, inherited),
         Command::Config => cmd::config::main(&flags),
+        Command::Status { json, limit } => cmd::status::main(&flags, json, limit.map(usize::from)),
         Command::Check { json } => cmd::check::main(&flags, json),
         Command::Demo { hold } => cmd::demo::main(hold),
         Command::Trust {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub master_cert_expiry: Gauge<f64, AtomicU64>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub skip_verify: Gauge,
+    /// Readiness, the connection cap, the last reload's result.
+    pub health: HealthGauges,
     /// `preconnect_total{result}`: hit, miss, discard.
     pub preconnect: PreconnectMetrics,
 }
@@ -99,6 +101,41 @@ impl PreconnectMetrics {
             family,
         );
         metrics
+    }
+}
+
+/// The gauges the alerts read besides the counters.
+#[derive(Clone, Default)]
+pub struct HealthGauges {
+    /// 1 when the last readiness probe succeeded, 0 when it failed or the proxy drains; no
+    /// sample until a probe has run (see `admin::readiness_for_scrape`).
+    pub ready: Family<(), Gauge>,
+    /// The global `max_connections`, so utilisation needs no copy of the configuration.
+    pub max_connections: Gauge,
+    /// 0 from a refused reload until the next one succeeds (Prometheus' own convention).
+    pub reload_ok: Gauge,
+}
+
+impl HealthGauges {
+    fn register(registry: &mut Registry) -> HealthGauges {
+        let g = HealthGauges::default();
+        g.reload_ok.set(1);
+        registry.register(
+            "ready",
+            "1 when the last readiness probe (/readyz, or /metrics?probe=1) reached and verified the master; 0 when it failed or the proxy is draining",
+            g.ready.clone(),
+        );
+        registry.register(
+            "max_connections",
+            "The global connection cap (max_connections)",
+            g.max_connections.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "0 when the last configuration reload was refused, else 1",
+            g.reload_ok.clone(),
+        );
+        g
     }
 }
 
@@ -171,6 +208,7 @@ impl Metrics {
             "1 when the master's certificate is not verified (security.tls.skip_verify)",
             skip_verify.clone(),
         );
+        let health = HealthGauges::register(&mut registry);
         let preconnect = PreconnectMetrics::register(&mut registry);
         Metrics {
             registry,
@@ -184,6 +222,7 @@ impl Metrics {
             master_cert_expiry,
             config_reloads,
             skip_verify,
+            health,
             preconnect,
         }
     }
@@ -227,6 +266,7 @@ impl Metrics {
     }
 
     pub fn reload(&self, ok: bool) {
+        self.health.reload_ok.set(i64::from(ok));
         self.config_reloads
             .get_or_create(&ResultLabel {
                 result: if ok { "success" } else { "error" }.to_string(),

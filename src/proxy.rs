@@ -2,12 +2,14 @@
 //! a client that leaves without a word), pick passthrough or TLS and the ALPN to offer, reach
 //! the master, relay, and account for it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::AlpnPolicy;
+use crate::connections::{Live, Session as LiveSession};
 use crate::diagnose::CertSummary;
 use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
@@ -43,6 +45,8 @@ pub struct Record {
     preconnected: bool,
     up: u64,
     down: u64,
+    /// Its row in `/connections`, which `finish` fills in.
+    live: Option<Arc<Live>>,
 }
 
 struct ActiveGuard(prometheus_client::metrics::gauge::Gauge);
@@ -78,7 +82,11 @@ pub async fn handle(
     let started = Instant::now();
     policy.metrics.active.inc();
     let _active = ActiveGuard(policy.metrics.active.clone());
-    let mut rec = Record::default();
+    let listed = shared.connections.register(&policy.config.name, &peer);
+    let mut rec = Record {
+        live: Some(listed.live()),
+        ..Record::default()
+    };
 
     let outcome = tokio::select! {
         r = serve(&mut client, &state, &policy, &shared, &peer, &mut rec) => r,
@@ -283,7 +291,10 @@ where
     if !first.is_empty() && server.write_all(first).await.is_err() {
         return Outcome::Reset;
     }
-    let RelayResult { up, down, outcome } = Relay::new(&mut *client, &mut *server, timeouts).await;
+    let live = list_session(rec, first.len());
+    let RelayResult { up, down, outcome } = Relay::new(&mut *client, &mut *server, timeouts)
+        .counting(live.as_deref().map(|l| &l.bytes))
+        .await;
     rec.up = up + first.len() as u64;
     rec.down = down;
     policy.metrics.up.inc_by(rec.up);
@@ -291,10 +302,25 @@ where
     outcome
 }
 
+/// Shows the master session, and the first bytes sent, in the connection's `/connections` row.
+fn list_session(rec: &Record, first: usize) -> Option<Arc<Live>> {
+    let live = rec.live.clone()?;
+    live.session(LiveSession {
+        master: rec.master.clone(),
+        tls_version: rec.tls_version,
+        alpn: rec.alpn.clone(),
+        resumed: rec.resumed,
+        preconnected: rec.preconnected,
+    });
+    live.bytes.up.fetch_add(first as u64, Ordering::Relaxed);
+    Some(live)
+}
+
 fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, peer: &Peer, e: &UpstreamError) {
     let kind = e.kind();
     shared.metrics.upstream_error(kind);
     let detail = e.to_string();
+    shared.connections.note_error(kind, &detail);
     let listener = policy.config.name.as_str();
     shared.log_failure(&format!("{kind}:{detail}"), |suppressed| {
         tracing::warn!(

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +28,16 @@ pub use crate::outcome::Outcome;
 pub struct RelayTimeouts {
     pub idle: Duration,
     pub close: Duration,
+}
+
+/// Byte counts the relay keeps current while it copies, for `status` to read mid-connection:
+/// one relaxed add per read, in memory the connection already owns.
+#[derive(Debug, Default)]
+pub struct LiveBytes {
+    /// Client to master.
+    pub up: AtomicU64,
+    /// Master to client.
+    pub down: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +91,7 @@ impl Half {
         mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
         scratch: &mut [MaybeUninit<u8>],
+        live: Option<&AtomicU64>,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -132,6 +144,9 @@ impl Half {
                         continue;
                     }
                     self.bytes += data.len() as u64;
+                    if let Some(live) = live {
+                        live.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     let mut off = 0;
                     if write_from(writer.as_mut(), cx, data, &mut off, &mut self.need_flush)?
                         .is_pending()
@@ -193,7 +208,7 @@ fn is_disconnect(e: &io::Error) -> bool {
 /// Copies `client` ⇄ `server` until both directions end, a timeout passes, or a peer fails.
 /// A client's EOF becomes a write shutdown toward the server (close_notify + FIN for TLS) and
 /// the other direction goes on until it ends or `timeouts.close` passes.
-pub struct Relay<A, B> {
+pub struct Relay<'l, A, B> {
     client: A,
     server: B,
     up: Half,
@@ -202,9 +217,10 @@ pub struct Relay<A, B> {
     timer: Pin<Box<Sleep>>,
     last_activity: Instant,
     close_deadline: Option<Instant>,
+    live: Option<&'l LiveBytes>,
 }
 
-impl<A, B> Relay<A, B>
+impl<'l, A, B> Relay<'l, A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -220,7 +236,14 @@ where
             timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
             last_activity: now,
             close_deadline: None,
+            live: None,
         }
+    }
+
+    /// Keeps `live`, when given, current as bytes move (it starts from whatever it holds).
+    pub fn counting(mut self, live: Option<&'l LiveBytes>) -> Self {
+        self.live = live;
+        self
     }
 
     fn result(&self, outcome: Outcome) -> RelayResult {
@@ -232,7 +255,7 @@ where
     }
 }
 
-impl<A, B> Future for Relay<A, B>
+impl<A, B> Future for Relay<'_, A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -251,6 +274,7 @@ where
                 Pin::new(&mut this.client),
                 Pin::new(&mut this.server),
                 &mut scratch,
+                this.live.map(|l| &l.up),
             ) {
                 return Poll::Ready(this.result(Outcome::Reset));
             }
@@ -261,6 +285,7 @@ where
                 Pin::new(&mut this.server),
                 Pin::new(&mut this.client),
                 &mut scratch,
+                this.live.map(|l| &l.down),
             ) {
                 return Poll::Ready(this.result(Outcome::Reset));
             }
@@ -334,6 +359,31 @@ mod tests {
         assert_eq!(back, b"answer after EOF");
         let r = relay.await.unwrap();
         assert_eq!((r.up, r.down, r.outcome), (8, 16, Outcome::Ok));
+    }
+
+    #[tokio::test]
+    async fn live_counts_move_while_the_connection_is_open() {
+        let (client_far, client_near) = duplex(64 * 1024);
+        let (server_near, server_far) = duplex(64 * 1024);
+        let live: &'static LiveBytes = Box::leak(Box::default());
+        let relay = tokio::spawn(
+            Relay::new(client_near, server_near, timeouts(5_000, 5_000)).counting(Some(live)),
+        );
+        let (mut cr, mut cw) = tokio::io::split(client_far);
+        let (mut sr, mut sw) = tokio::io::split(server_far);
+        cw.write_all(b"twelve bytes").await.unwrap();
+        let mut got = [0u8; 12];
+        sr.read_exact(&mut got).await.unwrap();
+        sw.write_all(b"five!").await.unwrap();
+        let mut back = [0u8; 5];
+        cr.read_exact(&mut back).await.unwrap();
+        // Still open, and the counts are already there.
+        assert_eq!(live.up.load(Ordering::Relaxed), 12);
+        assert_eq!(live.down.load(Ordering::Relaxed), 5);
+        cw.shutdown().await.unwrap();
+        sw.shutdown().await.unwrap();
+        let r = relay.await.unwrap();
+        assert_eq!((r.up, r.down), (12, 5));
     }
 
     #[tokio::test]

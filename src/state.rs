@@ -15,6 +15,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey};
+use crate::connections::Connections;
 use crate::diagnose::CertSummary;
 use crate::listen::Peer;
 use crate::metrics::{ListenerMetrics, Metrics};
@@ -200,6 +201,8 @@ pub struct Shared {
     expiry_warned: AtomicI64,
     failures: Mutex<HashMap<String, (Instant, u64)>>,
     pub resolver: Arc<dyn Resolve>,
+    /// The connections open now, for `/connections`.
+    pub connections: Connections,
 }
 
 impl Shared {
@@ -208,6 +211,10 @@ impl Shared {
         metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        metrics
+            .health
+            .max_connections
+            .set(state.config.max_connections as i64);
         state.start_pool(Vec::new());
         Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
@@ -218,6 +225,7 @@ impl Shared {
             expiry_warned: AtomicI64::new(0),
             failures: Mutex::new(HashMap::new()),
             resolver,
+            connections: Connections::default(),
         })
     }
 
@@ -233,6 +241,10 @@ impl Shared {
         self.metrics
             .skip_verify
             .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        self.metrics
+            .health
+            .max_connections
+            .set(state.config.max_connections as i64);
         let new = Arc::new(state);
         let old = std::mem::replace(
             &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),

@@ -34,6 +34,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("det_tls_proxy_config_reloads", "counter"),
     ("det_tls_proxy_skip_verify", "gauge"),
     ("det_tls_proxy_preconnect", "counter"),
+    ("det_tls_proxy_ready", "gauge"),
+    ("det_tls_proxy_max_connections", "gauge"),
+    ("det_tls_proxy_config_last_reload_successful", "gauge"),
 ];
 
 fn assert_families(s: &Scrape) {
@@ -282,6 +285,8 @@ fn config_reloads_are_counted_by_result() {
         s.count("det_tls_proxy_config_reloads_total", &success) == 1.0
     });
     assert_eq!(s.count("det_tls_proxy_config_reloads_total", &error), 0.0);
+    let last_ok = |s: &Scrape| s.value("det_tls_proxy_config_last_reload_successful", &[]);
+    assert_eq!(last_ok(&s), Some(1.0));
 
     // A broken configuration: refused, counted, and the proxy keeps serving. (The file
     // watcher may count the same change once more.)
@@ -291,7 +296,65 @@ fn config_reloads_are_counted_by_result() {
         s.count("det_tls_proxy_config_reloads_total", &error) >= 1.0
     });
     assert_eq!(s.count("det_tls_proxy_config_reloads_total", &success), 1.0);
+    assert_eq!(last_ok(&s), Some(0.0));
     relays(proxy.tcp_addr("main"), b"still serving");
+
+    // Fixed: the next reload succeeds and the gauge is 1 again.
+    replace(&path, &cfg.render());
+    proxy.signal(Signal::SIGHUP);
+    let s = scrape_until(
+        admin,
+        "a second successful reload",
+        Duration::from_secs(10),
+        |s| s.count("det_tls_proxy_config_reloads_total", &success) >= 2.0,
+    );
+    assert_eq!(last_ok(&s), Some(1.0));
+}
+
+/// `det_tls_proxy_ready` is the last readiness probe's result: no sample before one ran, and a
+/// plain scrape never dials the master. A scrape with `probe=1` starts one (its result shows
+/// at the next scrape); a `/readyz` that failed shows as 0. `max_connections` is the cap.
+#[test]
+fn ready_gauge_follows_the_probe_a_scrape_or_readyz_asks_for() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let proxy = master
+        .cfg()
+        .extra(ADMIN)
+        .extra("max_connections: 321")
+        .start(dir.path());
+    let admin = proxy.tcp_addr("admin");
+    let s = scrape(admin);
+    assert_eq!(s.value("det_tls_proxy_ready", &[]), None);
+    assert_eq!(s.value("det_tls_proxy_max_connections", &[]), Some(321.0));
+    assert_eq!(
+        master.server.state().tcp_accepts,
+        0,
+        "a plain scrape dialled the master"
+    );
+    let probed = |s: &Scrape| s.value("det_tls_proxy_ready", &[]);
+    let mut ready = None;
+    eventually(Duration::from_secs(10), || {
+        ready = probed(&parse(&get(admin, "/metrics?probe=1", None).body, "text"));
+        ready.is_some()
+    });
+    assert_eq!(
+        ready,
+        Some(1.0),
+        "no probe result after scrapes with probe=1"
+    );
+    // One probe, however many scrapes asked while its result was fresh.
+    assert_eq!(master.server.state().handshakes.len(), 1);
+
+    let down = dir.path().join("down");
+    std::fs::create_dir(&down).unwrap();
+    let proxy = Cfg::new("127.0.0.1", common::server::closed_port())
+        .master_cert(&master.ca_pem)
+        .extra(ADMIN)
+        .start(&down);
+    let admin = proxy.tcp_addr("admin");
+    assert_eq!(get(admin, "/readyz", None).status, 503);
+    assert_eq!(scrape(admin).value("det_tls_proxy_ready", &[]), Some(0.0));
 }
 
 /// Without allowed_clients a non-loopback admin address is refused at start: the fixture

@@ -20,6 +20,8 @@
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
 #   podman, runc, containernetworking-plugins  tests/container_api.rs: real containers on bridge
 #                    networks and the Docker-compatible API (`podman system service`)
+#   prometheus       tests/prometheus_rules.rs: promtool checks and unit-tests deploy/prometheus;
+#                    tests/prometheus_live.rs: a real Prometheus evaluates the alerts
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does
 #   kubernetes-validate (PyPI) deploy/validate.sh (tests/deploy.rs): the Kubernetes manifests
 set -euo pipefail
@@ -57,6 +59,7 @@ for pkg in \
     podman \
     runc \
     containernetworking-plugins \
+    prometheus \
     ; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done

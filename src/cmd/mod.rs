@@ -5,6 +5,7 @@ pub mod check;
 mod check_trust;
 pub mod config;
 pub mod demo;
+pub mod status;
 pub mod trust;
 
 fn runtime() -> tokio::runtime::Runtime {

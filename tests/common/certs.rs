@@ -149,6 +149,25 @@ pub fn leaf_valid(ca: &Ca, sans: &[&str], from: (i32, u8, u8), until: (i32, u8, 
     Leaf { cert, key }
 }
 
+/// A server leaf for `det-master` signed by `ca`, for `sans`, valid since yesterday and
+/// expiring `left` from now (a certificate about to expire).
+pub fn leaf_expiring_in(ca: &Ca, sans: &[&str], left: std::time::Duration) -> Leaf {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let key = KeyPair::generate().expect("key");
+    let mut p =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "det-master");
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.not_before = epoch + (now - std::time::Duration::from_secs(86_400));
+    p.not_after = epoch + (now + left);
+    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("leaf");
+    Leaf { cert, key }
+}
+
 /// SHA-256 of DER bytes as the proxy (and openssl) print it: lowercase hex pairs joined
 /// by ':'.
 pub fn fingerprint(der: &[u8]) -> String {

@@ -80,6 +80,25 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// As `connect`, from source address `from` (another loopback address such as 127.0.0.2
+/// stands for another host).
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    s.bind(&SocketAddr::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    s.connect_timeout(&to.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {to} from {from}: {e}"));
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
 /// Writes `data` and reads back exactly as many bytes.
 pub fn roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     s.write_all(data).expect("write to proxy");

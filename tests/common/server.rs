@@ -146,6 +146,7 @@ pub struct ServerBuilder {
     alpn: Vec<Vec<u8>>,
     client_auth: ClientAuth,
     behavior: Behavior,
+    port: u16,
 }
 
 impl ServerBuilder {
@@ -158,7 +159,15 @@ impl ServerBuilder {
             alpn: vec![],
             client_auth: ClientAuth::None,
             behavior: Behavior::Echo,
+            port: 0,
         }
+    }
+
+    /// Listens on this port of 127.0.0.1 (a master restarted where it was), waiting up to
+    /// 5 s for a stopped server's socket to be released.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
     }
 
     pub fn tls12_only(mut self) -> Self {
@@ -219,7 +228,18 @@ impl ServerBuilder {
             .enable_all()
             .build()
             .expect("runtime");
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind server");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let std_listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("bind server on port {}: {e}", self.port),
+            }
+        };
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let shared: Shared = Arc::new((Mutex::new(ServerState::default()), Condvar::new()));
