@@ -308,7 +308,7 @@ fn list_session(rec: &Record, first: usize) -> Option<Arc<Live>> {
     live.session(LiveSession {
         master: rec.master.clone(),
         tls_version: rec.tls_version,
-        alpn: rec.alpn.clone(),
+        alpn: rec.alpn.to_string(),
         resumed: rec.resumed,
         preconnected: rec.preconnected,
     });

@@ -108,19 +108,9 @@ async fn fetch(addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
 
 // === The table ===
 
-/// Text that came from outside (a peer, a master's error) with control characters escaped,
-/// so it cannot move the cursor or forge a line.
+/// Text that came from outside (a peer, a master's error), escaped as every printer escapes it.
 fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect()
+    crate::untrusted::escape(s)
 }
 
 fn age(ms: u64) -> String {
@@ -286,7 +276,7 @@ mod tests {
             out.contains("master: det-master:8443; certificate expires (not seen yet"),
             "{out}"
         );
-        assert!(out.contains("bad\\u{1b}[31m\\nname"), "{out}");
+        assert!(out.contains("bad\\x1b[31m\\nname"), "{out}");
         assert!(!out.contains('\u{1b}'), "{out}");
     }
 }
