@@ -41,9 +41,11 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 // === The server ===
 
-/// A listener's socket and the switch that stops its accept loop.
+/// A listener's socket, its own connection limit and the switch that stops its accept loop.
 struct Running {
     bound: Arc<Bound>,
+    /// `listeners[].max_connections`: kept across reloads with the socket, resized by them.
+    limit: Arc<Limit>,
     stop: CancellationToken,
 }
 
@@ -252,20 +254,28 @@ impl Server {
 
     fn launch(&mut self, addr: ListenerKey, bound: Arc<Bound>) {
         let state = self.shared.current();
-        if let Some(p) = state.listeners.get(&addr) {
+        let policy = state.listeners.get(&addr);
+        if let Some(p) = policy {
             tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = p.present_client_cert, "listening");
         }
+        let own = Limit::new(policy.map_or(usize::MAX, |p| accept::own_cap(&p.config)));
         let stop = CancellationToken::new();
         accept::AcceptLoop {
             key: addr.clone(),
             bound: bound.clone(),
             shared: self.shared.clone(),
             limit: self.limit.clone(),
+            own: own.clone(),
             stop: stop.clone(),
             tracker: self.tracker.clone(),
         }
         .spawn();
-        self.listeners.insert(addr, Running { bound, stop });
+        let running = Running {
+            bound,
+            limit: own,
+            stop,
+        };
+        self.listeners.insert(addr, running);
     }
 
     fn launch_admin(&mut self, listen: SocketAddr, listener: tokio::net::TcpListener) {

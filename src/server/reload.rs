@@ -185,6 +185,11 @@ impl Server {
         // From this instant every accept takes the new policy.
         self.shared.replace(state);
         self.limit.resize(max);
+        for lc in &new_listeners {
+            if let Some(r) = self.listeners.get(&lc.key()) {
+                r.limit.resize(super::accept::own_cap(lc));
+            }
+        }
         crate::logging::apply(&log);
 
         let gone: Vec<ListenerKey> = self
