@@ -55,6 +55,8 @@ struct AdminRunning {
     /// Its listening socket (open until `stop`), to pass on in an upgrade.
     fd: std::os::fd::RawFd,
     stop: CancellationToken,
+    /// Its accept loop and connections: the drain lets them finish their answers.
+    tracker: TaskTracker,
 }
 
 /// The serving process: its listeners, the shared state and the drain machinery.
@@ -282,8 +284,13 @@ impl Server {
         use std::os::fd::AsRawFd;
         let stop = CancellationToken::new();
         let fd = listener.as_raw_fd();
-        crate::admin::serve(listener, self.shared.clone(), stop.clone());
-        self.admin = Some(AdminRunning { listen, fd, stop });
+        let tracker = crate::admin::serve(listener, self.shared.clone(), stop.clone());
+        self.admin = Some(AdminRunning {
+            listen,
+            fd,
+            stop,
+            tracker,
+        });
     }
 
     /// Serves until SIGTERM/SIGINT, then drains. Returns the exit status.
