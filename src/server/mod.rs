@@ -4,6 +4,7 @@
 //! sockets, the accept loops, the connection limit and the admin endpoint.
 
 mod accept;
+mod adopted;
 mod drain;
 mod reload;
 mod upgrade;
@@ -186,6 +187,9 @@ impl Server {
             let b = listen::bind(lc, &mut inherited).map_err(start_error)?;
             bound.push((lc.key(), Arc::new(b)));
         }
+        let sockets: HashMap<ListenerKey, Arc<Bound>> = bound.iter().cloned().collect();
+        adopted::master_is_not_a_systemd_listener(&config, &sockets)
+            .map_err(|e| StartError::Config(format!("configuration error: {e}")))?;
         let admin = match &config.admin {
             Some(a) => Some((a.listen, bind_admin(a.listen, &mut inherited)?)),
             None => None,

@@ -108,6 +108,13 @@ impl Server {
                 }
             }
         }
+        let sockets: HashMap<ListenerKey, Arc<Bound>> = self
+            .listeners
+            .iter()
+            .map(|(k, r)| (k.clone(), r.bound.clone()))
+            .chain(p.added.iter().cloned())
+            .collect();
+        super::adopted::master_is_not_a_systemd_listener(config, &sockets)?;
         let want = config.admin.as_ref().map(|a| a.listen);
         let have = self.admin.as_ref().map(|a| a.listen);
         p.admin = match (want, have) {
