@@ -14,13 +14,25 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::diagnose::CertSummary;
+use crate::limit::Limit;
+use crate::listen::Backoff;
 use crate::state::{Shared, State};
 use crate::upstream::UpstreamError;
 
 /// A probe result is reused for this long, so scrapes cannot hammer the master.
 pub const PROBE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Scrapers served at once; more wait in the admin socket's backlog. A few scrapers and health
+/// checkers need a handful; the cap keeps a flood from taking the data path's descriptors.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A request head must arrive within this, and the next one on a kept-alive connection too.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection's whole life, every request and answer on it included: long enough for a
+/// `/readyz` probe under the default `timeouts.connect` and `timeouts.handshake`.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Probe {
@@ -170,10 +182,13 @@ fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Respo
     r
 }
 
+/// Answers one request. Without `detail` (a scraper from another host) `/readyz` says only
+/// ready or not: the reason would name the master's address and certificate.
 async fn route(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     probe_state: Arc<Probe>,
+    detail: bool,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let plain = "text/plain; charset=utf-8";
     Ok(match (req.method().as_str(), req.uri().path()) {
@@ -203,7 +218,11 @@ async fn route(
         ("GET" | "HEAD", "/connections") => connections_page(req.uri().query(), &shared),
         ("GET" | "HEAD", "/readyz") if shared.draining.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: draining (SIGTERM received)\n",
+            if detail {
+                "not ready: draining (SIGTERM received)\n"
+            } else {
+                "not ready\n"
+            },
             plain,
         ),
         ("GET" | "HEAD", "/readyz") => {
@@ -218,11 +237,12 @@ async fn route(
             }
             match last.as_ref().map(|(_, r)| r) {
                 Some(Ok(())) => text(StatusCode::OK, "ready\n", plain),
-                Some(Err(e)) => text(
+                Some(Err(e)) if detail => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {e}\n"),
                     plain,
                 ),
+                Some(Err(_)) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", plain),
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n", plain),
             }
         }
@@ -257,55 +277,115 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves the admin endpoint on `listener` until `stop`. `admin.allowed_clients` is read from
 /// the live state at each accept, so a reload that narrows it applies to the next scrape.
-pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+/// Returns the tracker of its tasks (the accept loop and every connection).
+pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) -> TaskTracker {
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(listener = "admin", addr = %local, "listening");
-    let probe_state = Arc::new(Probe::default());
-    tokio::spawn(async move {
+    let tracker = TaskTracker::new();
+    let conns = tracker.clone();
+    tracker.spawn(async move {
+        let probe_state = Arc::new(Probe::default());
+        let limit = Limit::new(MAX_CONNECTIONS);
+        let mut backoff = Backoff::default();
         loop {
+            // The place is taken before accept: beyond the cap, scrapers wait in the admin
+            // socket's own backlog and hold none of the descriptors the data path needs.
+            let permit = tokio::select! {
+                p = limit.acquire() => p,
+                _ = stop.cancelled() => break,
+            };
             let accepted = tokio::select! {
                 r = listener.accept() => r,
                 _ = stop.cancelled() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(e) if crate::listen::is_resource_exhaustion(&e) => {
+                    let delay = backoff.next_delay();
+                    shared.log_failure(&format!("accept:{local}:{e}"), |n| {
+                        tracing::warn!(addr = %local, error = %e, repeated = n, retry_in_ms = delay.as_millis() as u64, "cannot accept: out of resources; backing off");
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %local, error = %e, "admin accept failed");
                     continue;
                 }
             };
-            let state = shared.current();
-            let allowed = state
-                .config
-                .admin
-                .as_ref()
-                .and_then(|a| a.allowed_clients.as_deref());
-            if let Some(nets) = allowed {
-                if !crate::listen::client_allowed(nets, peer.ip()) {
-                    tracing::debug!(client = %peer, "admin client not in admin.allowed_clients: closed");
-                    continue;
-                }
+            backoff.reset();
+            if !admitted(&shared, peer) {
+                continue;
             }
-            let shared = shared.clone();
-            let probe_state = probe_state.clone();
+            let conn = Conn {
+                shared: shared.clone(),
+                probe_state: probe_state.clone(),
+                // The detail of a failed probe names the master's address and certificate:
+                // for this host only.
+                detail: peer.ip().to_canonical().is_loopback(),
+            };
             let stop = stop.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    route(req, shared.clone(), probe_state.clone())
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = tokio::time::timeout(Duration::from_secs(60), conn) => {}
-                    _ = stop.cancelled() => {}
-                }
+            conns.spawn(async move {
+                conn.serve(stream, stop).await;
+                drop(permit);
             });
         }
         tracing::info!(listener = "admin", addr = %local, "admin endpoint closed");
     });
+    tracker
+}
+
+/// Whether `admin.allowed_clients` of the live configuration lets `peer` in.
+fn admitted(shared: &Shared, peer: SocketAddr) -> bool {
+    let state = shared.current();
+    let allowed = state
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.allowed_clients.as_deref());
+    match allowed {
+        Some(nets) if !crate::listen::client_allowed(nets, peer.ip()) => {
+            tracing::debug!(client = %peer, "admin client not in admin.allowed_clients: closed");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// One scraper's connection.
+struct Conn {
+    shared: Arc<Shared>,
+    probe_state: Arc<Probe>,
+    /// Whether `/readyz` may say why it is not ready.
+    detail: bool,
+}
+
+impl Conn {
+    /// HTTP/1.1 until the scraper closes, [`HEADER_TIMEOUT`] passes without a whole request
+    /// head (also between keep-alive requests: hyper starts it whenever it waits for one), the
+    /// connection has lived [`CONNECTION_TIMEOUT`], or the endpoint stops.
+    async fn serve(self, stream: tokio::net::TcpStream, stop: CancellationToken) {
+        let Conn {
+            shared,
+            probe_state,
+            detail,
+        } = self;
+        let service = hyper::service::service_fn(move |req| {
+            route(req, shared.clone(), probe_state.clone(), detail)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::select! {
+            _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
 }

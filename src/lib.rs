@@ -27,7 +27,7 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, config, diagnose, egress, exit, identity, inherit, limit, listen, logging, metrics,
-    outcome, pem, pool, proxy, relay, sniff, state, tls, untrusted, upstream,
+    admin, config, denied_log, diagnose, egress, exit, identity, inherit, limit, listen, logging,
+    metrics, outcome, pem, pool, proxy, relay, sniff, state, tls, untrusted, upstream,
 );
 internal!(connections);

@@ -1,4 +1,4 @@
-//! `max_connections` as a limit a reload can resize. Raising it lets waiting clients in at
+//! `max_connections` (global, and each listener's own) as a limit a reload can resize. Raising it lets waiting clients in at
 //! once; lowering it lets the connections above the new limit finish and makes new ones wait
 //! until the count is below it.
 //!
@@ -46,6 +46,12 @@ impl Limit {
     #[cfg(test)]
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Whether more places are out than the limit allows now (it was lowered since they were
+    /// taken).
+    pub fn over(&self) -> bool {
+        self.active.load(Ordering::SeqCst) > self.max.load(Ordering::SeqCst)
     }
 
     /// Sets a new limit; connections already admitted are never cut.

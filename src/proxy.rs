@@ -107,13 +107,14 @@ pub async fn handle(
 pub fn deny(policy: &ListenerPolicy, peer: &Peer, shared: &Shared) {
     policy.metrics.finished(Outcome::Denied);
     let name = policy.config.name.as_str();
-    let ip = match peer {
-        Peer::Ip(a) => a.ip().to_string(),
-        Peer::Unix => "unix".into(),
-    };
-    shared.log_failure(&format!("deny:{name}:{ip}"), |n| {
+    // One key per listener, not per address: a flood from many addresses stays one line a
+    // minute (the access lines name the clients).
+    shared.log_failure(&format!("deny:{name}"), |n| {
         tracing::warn!(listener = %name, client = %peer, repeated = n, "client not in allowed_clients: closed");
     });
+    if !shared.access_log_on() || !shared.denied_log.admit(name, denied_summary) {
+        return;
+    }
     access_line(
         shared,
         name,
@@ -121,6 +122,18 @@ pub fn deny(policy: &ListenerPolicy, peer: &Peer, shared: &Shared) {
         &Record::default(),
         Duration::ZERO,
         Outcome::Denied,
+    );
+}
+
+/// The line that stands for the denied clients' access lines a period did not write.
+fn denied_summary(listener: &str, suppressed: u64) {
+    tracing::info!(
+        target: "access",
+        listener = %listener,
+        outcome = Outcome::Denied.label(),
+        suppressed,
+        period_s = crate::denied_log::PERIOD.as_secs(),
+        "denied connections not logged"
     );
 }
 

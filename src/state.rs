@@ -200,6 +200,8 @@ pub struct Shared {
     access_log: AtomicBool,
     expiry_warned: AtomicI64,
     failures: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Denied clients' access lines, rate-limited per listener.
+    pub denied_log: crate::denied_log::DeniedLog,
     pub resolver: Arc<dyn Resolve>,
     /// The connections open now, for `/connections`.
     pub connections: Connections,
@@ -224,6 +226,7 @@ impl Shared {
             access_log: AtomicBool::new(access),
             expiry_warned: AtomicI64::new(0),
             failures: Mutex::new(HashMap::new()),
+            denied_log: Default::default(),
             resolver,
             connections: Connections::default(),
         })

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::prometheus::{get, parse, scrape, scrape_until, Scrape};
+use common::prometheus::{get, get_from, parse, scrape, scrape_until, Scrape};
 use common::*;
 use nix::sys::signal::Signal;
 
@@ -108,6 +108,37 @@ fn readyz_is_503_when_the_master_is_down() {
     let r = get(admin, "/readyz", None);
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("refused"), "no reason given: {:?}", r.body);
+}
+
+/// `/readyz` tells a scraper from another host ready or not and nothing else: its reason
+/// names the master's address and what its certificate holds, which is this host's business.
+#[test]
+fn readyz_tells_a_scraper_from_another_host_only_ready_or_not() {
+    let dir = tempdir();
+    let ca_pem = certs::write(dir.path(), "ca.pem", &Ca::root("Any CA").pem());
+    let port = common::server::closed_port();
+    let other = host_address().to_string();
+    let proxy = Cfg::new("127.0.0.1", port)
+        .master_cert(&ca_pem)
+        .extra(&format!(
+            r#"admin: {{listen: "0.0.0.0:0", allowed_clients: ["127.0.0.0/8", "{other}/32"]}}"#
+        ))
+        .start(dir.path());
+    let admin = proxy.tcp_addr("admin");
+    let local = get(admin, "/readyz", None);
+    assert_eq!(local.status, 503, "{}", local.body);
+    assert!(
+        local.body.contains(&format!("127.0.0.1:{port}")),
+        "a loopback scraper is told why: {:?}",
+        local.body
+    );
+    let remote = get_from(Some(&other), admin, "/readyz", None);
+    assert_eq!(remote.status, 503, "{}", remote.body);
+    assert_eq!(
+        remote.body, "not ready\n",
+        "told a scraper at {other} more than 503"
+    );
+    assert_eq!(get_from(Some(&other), admin, "/healthz", None).status, 200);
 }
 
 // === /metrics ===

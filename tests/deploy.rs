@@ -158,6 +158,32 @@ fn listeners(cfg: &BTreeMap<String, (Value, String)>) -> BTreeMap<String, Value>
         .collect()
 }
 
+/// The address a listener's `listen` stands for: a `systemd:NAME` listener's is the
+/// `ListenStream=` of the unit in systemd/ whose `FileDescriptorName=` is NAME.
+fn address(listen: &str) -> String {
+    let Some(name) = listen.strip_prefix("systemd:") else {
+        return listen.to_string();
+    };
+    for e in std::fs::read_dir(path("systemd")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "socket") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .map(str::trim)
+        };
+        if value("FileDescriptorName") == Some(name) {
+            return value("ListenStream")
+                .unwrap_or_else(|| panic!("{} has no ListenStream=", p.display()))
+                .to_string();
+        }
+    }
+    panic!("no socket unit in systemd/ has FileDescriptorName={name}")
+}
+
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key]
         .as_str()
@@ -229,8 +255,8 @@ fn agent_host_example_takes_the_master_from_the_saved_agent_yaml() {
 
     let l = listeners(&loaded);
     assert_eq!(l.keys().collect::<Vec<_>>(), ["agent", "logs", "tasks"]);
-    assert_eq!(s(&l["agent"], "listen"), "127.0.0.1:8080");
-    assert_eq!(s(&l["tasks"], "listen"), "172.17.0.1:8080");
+    assert_eq!(address(s(&l["agent"], "listen")), "127.0.0.1:8080");
+    assert_eq!(address(s(&l["tasks"], "listen")), "172.17.0.1:8080");
     assert_eq!(
         l["tasks"]["allowed_clients"],
         serde_json::json!(["172.17.0.0/16"])
@@ -283,12 +309,12 @@ fn agent_yaml_points_the_agent_and_its_tasks_at_the_proxy() {
     };
     assert_eq!(
         addr("master_host", "master_port"),
-        s(&l["agent"], "listen"),
+        address(s(&l["agent"], "listen")),
         "the agent talks to the agent listener"
     );
     assert_eq!(
         addr("container_master_host", "container_master_port"),
-        s(&l["tasks"], "listen"),
+        address(s(&l["tasks"], "listen")),
         "tasks (DET_MASTER) and Fluent Bit talk to the tasks listener"
     );
     assert_eq!(
@@ -320,16 +346,20 @@ fn agent_yaml_points_the_agent_and_its_tasks_at_the_proxy() {
 }
 
 /// The classic migration mistake: importing the agent.yaml already pointed at the proxy.
-/// The loader refuses a master that is one of the proxy's own listeners.
+/// The loader refuses a master that is one of the proxy's own listeners, here the example
+/// with its listeners written as addresses (as without systemd; with its `systemd:` sockets
+/// `run` refuses it once adopted: tests/systemd.rs).
 #[test]
 fn importing_the_proxied_agent_yaml_is_refused() {
     let dir = tempdir();
     let imported = dir.path().join("agent.yaml");
     std::fs::copy(path("deploy/examples/agent.yaml"), &imported).unwrap();
-    let text = read("deploy/examples/agent-host.yaml").replace(
-        "/etc/determined/agent.tls.yaml",
-        &imported.to_string_lossy(),
-    );
+    let text = read("deploy/examples/agent-host.yaml")
+        .replace(
+            "/etc/determined/agent.tls.yaml",
+            &imported.to_string_lossy(),
+        )
+        .replace("listen: systemd:agent", "listen: 127.0.0.1:8080");
     let cfg = dir.path().join("tls-proxy.yaml");
     std::fs::write(&cfg, text).unwrap();
     let out = proxy()
@@ -740,9 +770,11 @@ fn fluent_bit_output_sends_plaintext_to_a_proxy_listener() {
     )));
     let target = format!("{}:{}", out["host"], out["port"]);
     assert!(
-        l.values().any(|x| s(x, "listen") == target),
+        l.values().any(|x| address(s(x, "listen")) == target),
         "{target} is none of the agent-host listeners: {:?}",
-        l.values().map(|x| s(x, "listen")).collect::<Vec<_>>()
+        l.values()
+            .map(|x| address(s(x, "listen")))
+            .collect::<Vec<_>>()
     );
 }
 

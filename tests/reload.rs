@@ -584,6 +584,11 @@ fn cases() -> Vec<Case> {
             run: case_max_connections,
         },
         Case {
+            name: "listener_max_connections",
+            keys: &["listeners[].max_connections"],
+            run: case_listener_max_connections,
+        },
+        Case {
             name: "admin_listen",
             keys: &["admin.listen"],
             run: case_admin_listen,
@@ -1385,6 +1390,40 @@ fn case_max_connections(case: &Case, t: Trigger) {
         .read_exact(&mut back)
         .expect("served once below the limit");
     assert_eq!(&back, b"ping");
+}
+
+fn case_listener_max_connections(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let with = |n: u32| {
+        yaml(&format!(
+            "{}listeners: [{{name: main, listen: \"127.0.0.1:0\", max_connections: {n}}}]\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(1), t);
+    let addr = live.main();
+    let mut a = connect(addr);
+    assert_eq!(roundtrip(&mut a, b"a"), b"a");
+    let mut waiting = connect(addr);
+    waiting.write_all(b"ping").unwrap();
+    nothing_arrives(&mut waiting, Duration::from_secs(1));
+    // Raised: the waiting client comes in.
+    live.change(case, &with(2));
+    let mut back = [0u8; 4];
+    waiting.read_exact(&mut back).expect("let in by the raise");
+    // Lowered: both go on, a new one waits until the listener is below the new cap.
+    live.change(case, &with(1));
+    assert_eq!(roundtrip(&mut a, b"a2"), b"a2");
+    let mut late = connect(addr);
+    late.write_all(b"late").unwrap();
+    nothing_arrives(&mut late, Duration::from_secs(1));
+    finish(&mut a);
+    nothing_arrives(&mut late, Duration::from_millis(500));
+    finish(&mut waiting);
+    late.read_exact(&mut back)
+        .expect("served once below the lowered cap");
+    assert_eq!(&back, b"late");
 }
 
 fn case_admin_listen(case: &Case, t: Trigger) {

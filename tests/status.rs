@@ -350,7 +350,7 @@ fn a_client_outside_admin_allowed_clients_is_refused() {
     assert!(out.stdout.is_empty(), "{out}");
 
     // The allowed address gets the list.
-    let mut s = connect_from("127.0.0.2".parse().unwrap(), admin);
+    let mut s = socket_from(Some("127.0.0.2"), admin).expect("connect from 127.0.0.2");
     s.write_all(b"GET /connections HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
         .unwrap();
     let answer = String::from_utf8(read_until_closed(&mut s, IO_TIMEOUT)).unwrap();

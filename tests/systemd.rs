@@ -205,7 +205,11 @@ fn systemd_analyze_verify_accepts_both_units() {
     let dir = tempdir();
     // verify insists ExecStart's binary exists: point the copy at the binary under test.
     let mut copies = Vec::new();
-    for name in ["det-tls-proxy.service", "det-tls-proxy.socket"] {
+    for name in [
+        "det-tls-proxy.service",
+        "det-tls-proxy.socket",
+        "det-tls-proxy-tasks.socket",
+    ] {
         let text = unit(name).replace("/usr/local/bin/det-tls-proxy", BIN);
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -292,15 +296,70 @@ fn service_unit_is_notify_with_watchdog_reload_and_hardening() {
         "read-only /etc/determined: {ro:?}"
     );
 
-    let sock = unit("det-tls-proxy.socket");
-    let k = directives(&sock, "Socket");
-    assert_eq!(values(&k, "ListenStream"), ["127.0.0.1:8080"]);
-    assert_eq!(values(&k, "FileDescriptorName"), ["agent"]);
-    assert_eq!(values(&k, "Service"), ["det-tls-proxy.service"]);
+    for (name, listen, fdname) in [
+        ("det-tls-proxy.socket", "127.0.0.1:8080", "agent"),
+        ("det-tls-proxy-tasks.socket", "172.17.0.1:8080", "tasks"),
+    ] {
+        let sock = unit(name);
+        let k = directives(&sock, "Socket");
+        assert_eq!(values(&k, "ListenStream"), [listen], "{name}");
+        assert_eq!(values(&k, "FileDescriptorName"), [fdname], "{name}");
+        assert_eq!(values(&k, "Service"), ["det-tls-proxy.service"], "{name}");
+        // The bridge's address exists only once Docker has started.
+        assert_eq!(values(&k, "FreeBind"), ["yes"], "{name}");
+    }
     assert!(
-        sock.contains("listen: systemd:agent"),
+        unit("det-tls-proxy.socket").contains("listen: systemd:agent"),
         "the socket unit shows the config snippet that adopts it"
     );
+}
+
+/// Every TCP listener of the agent-host example is a socket the units hold, so no local user
+/// can bind its port while the proxy restarts: the service requires and is passed every
+/// socket unit, and each `systemd:NAME` listener names one of them.
+#[test]
+fn the_units_hold_every_tcp_listener_of_the_agent_host_example() {
+    let text = unit("det-tls-proxy.service");
+    let sockets = ["det-tls-proxy.socket", "det-tls-proxy-tasks.socket"];
+    let u = directives(&text, "Unit");
+    let s = directives(&text, "Service");
+    let i = directives(&text, "Install");
+    for (section, key) in [
+        (&u, "Requires"),
+        (&u, "After"),
+        (&s, "Sockets"),
+        (&i, "Also"),
+    ] {
+        let listed: Vec<&str> = values(section, key)
+            .iter()
+            .flat_map(|v| v.split_whitespace())
+            .collect();
+        for sock in sockets {
+            assert!(listed.contains(&sock), "{key}= lacks {sock}: {listed:?}");
+        }
+    }
+    let names: Vec<String> = sockets
+        .iter()
+        .map(|n| values(&directives(&unit(n), "Socket"), "FileDescriptorName")[0].to_string())
+        .collect();
+    let example: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(EXAMPLES).join("agent-host.yaml")).unwrap(),
+    )
+    .unwrap();
+    for l in example["listeners"].as_array().unwrap() {
+        let listen = l["listen"].as_str().unwrap();
+        if listen.starts_with("unix:") {
+            // Its directory is the service's RuntimeDirectory: no local user can create it.
+            continue;
+        }
+        let name = listen.strip_prefix("systemd:").unwrap_or_else(|| {
+            panic!("listener {} binds {listen} itself: a local user could take it while the proxy restarts", l["name"])
+        });
+        assert!(
+            names.iter().any(|n| n == name),
+            "no socket unit named {name}: {names:?}"
+        );
+    }
 }
 
 /// The credential the unit hands over overrides security.tls.client_key from every file:
@@ -546,10 +605,12 @@ fn notify_without_watchdog_sends_ready_and_status_only() {
 // === Socket activation ===
 
 /// Starts `systemd-socket-activate -l 127.0.0.1:PORT --fdname=agent BIN run --config CFG`
-/// and waits until it listens. It picks a fixed port, so retry if another test took it.
-fn socket_activate(cfg: &Path) -> (Proxy, u16) {
+/// (`cfg` writes the configuration for PORT) and waits until it listens. It picks a fixed
+/// port, so retry if another test took it.
+fn socket_activate(cfg: &dyn Fn(u16) -> PathBuf) -> (Proxy, u16) {
     for _ in 0..5 {
         let port = common::server::closed_port();
+        let cfg = cfg(port);
         let mut cmd = clean("systemd-socket-activate");
         cmd.arg("-l")
             .arg(format!("127.0.0.1:{port}"))
@@ -591,7 +652,7 @@ fn socket_activation_relays_through_the_inherited_socket() {
         master.server.port(),
         &["{name: agent, listen: \"systemd:agent\"}"],
     );
-    let (mut proxy, port) = socket_activate(&cfg);
+    let (mut proxy, port) = socket_activate(&|_| cfg.clone());
     let addr = format!("127.0.0.1:{port}");
 
     // systemd-socket-activate starts the proxy only when the first client connects; the
@@ -632,6 +693,37 @@ fn socket_activation_relays_through_the_inherited_socket() {
         "exit status after SIGTERM"
     );
     assert_eq!(master.server.state().handshakes.len(), 3);
+}
+
+/// The classic migration mistake (importing the agent.yaml already pointed at the proxy)
+/// with the agent listener on a systemd socket: validation cannot see that socket's address,
+/// so `run` refuses the master once the socket is adopted, exit 2, and never dials itself.
+#[test]
+fn a_master_at_an_adopted_systemd_socket_is_refused() {
+    assert!(
+        have("systemd-socket-activate"),
+        "systemd-socket-activate is needed (Debian package systemd)"
+    );
+    let dir = tempdir();
+    let ca_pem = unused_ca(dir.path());
+    let (mut proxy, port) = socket_activate(&|port| {
+        proxy_config(
+            dir.path(),
+            &ca_pem,
+            port,
+            &["{name: agent, listen: \"systemd:agent\"}"],
+        )
+    });
+    // The first client starts the proxy.
+    let _first = connect(&format!("127.0.0.1:{port}"));
+    let status = exited(&mut proxy, Duration::from_secs(15));
+    let stderr = proxy.stderr();
+    assert_eq!(status.code(), Some(2), "exit status; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("this proxy's own listener") && stderr.contains("systemd socket agent"),
+        "stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("\"ready\""), "it served: {stderr}");
 }
 
 /// The service started without its socket (the .socket unit disabled) is a configuration

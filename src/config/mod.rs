@@ -30,6 +30,7 @@ pub use layers::assemble_str;
 pub use layers::{assemble, env_vars, load, log_format_hint, Loaded, Overrides, Purpose};
 pub use typed::*;
 pub use validate::validate;
+pub(crate) use validate::is_master_address;
 
 // === Errors ===
 

@@ -148,6 +148,8 @@ pub struct RawListener {
     pub present_client_cert: Option<bool>,
     #[serde(default)]
     pub tls_passthrough: Option<String>,
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -228,6 +230,7 @@ pub(crate) fn defaults() -> RawConfig {
             alpn: None,
             present_client_cert: None,
             tls_passthrough: None,
+            max_connections: None,
         }]),
         timeouts: RawTimeouts {
             connect: Some(HumanDuration(DEFAULT_TIMEOUTS.connect)),

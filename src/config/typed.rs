@@ -152,6 +152,8 @@ pub struct ListenerConfig {
     /// `None` for systemd listeners: decided on the inherited socket's address.
     pub present_client_cert: Option<bool>,
     pub tls_passthrough: bool,
+    /// This listener's own cap inside the global `max_connections`; `None`: only the global one.
+    pub max_connections: Option<usize>,
 }
 
 /// What identifies a listener across reloads: its address, so a reload that keeps the address

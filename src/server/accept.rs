@@ -1,15 +1,16 @@
-//! The accept loop of one listener: take a client, judge it by the policy of the state current
-//! at that moment, wait for room under `max_connections`, and hand it to `proxy::handle` with
-//! that state, which it keeps for its life.
+//! The accept loop of one listener: wait for room under the listener's own
+//! `listeners[].max_connections`, take a client, judge it by the policy of the state current at
+//! that moment, wait for room under the global `max_connections`, and hand it to
+//! `proxy::handle` with that state, which it keeps for its life.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ListenerKey;
-use crate::limit::Limit;
-use crate::listen::{self, Backoff, Bound, Peer};
+use crate::config::{ListenerConfig, ListenerKey};
+use crate::limit::{Limit, Permit};
+use crate::listen::{self, Backoff, Bound, ClientStream, Peer};
 use crate::proxy;
 use crate::state::{ListenerPolicy, Shared, State};
 
@@ -17,9 +18,17 @@ pub(crate) struct AcceptLoop {
     pub key: ListenerKey,
     pub bound: Arc<Bound>,
     pub shared: Arc<Shared>,
+    /// The global `max_connections`, shared by every listener.
     pub limit: Arc<Limit>,
+    /// This listener's own `max_connections`; unbounded when it has none.
+    pub own: Arc<Limit>,
     pub stop: CancellationToken,
     pub tracker: TaskTracker,
+}
+
+/// The size of a listener's own limit: its `max_connections`, or no cap of its own.
+pub(super) fn own_cap(lc: &ListenerConfig) -> usize {
+    lc.max_connections.unwrap_or(usize::MAX)
 }
 
 impl AcceptLoop {
@@ -30,37 +39,17 @@ impl AcceptLoop {
     async fn run(self) {
         let mut backoff = Backoff::default();
         loop {
-            let accepted = tokio::select! {
-                r = self.bound.accept() => r,
-                _ = self.stop.cancelled() => return,
+            let Some((stream, peer, own)) = self.next_client(&mut backoff).await else {
+                return;
             };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) if listen::is_resource_exhaustion(&e) => {
-                    let delay = backoff.next_delay();
-                    let local = self.bound.local.clone();
-                    self.shared.log_failure(&format!("accept:{local}:{e}"), |n| {
-                        tracing::warn!(addr = %local, error = %e, repeated = n, retry_in_ms = delay.as_millis() as u64, "cannot accept: out of resources; backing off");
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.cancelled() => return,
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(addr = %self.bound.local, error = %e, "accept failed");
-                    continue;
-                }
-            };
-            backoff.reset();
             let Some(admitted) = self.admit(&peer) else {
                 continue;
             };
-            // Beyond max_connections this loop stops accepting until there is room, so further
-            // clients wait in the kernel's backlog: at most one accepted client per listener
-            // waits here. The place is taken after accept, not before, so an idle listener never
-            // holds one that another listener's client needs.
+            // Beyond the global max_connections this loop stops accepting until there is room,
+            // so further clients wait in the kernel's backlog: at most one accepted client per
+            // listener waits here. The global place is taken after accept, not before (unlike
+            // the listener's own), so an idle listener never holds one that another listener's
+            // client needs.
             let (state, policy, permit) = match self.limit.try_acquire() {
                 Some(permit) => (admitted.0, admitted.1, permit),
                 None => {
@@ -79,7 +68,60 @@ impl AcceptLoop {
             self.tracker.spawn(async move {
                 proxy::handle(stream, peer, state, policy, shared).await;
                 drop(permit);
+                drop(own);
             });
+        }
+    }
+
+    /// The next client, with its place under this listener's own limit; `None` once stopped.
+    ///
+    /// The own place is taken *before* accept (as mini-redis does): it concerns this listener
+    /// alone, so while the listener is full its loop does not accept at all and its waiting
+    /// clients stay in its own kernel backlog, holding no descriptor of ours and no global
+    /// place, and no other listener notices. The one place an idle loop holds while it waits in
+    /// accept is one its own next client would take anyway.
+    async fn next_client(&self, backoff: &mut Backoff) -> Option<(ClientStream, Peer, Permit)> {
+        loop {
+            let own = tokio::select! {
+                p = self.own.acquire() => p,
+                _ = self.stop.cancelled() => return None,
+            };
+            let accepted = tokio::select! {
+                r = self.bound.accept() => r,
+                _ = self.stop.cancelled() => return None,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) if listen::is_resource_exhaustion(&e) => {
+                    drop(own);
+                    let delay = backoff.next_delay();
+                    let local = self.bound.local.clone();
+                    self.shared.log_failure(&format!("accept:{local}:{e}"), |n| {
+                        tracing::warn!(addr = %local, error = %e, repeated = n, retry_in_ms = delay.as_millis() as u64, "cannot accept: out of resources; backing off");
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.cancelled() => return None,
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %self.bound.local, error = %e, "accept failed");
+                    continue;
+                }
+            };
+            backoff.reset();
+            if !self.own.over() {
+                return Some((stream, peer, own));
+            }
+            // A reload lowered the cap while this place waited in accept: the client waits for
+            // room under the new cap, as one accepted beyond the global cap does.
+            drop(own);
+            let own = tokio::select! {
+                p = self.own.acquire() => p,
+                _ = self.stop.cancelled() => return None,
+            };
+            return Some((stream, peer, own));
         }
     }
 

@@ -49,6 +49,8 @@ impl Server {
         // The admin endpoint answers (/readyz 503, /healthz 200) until here.
         if let Some(a) = self.admin.take() {
             a.stop.cancel();
+            a.tracker.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), a.tracker.wait()).await;
         }
     }
 }

@@ -4,6 +4,7 @@
 //! sockets, the accept loops, the connection limit and the admin endpoint.
 
 mod accept;
+mod adopted;
 mod drain;
 mod reload;
 mod upgrade;
@@ -41,9 +42,11 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 // === The server ===
 
-/// A listener's socket and the switch that stops its accept loop.
+/// A listener's socket, its own connection limit and the switch that stops its accept loop.
 struct Running {
     bound: Arc<Bound>,
+    /// `listeners[].max_connections`: kept across reloads with the socket, resized by them.
+    limit: Arc<Limit>,
     stop: CancellationToken,
 }
 
@@ -53,6 +56,8 @@ struct AdminRunning {
     /// Its listening socket (open until `stop`), to pass on in an upgrade.
     fd: std::os::fd::RawFd,
     stop: CancellationToken,
+    /// Its accept loop and connections: the drain lets them finish their answers.
+    tracker: TaskTracker,
 }
 
 /// The serving process: its listeners, the shared state and the drain machinery.
@@ -182,6 +187,9 @@ impl Server {
             let b = listen::bind(lc, &mut inherited).map_err(start_error)?;
             bound.push((lc.key(), Arc::new(b)));
         }
+        let sockets: HashMap<ListenerKey, Arc<Bound>> = bound.iter().cloned().collect();
+        adopted::master_is_not_a_systemd_listener(&config, &sockets)
+            .map_err(|e| StartError::Config(format!("configuration error: {e}")))?;
         let admin = match &config.admin {
             Some(a) => Some((a.listen, bind_admin(a.listen, &mut inherited)?)),
             None => None,
@@ -252,28 +260,41 @@ impl Server {
 
     fn launch(&mut self, addr: ListenerKey, bound: Arc<Bound>) {
         let state = self.shared.current();
-        if let Some(p) = state.listeners.get(&addr) {
+        let policy = state.listeners.get(&addr);
+        if let Some(p) = policy {
             tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = p.present_client_cert, "listening");
         }
+        let own = Limit::new(policy.map_or(usize::MAX, |p| accept::own_cap(&p.config)));
         let stop = CancellationToken::new();
         accept::AcceptLoop {
             key: addr.clone(),
             bound: bound.clone(),
             shared: self.shared.clone(),
             limit: self.limit.clone(),
+            own: own.clone(),
             stop: stop.clone(),
             tracker: self.tracker.clone(),
         }
         .spawn();
-        self.listeners.insert(addr, Running { bound, stop });
+        let running = Running {
+            bound,
+            limit: own,
+            stop,
+        };
+        self.listeners.insert(addr, running);
     }
 
     fn launch_admin(&mut self, listen: SocketAddr, listener: tokio::net::TcpListener) {
         use std::os::fd::AsRawFd;
         let stop = CancellationToken::new();
         let fd = listener.as_raw_fd();
-        crate::admin::serve(listener, self.shared.clone(), stop.clone());
-        self.admin = Some(AdminRunning { listen, fd, stop });
+        let tracker = crate::admin::serve(listener, self.shared.clone(), stop.clone());
+        self.admin = Some(AdminRunning {
+            listen,
+            fd,
+            stop,
+            tracker,
+        });
     }
 
     /// Serves until SIGTERM/SIGINT, then drains. Returns the exit status.

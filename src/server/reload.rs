@@ -108,6 +108,13 @@ impl Server {
                 }
             }
         }
+        let sockets: HashMap<ListenerKey, Arc<Bound>> = self
+            .listeners
+            .iter()
+            .map(|(k, r)| (k.clone(), r.bound.clone()))
+            .chain(p.added.iter().cloned())
+            .collect();
+        super::adopted::master_is_not_a_systemd_listener(config, &sockets)?;
         let want = config.admin.as_ref().map(|a| a.listen);
         let have = self.admin.as_ref().map(|a| a.listen);
         p.admin = match (want, have) {
@@ -156,6 +163,17 @@ impl Server {
         }
     }
 
+    /// The global `max_connections` and each kept listener's own, resized in place: raised,
+    /// waiting clients come in; lowered, open connections finish and new ones wait.
+    fn resize_limits(&self, max: usize, listeners: &[ListenerConfig]) {
+        self.limit.resize(max);
+        for lc in listeners {
+            if let Some(r) = self.listeners.get(&lc.key()) {
+                r.limit.resize(super::accept::own_cap(lc));
+            }
+        }
+    }
+
     /// Swaps the new state in and starts/stops what it says. Cannot fail.
     fn commit(&mut self, loaded: Loaded, p: Prepared) -> Vec<String> {
         let Loaded {
@@ -184,7 +202,7 @@ impl Server {
         );
         // From this instant every accept takes the new policy.
         self.shared.replace(state);
-        self.limit.resize(max);
+        self.resize_limits(max, &new_listeners);
         crate::logging::apply(&log);
 
         let gone: Vec<ListenerKey> = self

@@ -15,7 +15,7 @@ pub mod proxy;
 pub mod server;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -80,23 +80,36 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// As `connect`, from source address `from` (another loopback address such as 127.0.0.2
-/// stands for another host).
-pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    s.bind(&SocketAddr::new(from, 0).into())
-        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
-    s.connect_timeout(&to.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {to} from {from}: {e}"));
+/// A TCP connection to `to`, from source address `from` when given (another loopback address
+/// such as 127.0.0.2, or [`host_address`], stands for "another host").
+pub fn socket_from(from: Option<&str>, to: SocketAddr) -> Option<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(to), Type::STREAM, None).ok()?;
+    if let Some(ip) = from {
+        let ip: IpAddr = ip.parse().unwrap();
+        s.bind(&SocketAddr::new(ip, 0).into()).ok()?;
+    }
+    s.connect_timeout(&to.into(), IO_TIMEOUT).ok()?;
     let s: TcpStream = s.into();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
+    Some(s)
+}
+
+/// One of this host's own IPv4 addresses that is not loopback: a client bound to it reaches
+/// the proxy's loopback sockets (the packets never leave the host) and is seen as coming from
+/// another host. Read from the kernel's local routing table (`/proc/net/fib_trie`: an address
+/// line followed by `/32 host LOCAL`). Panics when the host has none, rather than let a test
+/// pass untried.
+pub fn host_address() -> IpAddr {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").expect("/proc/net/fib_trie");
+    let lines: Vec<&str> = trie.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[1].trim() == "/32 host LOCAL")
+        .filter_map(|w| w[0].trim().strip_prefix("|-- ")?.parse::<IpAddr>().ok())
+        .find(|ip| !ip.is_loopback())
+        .expect("this host has no non-loopback IPv4 address to act as another host")
 }
 
 /// Writes `data` and reads back exactly as many bytes.

@@ -37,7 +37,16 @@ fn dechunk(mut body: &str) -> String {
 
 /// `GET path` with `Connection: close`; the whole response.
 pub fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Resp {
-    let mut s = connect(addr);
+    get_from(None, addr, path, accept)
+}
+
+/// As [`get`], from source address `from` (see `socket_from`).
+pub fn get_from(from: Option<&str>, addr: SocketAddr, path: &str, accept: Option<&str>) -> Resp {
+    let mut s = match from {
+        None => connect(addr),
+        Some(ip) => super::socket_from(Some(ip), addr)
+            .unwrap_or_else(|| panic!("connect to {addr} from {ip}")),
+    };
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();

@@ -23,6 +23,7 @@ GUEST_PACKAGES=systemd,systemd-sysv,dbus
 ROOTFS_CACHE=$CACHE/rootfs-bookworm-minbase-${GUEST_PACKAGES//,/-}
 SVC=det-tls-proxy.service
 SOCK=det-tls-proxy.socket
+TSOCK=det-tls-proxy-tasks.socket
 ADMIN=http://127.0.0.1:9090
 SHUTDOWN_TIMEOUT=30   # timeouts.shutdown, the default
 WATCHDOG=30           # WatchdogSec= in the unit
@@ -78,6 +79,7 @@ relay() { inns "$PY" "$REAL_DIR/client.py" echo "$@"; }
 http_code() { inns curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$ADMIN$1"; }
 metric() { inns curl -sf --max-time 5 "$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 metric_is() { [ "$(metric "$1")" = "$2" ]; }
+metric_at_least() { local v; v=$(metric "$1"); [ -n "$v" ] && awk -v v="$v" -v w="$2" 'BEGIN { exit !(v >= w) }'; }
 cursor() { g journalctl -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p'; }
 journal_since() { g journalctl --no-pager -o cat -u "$SVC" --after-cursor="$1"; }
 # The host's pid of a pid in the container's pid namespace.
@@ -99,7 +101,6 @@ proxy_hostpid() { hostpid "$(prop "$SVC" MainPID)"; }
 # Configuration variants, written into the guest's /etc/determined/tls-proxy.yaml.
 EXAMPLE=$ROOT/deploy/examples/agent-host.yaml
 config_readme() { install -m 0644 "$EXAMPLE" "$guest_root/etc/determined/tls-proxy.yaml"; }
-config_socket() { sed 's|^\(\s*listen:\) 127\.0\.0\.1:8080$|\1 systemd:agent|' "$EXAMPLE" >"$guest_root/etc/determined/tls-proxy.yaml"; }
 config_append() { printf '%s\n' "$@" >>"$guest_root/etc/determined/tls-proxy.yaml"; }
 dropin() { # dropin NAME CONTENT...: a drop-in for the service under /run (gone at reboot).
     local name=$1
@@ -186,7 +187,7 @@ readme_install() {
     install -m 0600 "$work/certs/agent.key" "$guest_root/etc/determined/agent.key"
     # README "### Install" and "### systemd":
     install -m 0755 "$BIN" "$guest_root/usr/local/bin/det-tls-proxy"
-    (cd "$ROOT" && install -m 0644 systemd/det-tls-proxy.service systemd/det-tls-proxy.socket "$guest_root/etc/systemd/system/")
+    (cd "$ROOT" && install -m 0644 systemd/det-tls-proxy.service systemd/det-tls-proxy.socket systemd/det-tls-proxy-tasks.socket "$guest_root/etc/systemd/system/")
     install -m 0644 "$EXAMPLE" "$guest_root/etc/determined/tls-proxy.yaml"
     g sh -c 'systemctl daemon-reload && systemctl enable --now det-tls-proxy' >"$work/enable.log" 2>&1
 }
@@ -209,6 +210,12 @@ check_readme_install_enable_now() {
     # WantedBy=multi-user.target
     g test -L "/etc/systemd/system/multi-user.target.wants/$SVC" || { err "no multi-user.target.wants link"; return 1; }
     g systemctl show -P Wants multi-user.target | tr ' ' '\n' | has -x "$SVC" || { err "multi-user.target does not want $SVC"; return 1; }
+    # Also=: enabling the service enables both sockets; Requires=: starting it started them.
+    local u
+    for u in "$SOCK" "$TSOCK"; do
+        [ "$(g systemctl is-enabled "$u")" = enabled ] || { err "$u not enabled with the service (Also=)"; return 1; }
+        [ "$(prop "$u" ActiveState)" = active ] || { err "$u not started with the service (Requires=)"; return 1; }
+    done
 }
 
 check_type_notify_active_only_once_bound() {
@@ -418,10 +425,19 @@ $SOCK|Triggers|$SVC
 $SOCK|NoDelay|yes
 $SOCK|Backlog|1024
 $SOCK|FreeBind|yes
+$TSOCK|Description|det-tls-proxy tasks listener on the Docker bridge (socket activation)
+$TSOCK|Listen|172.17.0.1:8080 (Stream)
+$TSOCK|FileDescriptorName|tasks
+$TSOCK|Triggers|$SVC
+$TSOCK|NoDelay|yes
+$TSOCK|Backlog|1024
+$TSOCK|FreeBind|yes
 EOF
     # Lists: the entries the units add (systemd adds its own defaults beside them).
     for line in "$SVC|Wants|network-online.target" "$SVC|After|network-online.target" \
         "$SVC|Before|determined-agent.service" "$SOCK|Before|determined-agent.service" \
+        "$TSOCK|Before|determined-agent.service" "$SVC|Requires|$SOCK" "$SVC|Requires|$TSOCK" \
+        "$SVC|After|$SOCK" "$SVC|After|$TSOCK" \
         "$SVC|WantedBy|multi-user.target"; do
         IFS='|' read -r unit p want <<<"$line"
         prop "$unit" "$p" | tr ' ' '\n' | has -x "$want" || { err "$unit $p: '$(prop "$unit" "$p")' lacks $want"; rc=1; }
@@ -476,7 +492,8 @@ PY
     n=${n:-0}
     config_append "no_such_key: 1"
     g systemctl reload "$SVC"
-    wait_until 10 "reloads_total{error} to reach $((n + 1))" metric_is 'det_tls_proxy_config_reloads_total{result="error"}' $((n + 1)) || rc=1
+    # At least one: the file watcher (2 s poll) may refuse the change before SIGHUP does too.
+    wait_until 10 "reloads_total{error} to reach $((n + 1))" metric_at_least 'det_tls_proxy_config_reloads_total{result="error"}' $((n + 1)) || rc=1
     relay 127.0.0.1:8082 >/dev/null || { err "a refused reload broke relaying"; rc=1; }
     is_state active || { err "after a refused reload: $(state)"; rc=1; }
     [ "$(prop "$SVC" MainPID)" = "$pid" ] || { err "the process was replaced during reloads"; rc=1; }
@@ -496,8 +513,10 @@ check_stop_drains_open_connection() {
     t0=$(now_ms)
     g systemctl stop --no-block "$SVC"
     wait_until 10 "deactivating" is_state deactivating || rc=1
-    wait_until 5 "the listener to close (new clients refused)" \
-        bash -c "! nsenter --net=/proc/$L/ns/net $PY $REAL_DIR/client.py echo 127.0.0.1:8080 --timeout 1" || rc=1
+    # The TCP addresses are systemd's: a client there would wait in the backlog and start the
+    # service again once it stopped. The unix listener is the proxy's own: it closes.
+    wait_until 5 "the proxy's own listener to close (new clients refused)" \
+        bash -c "! nsenter --net=/proc/$L/ns/net $PY $REAL_DIR/client.py echo unix:/proc/$L/root/run/det-tls-proxy/logs.sock --timeout 1" || rc=1
     touch "$work/go"
     wait "$holder" || { err "the held connection broke during the drain"; rc=1; }
     wait_until 10 "inactive once the last connection ended" is_state inactive || rc=1
@@ -561,10 +580,13 @@ check_invalid_config_fails_exit_2_no_restart() {
 check_socket_activation_holds_first_client() {
     local rc=0 took
     g systemctl stop "$SVC"
-    config_socket
-    g systemctl enable --now "$SOCK" || { err "enable --now $SOCK"; return 1; }
+    config_readme
+    g systemctl enable --now "$SOCK" "$TSOCK" || { err "enable --now $SOCK $TSOCK"; return 1; }
     # WantedBy=sockets.target
-    g systemctl show -P Wants sockets.target | tr ' ' '\n' | has -x "$SOCK" || { err "sockets.target does not want $SOCK"; rc=1; }
+    local u
+    for u in "$SOCK" "$TSOCK"; do
+        g systemctl show -P Wants sockets.target | tr ' ' '\n' | has -x "$u" || { err "sockets.target does not want $u"; rc=1; }
+    done
     is_state inactive || { err "service $(state) before the first client"; rc=1; }
     # The proxy takes two seconds to come up: the first client must wait, not be refused.
     dropin slow "${SLOW[@]}"
@@ -575,16 +597,43 @@ check_socket_activation_holds_first_client() {
     dropin_remove slow
     # The proxy serves on the inherited socket (not one of its own).
     prop "$SVC" TriggeredBy | has "$SOCK" || { err "TriggeredBy: $(prop "$SVC" TriggeredBy)"; rc=1; }
+    prop "$SVC" TriggeredBy | has "$TSOCK" || { err "TriggeredBy: $(prop "$SVC" TriggeredBy)"; rc=1; }
+    # Sockets=: the tasks socket (another unit's name) was passed and adopted as systemd:tasks,
+    # on the bridge address no interface of the container has (FreeBind=yes).
+    g journalctl --no-pager -o cat -u "$SVC" | grep '"message":"listening"' | grep '"listener":"tasks"' |
+        has -F 'systemd:tasks (172.17.0.1:8080)' || { err "the tasks listener did not adopt det-tls-proxy-tasks.socket"; rc=1; }
     # Backlog=1024: the listening socket's queue limit (ss shows it as Send-Q).
     inns ss -Hltn 'sport = :8080' | awk '{ print $3 }' | has -x 1024 || { err "backlog: $(inns ss -Hltn 'sport = :8080')"; rc=1; }
+    return "$rc"
+}
+
+check_addresses_held_while_the_proxy_is_down() {
+    # With the service stopped, an ordinary user (nobody) cannot bind either TCP listener's
+    # address, not even with IP_FREEBIND: the socket units hold them. Then the first client
+    # starts the proxy again.
+    local rc=0 out
+    g systemctl stop "$SVC"
+    is_state inactive || { err "service $(state) after stop"; rc=1; }
+    out=$(g systemd-run --wait --pipe --quiet -p User=nobody /usr/bin/perl -MSocket -e '
+        for my $a ("127.0.0.1", "172.17.0.1") {
+            socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+            setsockopt($s, 0, 15, 1) or die "IP_FREEBIND: $!";  # IPPROTO_IP, IP_FREEBIND
+            if (bind($s, pack_sockaddr_in(8080, inet_aton($a)))) { print "bound $a\n" } else { print "refused $a: $!\n" }
+        }' 2>&1)
+    say "as nobody while the proxy is down: $(tr '\n' ';' <<<"$out")"
+    for a in 127.0.0.1 172.17.0.1; do
+        has -x "refused $a: Address already in use" <<<"$out" || { err "nobody could bind $a:8080 while the proxy was down: $out"; rc=1; }
+    done
+    relay 127.0.0.1:8080 --timeout 15 >/dev/null || { err "the first client after the stop was not served"; rc=1; }
+    is_state active || { err "the first client did not start the service: $(state)"; rc=1; }
     return "$rc"
 }
 
 check_usr2_upgrade_moves_mainpid_and_keeps_the_socket() {
     # SIGUSR2 to the main process: a new process takes the sockets, systemd hears MAINPID= from
     # the old main process, the held connection finishes on the old one, nothing restarts,
-    # and the new main process keeps the watchdog fed. Then again with socket activation,
-    # leaving the socket active as the previous check did.
+    # and the new main process keeps the watchdog fed. Then again on sockets systemd started
+    # before the service, leaving them active as the previous check did.
     local rc=0 pid hpid new n holder c
     g systemctl stop "$SVC" "$SOCK"
     config_readme
@@ -617,8 +666,8 @@ check_usr2_upgrade_moves_mainpid_and_keeps_the_socket() {
     say "USR2: main pid $pid -> $new, held connection finished on the old one, watchdog fed by the new one"
     # Socket activation: the systemd socket is passed on too.
     g systemctl stop "$SVC"
-    config_socket
-    g systemctl start "$SOCK" "$SVC" || { err "start $SOCK and $SVC"; return 1; }
+    config_readme
+    g systemctl start "$SOCK" "$TSOCK" "$SVC" || { err "start $SOCK, $TSOCK and $SVC"; return 1; }
     pid=$(prop "$SVC" MainPID)
     g systemctl kill --signal=SIGUSR2 --kill-who=main "$SVC"
     wait_until 20 "a new main process (socket activation)" bash -c "[ \"\$(nsenter -t $L -a systemctl show -P MainPID $SVC)\" != $pid ]" || rc=1
@@ -663,9 +712,11 @@ declare -A COVER=(
     [Unit/Wants]="loaded_unit_properties"
     [Unit/After]="loaded_unit_properties"
     [Unit/Before]="before_determined_agent loaded_unit_properties"
+    [Unit/Requires]="readme_install_enable_now addresses_held_while_the_proxy_is_down loaded_unit_properties"
     [Service/Type]="type_notify_active_only_once_bound"
     [Service/NotifyAccess]="loaded_unit_properties (the default for Type=notify)"
     [Service/ExecStart]="readme_install_enable_now relay_mutual_tls_key_through_loadcredential"
+    [Service/Sockets]="socket_activation_holds_first_client (the tasks socket adopted as systemd:tasks)"
     [Service/ExecReload]="reload_applies_without_bin_kill guest_lacks_bin_kill"
     [Service/Restart]="watchdog_kills_stopped_proxy_and_restarts"
     [Service/RestartSec]="watchdog_kills_stopped_proxy_and_restarts"
@@ -705,17 +756,18 @@ declare -A COVER=(
     [Service/RuntimeDirectory]="relay_mutual_tls_key_through_loadcredential sandbox_seen_from_proc"
     [Service/RuntimeDirectoryMode]="sandbox_seen_from_proc (0755 is the default)"
     [Install/WantedBy]="readme_install_enable_now socket_activation_holds_first_client"
-    [Socket/ListenStream]="socket_activation_holds_first_client"
+    [Install/Also]="readme_install_enable_now"
+    [Socket/ListenStream]="socket_activation_holds_first_client addresses_held_while_the_proxy_is_down"
     [Socket/FileDescriptorName]="socket_activation_holds_first_client (listen: systemd:agent)"
     [Socket/Service]="socket_activation_holds_first_client loaded_unit_properties"
     [Socket/NoDelay]="loaded_unit_properties"
     [Socket/Backlog]="socket_activation_holds_first_client"
-    [Socket/FreeBind]="loaded_unit_properties"
+    [Socket/FreeBind]="socket_activation_holds_first_client (172.17.0.1 is on no interface) loaded_unit_properties"
 )
 
 check_every_directive_has_a_check() {
     local rc=0 f section key
-    for f in "$ROOT"/systemd/det-tls-proxy.service "$ROOT"/systemd/det-tls-proxy.socket; do
+    for f in "$ROOT"/systemd/det-tls-proxy.service "$ROOT"/systemd/det-tls-proxy.socket "$ROOT"/systemd/det-tls-proxy-tasks.socket; do
         while read -r section key; do
             [ -n "${COVER[$section/$key]:-}" ] || { err "$(basename "$f"): [$section] $key= has no check in tests/real/systemd.sh"; rc=1; }
         done < <(awk '/^\[/ { s = substr($0, 2, length($0) - 2); next } /^[A-Za-z]+=/ { split($0, a, "="); print s, a[1] }' "$f" | sort -u)
@@ -748,6 +800,7 @@ run_check check_stop_drains_open_connection
 run_check check_stop_deadline_within_timeoutstopsec
 run_check check_invalid_config_fails_exit_2_no_restart
 run_check check_socket_activation_holds_first_client
+run_check check_addresses_held_while_the_proxy_is_down
 run_check check_usr2_upgrade_moves_mainpid_and_keeps_the_socket
 run_check check_watchdog_kills_stopped_proxy_and_restarts
 [ -n "${DTP_VERBOSE:-}" ] && print_coverage

@@ -1,7 +1,7 @@
 //! Rules that span sections: the proxy must not dial itself, and the admin endpoint must not
 //! take a listener's address.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::Check;
 use crate::config::{parse_host_ip, AdminConfig, ListenAddr, ListenerConfig, MasterConfig};
@@ -12,27 +12,11 @@ pub(super) fn master_is_not_a_listener(
     m: &MasterConfig,
     listeners: &[ListenerConfig],
 ) {
-    if m.host.is_empty() {
-        return;
-    }
-    let master_ips: Vec<IpAddr> = match parse_host_ip(&m.host) {
-        Some(ip) => vec![ip],
-        None if m.host.eq_ignore_ascii_case("localhost") => {
-            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
-        }
-        None => vec![],
-    };
     for (i, lc) in listeners.iter().enumerate() {
         let ListenAddr::Tcp(a) = &lc.addr else {
             continue;
         };
-        if a.port() != m.port || a.port() == 0 {
-            continue;
-        }
-        let hit = master_ips.iter().any(|ip| {
-            *ip == a.ip() || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
-        });
-        if hit {
+        if is_master_address(m, *a) {
             let source = c.src("master_host");
             c.fail(
                 "master_host",
@@ -44,6 +28,24 @@ pub(super) fn master_is_not_a_listener(
             );
         }
     }
+}
+
+/// Whether dialling the master would reach a socket listening on `a`. A `systemd:` listener's
+/// address is known only once its socket is adopted, so `server` asks this too.
+pub(crate) fn is_master_address(m: &MasterConfig, a: SocketAddr) -> bool {
+    if m.host.is_empty() || a.port() != m.port || a.port() == 0 {
+        return false;
+    }
+    let master_ips: Vec<IpAddr> = match parse_host_ip(&m.host) {
+        Some(ip) => vec![ip],
+        None if m.host.eq_ignore_ascii_case("localhost") => {
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+        }
+        None => vec![],
+    };
+    master_ips.iter().any(|ip| {
+        *ip == a.ip() || (a.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+    })
 }
 
 pub(super) fn admin_is_not_a_listener(

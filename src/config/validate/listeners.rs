@@ -92,6 +92,7 @@ fn listener(c: &mut Check, key: &str, rl: &RawListener, source: &str) -> Option<
         group: group(c, key, rl.group.as_ref(), &addr, source),
         alpn: alpn(c, key, rl.alpn.as_ref(), source),
         tls_passthrough: passthrough(c, key, rl.tls_passthrough.as_deref(), source),
+        max_connections: max_connections(c, key, rl.max_connections, source),
         name,
         addr,
         allowed_clients,
@@ -203,6 +204,21 @@ fn passthrough(c: &mut Check, key: &str, raw: Option<&str>, source: &str) -> boo
     }
 }
 
+/// A listener's own cap. One above the global `max_connections` is allowed as written and
+/// simply never binds (every connection also takes a place under the global cap): an operator
+/// who raises the global cap later should not have to touch every listener, and a warning for
+/// a harmless setting would teach operators to ignore warnings.
+fn max_connections(c: &mut Check, key: &str, raw: Option<usize>, source: &str) -> Option<usize> {
+    if raw == Some(0) {
+        c.fail(
+            &format!("{key}.max_connections"),
+            "must be at least 1 (leave it out for no cap of its own)",
+            Some(source.to_string()),
+        );
+    }
+    raw
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::validate::testing::{has, mistakes, valid};
@@ -258,6 +274,15 @@ mod tests {
         let m = mistakes(&one("{listen: \"127.0.0.1:1\", alpn: h3, tls_passthrough: maybe}"));
         assert!(has(&m, "listeners[0].alpn", "write auto, none"), "{m:?}");
         assert!(has(&m, "listeners[0].tls_passthrough", "write auto or off"), "{m:?}");
+    }
+
+    #[test]
+    fn a_listener_cap_is_at_least_one_and_may_exceed_the_global_one() {
+        let m = mistakes(&one("{listen: \"127.0.0.1:1\", max_connections: 0}"));
+        assert!(has(&m, "listeners[0].max_connections", "at least 1"), "{m:?}");
+        let c = valid("master_host: det\nmax_connections: 5\nlisteners: [{listen: \"127.0.0.1:1\", max_connections: 50}, {listen: \"127.0.0.1:2\"}]\n");
+        assert_eq!(c.listeners[0].max_connections, Some(50));
+        assert_eq!(c.listeners[1].max_connections, None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
+pub(crate) use cross::is_master_address;
+
 use super::layers::{Loaded, Purpose};
 use super::{err, Config, ConfigError, ConfigErrors};
 
