@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::AlpnPolicy;
 use crate::diagnose::CertSummary;
+use crate::identity::PeerIdentity;
 use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
 use crate::relay::{Relay, RelayResult, RelayTimeouts};
@@ -27,9 +28,14 @@ pub fn looks_like_h2(first: &[u8]) -> bool {
 }
 
 /// The listener's client config for a connection whose first bytes are `first` (ALPN `auto`
-/// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else).
-fn client_config(policy: &ListenerPolicy, first: &[u8]) -> Option<Arc<rustls::ClientConfig>> {
-    let tls = policy.tls.as_ref()?;
+/// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else), with the client
+/// certificate when `present`.
+fn client_config(
+    policy: &ListenerPolicy,
+    first: &[u8],
+    present: bool,
+) -> Option<Arc<rustls::ClientConfig>> {
+    let tls = if present { policy.tls_cert.as_ref() } else { policy.tls.as_ref() }?;
     Some(match policy.config.alpn {
         AlpnPolicy::Auto if looks_like_h2(first) => tls.h2.clone(),
         AlpnPolicy::Auto => tls.http11.clone(),
@@ -51,6 +57,8 @@ pub struct Record {
     preconnected: bool,
     up: u64,
     down: u64,
+    /// Who the client is (`peer.rs`).
+    peer: PeerIdentity,
 }
 
 struct ActiveGuard(prometheus_client::metrics::gauge::Gauge);
@@ -152,6 +160,8 @@ fn access_line(
     if !shared.access_log_on() {
         return;
     }
+    let who = &rec.peer;
+    let container = who.container.as_ref();
     tracing::info!(
         target: "access",
         listener = %listener,
@@ -166,6 +176,15 @@ fn access_line(
         bytes_down = rec.down,
         duration_ms = took.as_millis() as u64,
         outcome = outcome.label(),
+        peer_uid = who.uid,
+        peer_gid = who.gid,
+        peer_pid = who.pid,
+        peer_cgroup = who.cgroup.as_deref().unwrap_or(""),
+        peer_unit = who.unit.as_deref().unwrap_or(""),
+        peer_container = container.map_or("", |c| c.label()),
+        task_id = container.and_then(|c| c.task_id.as_deref()),
+        allocation_id = container.and_then(|c| c.allocation_id.as_deref()),
+        task_type = container.and_then(|c| c.task_type.as_deref()),
         "connection"
     );
 }
@@ -178,6 +197,12 @@ async fn serve(
     peer: &Peer,
     rec: &mut Record,
 ) -> Outcome {
+    rec.peer = crate::peer::identify(client, peer, policy, shared, Instant::now()).await;
+    if !policy.admits(&rec.peer) {
+        crate::peer::refused(policy, peer, &rec.peer, shared);
+        return Outcome::Denied;
+    }
+    let present = policy.presents_to(&rec.peer);
     let (first, n) = match first_bytes(client, policy).await {
         Ok(Some(x)) => x,
         Ok(None) => return Outcome::ClientClosedEarly,
@@ -192,11 +217,11 @@ async fn serve(
     let tls_choice = if passthrough {
         None
     } else {
-        client_config(policy, first)
+        client_config(policy, first, present)
     };
     match (tls_choice, &state.tls) {
         (Some(cfg), Some(tls)) => {
-            let mut stream = match master_tls(state, policy, shared, peer, cfg, rec).await {
+            let mut stream = match master_tls(state, policy, shared, peer, (cfg, present), rec).await {
                 Ok(s) => s,
                 Err(outcome) => return outcome,
             };
@@ -240,11 +265,11 @@ async fn master_tls(
     policy: &ListenerPolicy,
     shared: &Shared,
     peer: &Peer,
-    cfg: Arc<rustls::ClientConfig>,
+    (cfg, present): (Arc<rustls::ClientConfig>, bool),
     rec: &mut Record,
 ) -> Result<Session, Outcome> {
     if let Some(pool) = &state.pool {
-        if let Some(p) = pool.take(&cfg, state.presents_client_cert(policy)).await {
+        if let Some(p) = pool.take(&cfg, present).await {
             rec.master = p.peer;
             rec.preconnected = true;
             return Ok(p.session);

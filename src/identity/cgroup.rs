@@ -124,10 +124,6 @@ impl Index {
         }
     }
 
-    pub fn mount(&self) -> Option<&Path> {
-        self.mount.as_deref()
-    }
-
     fn cached(&self, id: u64) -> Result<Option<Arc<str>>, ()> {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = st.by_id.get(&id) {

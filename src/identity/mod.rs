@@ -17,11 +17,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use selector::{Selector, Selectors};
-
 /// How long one identification may take before the peer is left unknown ("timed out"). The
-/// socket-table lookup itself answers within the `send()`; the margin is for a refresh of the
-/// cgroup index (a walk of the hierarchy when a new cgroup is seen) and a loaded host.
+/// socket-table lookup never waits (the kernel answers within the `send()`); what may take
+/// time is a refresh of the cgroup index (a walk of the hierarchy when a new cgroup is seen)
+/// and the container runtime's answer, on a loaded host.
 pub const DEADLINE: Duration = Duration::from_millis(50);
 
 /// What is known about a client. Every field is `None` when the kernel could not say; `note`
@@ -77,6 +76,21 @@ pub enum Unknown {
 }
 
 impl Unknown {
+    /// A short name of the cause, to rate-limit its log lines by.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unknown::OtherNamespace => "other_namespace",
+            Unknown::Timeout => "timeout",
+            Unknown::Exited => "exited",
+            Unknown::Closed => "closed",
+            Unknown::Credentials(_) => "credentials",
+            Unknown::SockDiag(_) => "sock_diag",
+            Unknown::Process(_) => "process",
+            Unknown::Cgroup(_) => "cgroup",
+            Unknown::ContainerApi(_) => "container_api",
+        }
+    }
+
     /// Whether this is an ordinary fact of the network (a bridge client) rather than a
     /// failure worth a warning.
     pub fn expected(&self) -> bool {
@@ -111,6 +125,46 @@ impl PeerIdentity {
     }
 }
 
+impl std::fmt::Display for PeerIdentity {
+    /// `uid=0 gid=0 pid=7 unit=x.service cgroup=/system.slice/x.service`, or `unknown (why)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        let mut id = |k: &str, v: Option<u32>| {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        };
+        id("uid", self.uid);
+        id("gid", self.gid);
+        id("pid", self.pid);
+        if let Some(u) = &self.unit {
+            parts.push(format!("unit={u}"));
+        }
+        if let Some(c) = &self.cgroup {
+            parts.push(format!("cgroup={c}"));
+        }
+        if let Some(c) = &self.container {
+            parts.push(format!("container={}", c.label()));
+        }
+        match (&self.note, parts.is_empty()) {
+            (Some(why), true) => write!(f, "unknown ({why})"),
+            (None, true) => write!(f, "unknown"),
+            (_, false) => write!(f, "{}", parts.join(" ")),
+        }
+    }
+}
+
+impl ContainerRef {
+    /// The name when the runtime gave one, else the id.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() {
+            &self.id
+        } else {
+            self.name.trim_start_matches('/')
+        }
+    }
+}
+
 // === The container runtime seam ===
 
 /// The future a [`ContainerSource`] answers with.
@@ -118,7 +172,9 @@ pub type ContainerLookup<'a> =
     Pin<Box<dyn Future<Output = Result<Option<ContainerRef>, String>> + Send + 'a>>;
 
 /// A directory of containers by address (the container runtime's API): asked about TCP clients
-/// the socket tables do not have, i.e. containers in network namespaces of their own.
+/// the socket tables do not have, i.e. containers in network namespaces of their own. The
+/// runtime's `ContainerDirectory` implements it, turning its `ContainerInfo` into a
+/// [`ContainerRef`]; `Identifier::set_containers` plugs it in (and out, on reload).
 pub trait ContainerSource: Send + Sync {
     fn lookup(&self, ip: IpAddr) -> ContainerLookup<'_>;
 }
@@ -166,7 +222,7 @@ impl Identifier {
     }
 
     async fn tcp_inner(&self, client: SocketAddr, local: SocketAddr, accepted: Instant) -> PeerIdentity {
-        let info = match self.diag.lookup(client, local).await {
+        let info = match self.diag.lookup(client, local) {
             Ok(info) => info,
             Err(sockdiag::DiagError::NotFound) => return self.other_namespace(client.ip()).await,
             Err(sockdiag::DiagError::Closed) => return PeerIdentity::unknown(Unknown::Closed),

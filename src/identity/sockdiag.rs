@@ -4,11 +4,11 @@
 //! carrying the socket's owner uid, inode and, from Linux 5.7, the id of the cgroup that
 //! created it (`INET_DIAG_CGROUP_ID`, always sent, no extension to ask for).
 //!
-//! The kernel answers inside the `send()` (sock_diag requests are handled synchronously), so
-//! the reply is normally waiting when we read; the socket is non-blocking and registered with
-//! tokio all the same, and the caller bounds the whole lookup with a deadline. Sockets are
-//! kept in a small pool; one that timed out or failed is dropped, never reused, so a late
-//! reply cannot answer the next request.
+//! The kernel answers inside the `send()`: a sock_diag request is handled in the sender's
+//! system call and the reply queued on our socket before it returns. So a lookup is two
+//! non-blocking system calls and never waits; a reply that is not there is an error, not
+//! something to wait for. Sockets are kept in a small pool; one that failed is dropped, never
+//! reused, so a stray reply cannot answer a later request.
 
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::unix::AsyncFd;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
@@ -58,13 +57,13 @@ pub enum DiagError {
 /// The pool of netlink sockets and the request sequence.
 #[derive(Default)]
 pub struct Diag {
-    idle: Mutex<Vec<AsyncFd<Socket>>>,
+    idle: Mutex<Vec<Socket>>,
     seq: AtomicU32,
 }
 
 impl Diag {
     /// The socket of the client at `client` connected to our `local` address.
-    pub async fn lookup(&self, client: SocketAddr, local: SocketAddr) -> Result<SockInfo, DiagError> {
+    pub fn lookup(&self, client: SocketAddr, local: SocketAddr) -> Result<SockInfo, DiagError> {
         let (client, local) = (unmapped(client), unmapped(local));
         if client.is_ipv4() != local.is_ipv4() {
             return Err(DiagError::NotFound);
@@ -74,32 +73,27 @@ impl Diag {
             Some(s) => s,
             None => open()?,
         };
-        let req = request(seq, client, local);
-        sock.get_ref().send(&req)?;
+        sock.send(&request(seq, client, local))?;
         let mut buf = [0u8; 4096];
         loop {
-            let mut ready = sock.readable().await?;
-            let n = match ready.try_io(|s| s.get_ref().read(&mut buf)) {
-                Ok(r) => r?,
-                Err(_would_block) => continue,
-            };
-            match parse(&buf[..n], seq) {
-                // Not the answer to this request: keep reading.
-                Ok(None) => continue,
-                Ok(Some(info)) => {
+            // The reply was queued before send() returned: nothing to wait for. A socket that
+            // has none is dropped with the error, so it never answers a later request.
+            let n = (&sock).read(&mut buf)?;
+            match parse(&buf[..n], seq)? {
+                None => continue,
+                Some(answer) => {
                     self.put(sock);
-                    return info;
+                    return answer;
                 }
-                Err(e) => return Err(e),
             }
         }
     }
 
-    fn take(&self) -> Option<AsyncFd<Socket>> {
+    fn take(&self) -> Option<Socket> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    fn put(&self, sock: AsyncFd<Socket>) {
+    fn put(&self, sock: Socket) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < POOL_MAX {
             idle.push(sock);
@@ -107,14 +101,14 @@ impl Diag {
     }
 }
 
-fn open() -> io::Result<AsyncFd<Socket>> {
+fn open() -> io::Result<Socket> {
     let s = Socket::new(
         Domain::from(nix::libc::AF_NETLINK),
         Type::RAW,
         Some(Protocol::from(nix::libc::NETLINK_SOCK_DIAG)),
     )?;
     s.set_nonblocking(true)?;
-    AsyncFd::new(s)
+    Ok(s)
 }
 
 /// A dual-stack socket shows IPv4 peers as `::ffff:a.b.c.d`; their sockets are IPv4 ones.
@@ -269,16 +263,15 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, peer) = listener.accept().await.unwrap();
         let diag = Diag::default();
-        let info = diag.lookup(peer, server.local_addr().unwrap()).await.unwrap();
+        let info = diag.lookup(peer, server.local_addr().unwrap()).unwrap();
         assert_eq!(info.uid, nix::unistd::geteuid().as_raw());
         let ino = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&client)))
             .unwrap()
             .ino();
         assert_eq!(u64::from(info.inode), ino);
         assert!(info.cgroup_id.is_some(), "no INET_DIAG_CGROUP_ID (Linux < 5.7?)");
-        // The server's side is not a client socket of ours to find with the pair reversed...
-        // but a pair nobody has is simply not there.
-        let none = diag.lookup("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()).await;
+        // A pair no socket has is simply not there.
+        let none = diag.lookup("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         assert!(matches!(none, Err(DiagError::NotFound)), "{none:?}");
         assert_eq!(diag.idle.lock().unwrap().len(), 1, "the socket went back to the pool");
     }

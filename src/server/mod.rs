@@ -115,6 +115,9 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
     if let Some(t) = tls {
         warn_expired_crls(t);
     }
+    for w in crate::config::shared_client_cert_warnings(config) {
+        tracing::warn!("{w}");
+    }
     if let Some(key) = &config.tls.client_key {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(m) = std::fs::metadata(key) {
@@ -253,7 +256,7 @@ impl Server {
     fn launch(&mut self, addr: ListenerKey, bound: Arc<Bound>) {
         let state = self.shared.current();
         if let Some(p) = state.listeners.get(&addr) {
-            tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = p.present_client_cert, "listening");
+            tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = %p.present_client_cert, "listening");
         }
         let stop = CancellationToken::new();
         accept::AcceptLoop {

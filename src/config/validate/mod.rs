@@ -8,6 +8,7 @@ mod egress;
 mod listeners;
 mod log;
 mod master;
+mod peers;
 mod timeouts;
 mod tls;
 mod upstream;
@@ -19,6 +20,8 @@ use ipnet::IpNet;
 
 use super::layers::{Loaded, Purpose};
 use super::{err, Config, ConfigError, ConfigErrors};
+
+pub use peers::shared_client_cert_warnings;
 
 /// The layers being validated and the mistakes found so far.
 struct Check<'a> {
