@@ -240,7 +240,10 @@ fn new_pool(
         if matches!(p.config.alpn, AlpnPolicy::Auto) {
             continue;
         }
-        if let Some(ltls) = p.tls.as_ref().filter(|_| p.present_client_cert != PresentClientCert::Always) {
+        // Anonymous sessions unless every client of the listener is given the certificate.
+        let all_certified =
+            p.tls_cert.is_some() && p.present_client_cert == PresentClientCert::Always;
+        if let Some(ltls) = p.tls.as_ref().filter(|_| !all_certified) {
             pool.seed(ChoiceKey::of(&ltls.fixed, false), ltls.fixed.clone());
         }
         if let Some(ltls) = &p.tls_cert {

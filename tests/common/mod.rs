@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod egress;
 pub mod http;
+pub mod peers;
 pub mod pki;
 pub mod probes;
 pub mod prometheus;
