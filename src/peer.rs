@@ -29,11 +29,18 @@ pub async fn identify(
         (ClientStream::Tcp(_), Peer::Unix) => PeerIdentity::default(),
     };
     policy.peers.count(policy.peer_kind(&who));
-    if let Some(why) = who.note.as_ref().filter(|w| !w.expected()) {
-        let listener = policy.config.name.as_str();
-        shared.log_failure(&format!("identify:{listener}:{}", why.label()), |n| {
-            tracing::warn!(listener = %listener, client = %peer, peer = %who, error = %why, repeated = n, "cannot tell who the client is; it matches no peer selector");
-        });
+    let listener = policy.config.name.as_str();
+    match &who.note {
+        // A bridge client, or one that left: facts, not failures.
+        Some(why) if why.expected() => {
+            tracing::debug!(listener = %listener, client = %peer, peer = %who, reason = %why, "client not identified");
+        }
+        Some(why) => {
+            shared.log_failure(&format!("identify:{listener}:{}", why.label()), |n| {
+                tracing::warn!(listener = %listener, client = %peer, peer = %who, error = %why, repeated = n, "cannot tell who the client is: what is unknown matches no peer selector");
+            });
+        }
+        None => {}
     }
     who
 }
