@@ -13,6 +13,9 @@
 #                    unshare, so tinyproxy resolves the master's name from a hosts file of its own
 #   squid, tinyproxy tests/upstream_proxy.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
+#   iproute2         tests/identity_tcp.rs: `ip netns` and a veth pair, a client in another
+#                    network namespace (util-linux's setpriv runs the identity tests' clients
+#                    as another user)
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does
 #   kubernetes-validate (PyPI) deploy/validate.sh (tests/deploy.rs): the Kubernetes manifests
@@ -37,7 +40,7 @@ as_root() {
 }
 
 apt_need=()
-for pkg in curl openssl ca-certificates util-linux systemd python3-yaml squid tinyproxy; do
+for pkg in curl openssl ca-certificates util-linux systemd iproute2 python3-yaml squid tinyproxy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_need+=("$pkg")
 done
 if [ "${#apt_need[@]}" -gt 0 ]; then
