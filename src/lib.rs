@@ -27,6 +27,6 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, config, diagnose, egress, exit, identity, inherit, limit, listen, logging, metrics, outcome, peer,
-    pem, pool, proxy, relay, state, tls, upstream,
+    admin, config, diagnose, egress, exit, identity, inherit, limit, listen, logging, metrics,
+    outcome, peer, pem, pool, proxy, relay, state, tls, upstream,
 );

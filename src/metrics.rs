@@ -180,12 +180,7 @@ impl Metrics {
             skip_verify.clone(),
         );
         let preconnect = PreconnectMetrics::register(&mut registry);
-        let peers = Family::<PeerLabels, Counter>::default();
-        registry.register(
-            "peers",
-            "Clients identified, by listener and peer: the name of the selector they matched, else known or unknown",
-            peers.clone(),
-        );
+        let peers = PeerMetrics::register(&mut registry);
         Metrics {
             peers,
             registry,
@@ -306,6 +301,16 @@ pub struct PeerMetrics {
 }
 
 impl PeerMetrics {
+    fn register(registry: &mut Registry) -> Family<PeerLabels, Counter> {
+        let peers = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peers",
+            "Clients identified, by listener and peer: the name of the selector they matched, else known or unknown",
+            peers.clone(),
+        );
+        peers
+    }
+
     /// Counts one client of this kind (`ListenerPolicy::peer_kind`).
     pub fn count(&self, kind: &str) {
         let counter = match kind {

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::peers::{container_id, run_client, CertMaster, Cgroups, ClientRun, ClientSpec, Netns, Target, NOBODY};
+use common::peers::{
+    container_id, run_client, CertMaster, Cgroups, ClientRun, ClientSpec, Netns, Target, NOBODY,
+};
 use common::*;
 use serde_json::Value;
 
@@ -46,8 +48,14 @@ fn loopback_clients_are_named_by_socket_owner_cgroup_unit_and_container() {
     assert_eq!(l["peer_unit"], "determined-agent.service", "{l}");
     assert_eq!(l["peer_container"], "", "{l}");
     // The socket tables know no gid and no pid.
-    assert!(l.get("peer_pid").is_none() && l.get("peer_gid").is_none(), "{l}");
-    assert!(cm.presented("/agent"), "the agent's unit was not given the certificate");
+    assert!(
+        l.get("peer_pid").is_none() && l.get("peer_gid").is_none(),
+        "{l}"
+    );
+    assert!(
+        cm.presented("/agent"),
+        "the agent's unit was not given the certificate"
+    );
 
     let c = run_client(
         &ClientSpec {
@@ -61,7 +69,10 @@ fn loopback_clients_are_named_by_socket_owner_cgroup_unit_and_container() {
     assert_eq!(l["peer_uid"], nix::unistd::geteuid().as_raw(), "{l}");
     assert_eq!(l["peer_cgroup"], docker.as_str(), "{l}");
     assert_eq!(l["peer_container"], id.as_str(), "{l}");
-    assert!(!cm.presented("/container"), "a host-network container was given the agent's certificate");
+    assert!(
+        !cm.presented("/container"),
+        "a host-network container was given the agent's certificate"
+    );
 }
 
 /// A client in a network namespace of its own (as a container on a bridge) reaches a listener
@@ -93,24 +104,57 @@ fn a_client_from_another_network_namespace_is_unknown_and_matches_no_selector() 
     };
 
     // ... and does: a local client gets the certificate.
-    let local = run_client(&ClientSpec::default(), &Target::Tcp(proxy.tcp_addr("local")), "/local");
+    let local = run_client(
+        &ClientSpec::default(),
+        &Target::Tcp(proxy.tcp_addr("local")),
+        "/local",
+    );
     assert!(local.status.contains("200"), "{local:?}");
-    assert!(cm.presented("/local"), "the control client was not given the certificate");
+    assert!(
+        cm.presented("/local"),
+        "the control client was not given the certificate"
+    );
 
     let t = run_client(&in_ns, &Target::Tcp(proxy.tcp_addr("tasks")), "/from-netns");
-    assert!(t.status.contains("200"), "the namespace's client was not relayed: {t:?}");
+    assert!(
+        t.status.contains("200"),
+        "the namespace's client was not relayed: {t:?}"
+    );
     let l = line_of(&proxy, &t);
     assert!(l.get("peer_uid").is_none(), "{l}");
-    assert_eq!((l["peer_cgroup"].as_str(), l["peer_unit"].as_str(), l["peer_container"].as_str()), (Some(""), Some(""), Some("")), "{l}");
-    assert!(!cm.presented("/from-netns"), "an unknown peer was given the agent's certificate");
+    assert_eq!(
+        (
+            l["peer_cgroup"].as_str(),
+            l["peer_unit"].as_str(),
+            l["peer_container"].as_str()
+        ),
+        (Some(""), Some(""), Some("")),
+        "{l}"
+    );
+    assert!(
+        !cm.presented("/from-netns"),
+        "an unknown peer was given the agent's certificate"
+    );
     let why = proxy.wait_for("why the client is unknown", Duration::from_secs(5), |v| {
         v["message"] == "client not identified" && v["listener"] == "tasks"
     });
-    assert!(why["reason"].as_str().unwrap_or("").contains("not in this network namespace"), "{why}");
+    assert!(
+        why["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in this network namespace"),
+        "{why}"
+    );
 
     let g = run_client(&in_ns, &Target::Tcp(proxy.tcp_addr("guarded")), "/guarded");
-    assert_eq!(g.status, "", "allowed_peers let an unknown peer through: {g:?}");
+    assert_eq!(
+        g.status, "",
+        "allowed_peers let an unknown peer through: {g:?}"
+    );
     let l = line_of(&proxy, &g);
     assert_eq!(l["outcome"], "denied", "{l}");
-    assert!(!cm.reached("/guarded"), "the master was dialled for a denied peer");
+    assert!(
+        !cm.reached("/guarded"),
+        "the master was dialled for a denied peer"
+    );
 }

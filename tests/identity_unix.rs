@@ -9,7 +9,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::peers::{container_id, run_client, CertMaster, Cgroups, ClientRun, ClientSpec, Target, NOBODY};
+use common::peers::{
+    container_id, run_client, CertMaster, Cgroups, ClientRun, ClientSpec, Target, NOBODY,
+};
 use common::proxy::is_access;
 use common::*;
 use serde_json::Value;
@@ -62,7 +64,10 @@ fn unix_clients_are_named_by_uid_gid_pid_cgroup_unit_and_container() {
     assert_eq!(l["peer_unit"], "determined-agent.service", "{l}");
     assert_eq!(l["peer_container"], "", "{l}");
     assert_eq!(l["outcome"], "ok", "{l}");
-    assert!(cm.presented("/agent"), "the agent's unit was not given the certificate");
+    assert!(
+        cm.presented("/agent"),
+        "the agent's unit was not given the certificate"
+    );
 
     // A Docker container's scope, as this process's user.
     let me = nix::unistd::geteuid().as_raw();
@@ -80,7 +85,10 @@ fn unix_clients_are_named_by_uid_gid_pid_cgroup_unit_and_container() {
     assert_eq!(l["peer_cgroup"], docker.as_str(), "{l}");
     assert_eq!(l["peer_unit"], format!("docker-{id}.scope"), "{l}");
     assert_eq!(l["peer_container"], id.as_str(), "{l}");
-    assert!(!cm.presented("/container"), "a container was given the agent's certificate");
+    assert!(
+        !cm.presented("/container"),
+        "a container was given the agent's certificate"
+    );
 
     // Another unit of the same machine, same user as the agent client.
     let other = cg.make("system.slice/fluent-bit.service");
@@ -94,7 +102,10 @@ fn unix_clients_are_named_by_uid_gid_pid_cgroup_unit_and_container() {
         "/fluent-bit",
     );
     assert_eq!(line_of(&proxy, &f)["peer_unit"], "fluent-bit.service");
-    assert!(!cm.presented("/fluent-bit"), "another unit was given the agent's certificate");
+    assert!(
+        !cm.presented("/fluent-bit"),
+        "another unit was given the agent's certificate"
+    );
 }
 
 #[test]
@@ -104,10 +115,15 @@ fn text_access_lines_carry_the_peer_too() {
     let sock = dir.path().join("t.sock");
     let cfg = cm
         .cfg()
-        .listeners(&[&format!("{{name: t, listen: {}}}", q(format!("unix:{}", sock.display())))])
+        .listeners(&[&format!(
+            "{{name: t, listen: {}}}",
+            q(format!("unix:{}", sock.display()))
+        )])
         .write(dir.path());
     // The same file, text format.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("format: json", "format: text");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("format: json", "format: text");
     std::fs::write(&cfg, text).unwrap();
     let mut cmd = command();
     cmd.arg("run").arg("--config").arg(&cfg);

@@ -42,26 +42,57 @@ fn allowed_peers_closes_a_client_no_selector_matches_before_any_dial() {
     assert!(ok.status.contains("200"), "{ok:?}");
 
     let denied = run_client(&ClientSpec::default(), &target, "/intruder");
-    assert_eq!(denied.status, "", "a peer no selector matches was relayed: {denied:?}");
+    assert_eq!(
+        denied.status, "",
+        "a peer no selector matches was relayed: {denied:?}"
+    );
     let line = proxy.access_line(denied.local.unwrap());
     assert_eq!(line["outcome"], "denied", "{line}");
-    assert_eq!(line["peer_uid"], me(), "the access line does not name the peer: {line}");
-    assert!(!cm.reached("/intruder"), "the master was dialled for a denied client");
+    assert_eq!(
+        line["peer_uid"],
+        me(),
+        "the access line does not name the peer: {line}"
+    );
+    assert!(
+        !cm.reached("/intruder"),
+        "the master was dialled for a denied client"
+    );
     let warn = proxy.wait_for("the denial's warning", Duration::from_secs(5), |v| {
         v["message"] == "client matches no selector of allowed_peers: closed"
     });
-    assert!(warn["peer"].as_str().unwrap_or("").contains(&format!("uid={}", me())), "{warn}");
+    assert!(
+        warn["peer"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("uid={}", me())),
+        "{warn}"
+    );
 
     let text = scrape_text(&proxy.tcp_addr("admin").to_string());
     let count = |peer: &str, result: &str| {
         (
-            metric(&text, "det_tls_proxy_peers_total", &[("listener", "main"), ("peer", peer)]),
-            metric(&text, "det_tls_proxy_connections_total", &[("listener", "main"), ("result", result)]),
+            metric(
+                &text,
+                "det_tls_proxy_peers_total",
+                &[("listener", "main"), ("peer", peer)],
+            ),
+            metric(
+                &text,
+                "det_tls_proxy_connections_total",
+                &[("listener", "main"), ("result", result)],
+            ),
         )
     };
     assert_eq!(count("shipper", "ok"), (1.0, 1.0), "{text}");
     assert_eq!(count("known", "denied"), (1.0, 1.0), "{text}");
-    assert_eq!(metric(&text, "det_tls_proxy_peers_total", &[("listener", "main"), ("peer", "unknown")]), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "det_tls_proxy_peers_total",
+            &[("listener", "main"), ("peer", "unknown")]
+        ),
+        0.0
+    );
 }
 
 /// Both keys change live on SIGHUP, observed from outside: the master sees the certificate
@@ -70,11 +101,7 @@ fn allowed_peers_closes_a_client_no_selector_matches_before_any_dial() {
 fn present_client_cert_and_allowed_peers_reload_live() {
     let dir = tempdir();
     let cm = CertMaster::start(dir.path());
-    let write = |listener: &str| {
-        cm.cfg()
-            .listeners(&[listener])
-            .write(dir.path())
-    };
+    let write = |listener: &str| cm.cfg().listeners(&[listener]).write(dir.path());
     let path = write(r#"{name: main, listen: "127.0.0.1:0", present_client_cert: false}"#);
     let proxy = Proxy::start(&path);
     let target = Target::Tcp(proxy.tcp_addr("main"));
@@ -86,17 +113,29 @@ fn present_client_cert_and_allowed_peers_reload_live() {
         replace(&path, &cm.cfg().listeners(&[listener]).render());
         proxy.signal(Signal::SIGHUP);
         proxy.wait_for_nth("a reload", n, Duration::from_secs(15), |v| {
-            v["message"].as_str().unwrap_or("").contains("configuration reloaded")
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("configuration reloaded")
         });
     };
     reload(
-        &format!("{{name: main, listen: \"127.0.0.1:0\", present_client_cert: [{{uid: {}}}]}}", me()),
+        &format!(
+            "{{name: main, listen: \"127.0.0.1:0\", present_client_cert: [{{uid: {}}}]}}",
+            me()
+        ),
         1,
     );
     run_client(&me_client, &target, "/selected");
-    assert!(cm.presented("/selected"), "the reloaded selector did not give the certificate");
+    assert!(
+        cm.presented("/selected"),
+        "the reloaded selector did not give the certificate"
+    );
     run_client(&as_nobody(), &target, "/not-selected");
-    assert!(!cm.presented("/not-selected"), "a peer the selector excludes got the certificate");
+    assert!(
+        !cm.presented("/not-selected"),
+        "a peer the selector excludes got the certificate"
+    );
 
     reload(
         &format!("{{name: main, listen: \"127.0.0.1:0\", allowed_peers: [{{uid: {NOBODY}}}]}}"),
@@ -104,7 +143,10 @@ fn present_client_cert_and_allowed_peers_reload_live() {
     );
     let denied = run_client(&me_client, &target, "/excluded");
     assert_eq!(denied.status, "", "{denied:?}");
-    assert_eq!(proxy.access_line(denied.local.unwrap())["outcome"], "denied");
+    assert_eq!(
+        proxy.access_line(denied.local.unwrap())["outcome"],
+        "denied"
+    );
     let allowed = run_client(&as_nobody(), &target, "/allowed");
     assert!(allowed.status.contains("200"), "{allowed:?}");
 }
@@ -124,12 +166,23 @@ fn run_and_check_warn_when_a_tcp_listener_lends_the_certificate_to_every_local_p
     let warned: Vec<_> = proxy
         .json_lines()
         .into_iter()
-        .filter(|v| v["level"] == "WARN" && v["message"].as_str().unwrap_or("").contains("client certificate"))
+        .filter(|v| {
+            v["level"] == "WARN"
+                && v["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("client certificate")
+        })
         .collect();
-    assert_eq!(warned.len(), 1, "one warning, for the loopback listener alone: {warned:?}");
+    assert_eq!(
+        warned.len(),
+        1,
+        "one warning, for the loopback listener alone: {warned:?}"
+    );
     let w = warned[0]["message"].as_str().unwrap();
     assert!(
-        w.contains("listener \"open\"") && w.contains("present_client_cert: [{unit: determined-agent.service}]"),
+        w.contains("listener \"open\"")
+            && w.contains("present_client_cert: [{unit: determined-agent.service}]"),
         "{w}"
     );
     drop(proxy);
@@ -147,6 +200,14 @@ fn run_and_check_warn_when_a_tcp_listener_lends_the_certificate_to_every_local_p
     let mut cmd = command();
     cmd.arg("config").arg("--config").arg(&path);
     let out = run_to_exit(cmd, Duration::from_secs(20));
-    assert!(out.stdout.contains("\"allowed_peers\":[{\"uid\":0},{\"container\":\"fluent-bit\"}]"), "{out}");
-    assert!(out.stdout.contains("\"present_client_cert\":[{\"unit\":\"determined-agent.service\"}]"), "{out}");
+    assert!(
+        out.stdout
+            .contains("\"allowed_peers\":[{\"uid\":0},{\"container\":\"fluent-bit\"}]"),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("\"present_client_cert\":[{\"unit\":\"determined-agent.service\"}]"),
+        "{out}"
+    );
 }

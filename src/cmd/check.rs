@@ -435,7 +435,7 @@ impl Report {
             print_chain(&mut o, &self.chain);
         }
         self.render_trust_checks(&mut o);
-        self.render_listeners(&mut o);
+        super::check_peers::render(&self.listeners, &mut o);
         for w in &self.warnings {
             o.push_str(&format!("WARNING: {w}\n"));
         }

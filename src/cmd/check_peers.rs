@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use super::check::Report;
 use crate::config::Config;
 
 /// One listener as `check` shows it.
@@ -37,13 +36,12 @@ pub(super) fn listeners(config: &Config) -> Vec<ListenerReport> {
         .collect()
 }
 
-impl Report {
-    pub(super) fn render_listeners(&self, o: &mut String) {
-        for l in &self.listeners {
-            o.push_str(&format!(
-                "listener    {} ({}): client certificate to {}; peers allowed: {}\n",
-                l.name, l.listen, l.present_client_cert, l.allowed_peers
-            ));
-        }
+/// `check`'s text lines for `listeners`.
+pub(super) fn render(listeners: &[ListenerReport], o: &mut String) {
+    for l in listeners {
+        o.push_str(&format!(
+            "listener    {} ({}): client certificate to {}; peers allowed: {}\n",
+            l.name, l.listen, l.present_client_cert, l.allowed_peers
+        ));
     }
 }

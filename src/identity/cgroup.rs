@@ -109,7 +109,7 @@ struct Walked {
 
 impl Index {
     /// The index of this host's cgroup v2 mount (none when there is no v2 hierarchy).
-    pub fn new() -> Index {
+    pub fn of_this_host() -> Index {
         let mount = std::fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|m| find_mount(&m));

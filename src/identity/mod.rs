@@ -197,7 +197,7 @@ impl Default for Identifier {
 impl Identifier {
     pub fn new() -> Identifier {
         Identifier {
-            cgroups: cgroup::Index::new(),
+            cgroups: cgroup::Index::of_this_host(),
             diag: sockdiag::Diag::default(),
             containers: std::sync::RwLock::new(None),
         }

@@ -366,12 +366,14 @@ mod tests {
 
     #[test]
     fn containers_match_by_id_prefix_or_name() {
-        let mut p = PeerIdentity::default();
-        p.container = Some(ContainerRef {
-            id: "4f2a9c".repeat(10) + "abcd",
-            name: "/fluent-bit".into(),
+        let p = PeerIdentity {
+            container: Some(ContainerRef {
+                id: "4f2a9c".repeat(10) + "abcd",
+                name: "/fluent-bit".into(),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert!(sel("[{container: 4f2a9c4f}]").unwrap().matching(&p).is_some());
         assert!(sel("[{container: fluent-bit}]").unwrap().matching(&p).is_some());
         assert!(sel("[{container: 9999}]").unwrap().matching(&p).is_none());

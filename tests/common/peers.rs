@@ -18,7 +18,11 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this process and call.
 fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command that must succeed; panics with its output otherwise.
@@ -43,7 +47,9 @@ pub fn must(cmd: &mut Command, what: &str) -> Output {
 pub fn cgroup2_mount() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
     for line in info.lines() {
-        let Some((before, after)) = line.split_once(" - ") else { continue };
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
         let f: Vec<&str> = before.split_whitespace().collect();
         if after.starts_with("cgroup2 ") && f.len() > 4 && f[3] == "/" {
             return PathBuf::from(f[4]);
@@ -76,7 +82,12 @@ impl Cgroups {
     /// Makes `<top>/<sub>` (each missing level) and returns its cgroup path
     /// (`/dtp-…/system.slice/determined-agent.service`).
     pub fn make(&mut self, sub: &str) -> String {
-        let path = format!("{}{}{}", self.top, if sub.is_empty() { "" } else { "/" }, sub);
+        let path = format!(
+            "{}{}{}",
+            self.top,
+            if sub.is_empty() { "" } else { "/" },
+            sub
+        );
         let mut dir = self.mount.clone();
         for part in path.trim_start_matches('/').split('/') {
             dir.push(part);
@@ -92,7 +103,9 @@ impl Cgroups {
 
     /// The `cgroup.procs` file of a cgroup path `make` returned.
     pub fn procs(&self, path: &str) -> PathBuf {
-        self.mount.join(path.trim_start_matches('/')).join("cgroup.procs")
+        self.mount
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.procs")
     }
 }
 
@@ -106,7 +119,10 @@ impl Drop for Cgroups {
 
 /// A 64-hex-digit container id, as Docker makes them.
 pub fn container_id() -> String {
-    let seed = format!("{:016x}", std::process::id() as u64 * 0x9e37_79b9 + SEQ.fetch_add(1, Ordering::Relaxed) as u64);
+    let seed = format!(
+        "{:016x}",
+        std::process::id() as u64 * 0x9e37_79b9 + SEQ.fetch_add(1, Ordering::Relaxed) as u64
+    );
     seed.repeat(4)
 }
 
@@ -253,11 +269,28 @@ impl Netns {
             );
         };
         ip(&["netns", "add", &ns.name]);
-        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &peer_if]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+        ]);
         ip(&["link", "set", &peer_if, "netns", &ns.name]);
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &ns.host_if]);
         ip(&["link", "set", &ns.host_if, "up"]);
-        ip(&["-n", &ns.name, "addr", "add", &format!("{peer_ip}/30"), "dev", &peer_if]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{peer_ip}/30"),
+            "dev",
+            &peer_if,
+        ]);
         ip(&["-n", &ns.name, "link", "set", &peer_if, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
@@ -266,8 +299,12 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
