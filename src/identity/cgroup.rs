@@ -95,7 +95,15 @@ pub fn container_id_of(path: &str) -> Option<&str> {
 /// socket whose cgroup is gone (or outside this mount) does not walk each time.
 pub struct Index {
     mount: Option<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+/// What the walks share. A walk runs in a task of its own and stores what it found there, so a
+/// lookup that stops waiting (its deadline passed) loses nothing: the next one finds it.
+#[derive(Default)]
+struct Shared {
     state: Mutex<Walked>,
+    /// One walk at a time; lookups that missed meanwhile wait for it and use it.
     walking: tokio::sync::Mutex<()>,
 }
 
@@ -107,50 +115,27 @@ struct Walked {
     missing: HashSet<u64>,
 }
 
-impl Index {
-    /// The index of this host's cgroup v2 mount (none when there is no v2 hierarchy).
-    pub fn of_this_host() -> Index {
-        let mount = std::fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|m| find_mount(&m));
-        Index::at(mount)
-    }
+enum Cached {
+    Found(Arc<str>),
+    Missing,
+    Unknown,
+}
 
-    pub fn at(mount: Option<PathBuf>) -> Index {
-        Index {
-            mount,
-            state: Mutex::new(Walked::default()),
-            walking: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn cached(&self, id: u64) -> Result<Option<Arc<str>>, ()> {
+impl Shared {
+    fn cached(&self, id: u64) -> Cached {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = st.by_id.get(&id) {
-            return Ok(Some(p.clone()));
+        match st.by_id.get(&id) {
+            Some(p) => Cached::Found(p.clone()),
+            None if st.missing.contains(&id) => Cached::Missing,
+            None => Cached::Unknown,
         }
-        if st.missing.contains(&id) {
-            return Err(());
-        }
-        Ok(None)
     }
 
-    /// The path of cgroup `id`, for a socket that existed at `since` (so did its cgroup).
-    pub async fn path_of(&self, id: u64, since: Instant) -> Result<Arc<str>, String> {
-        let not_found = || format!("cgroup id {id} is not under the cgroup2 mount");
-        let Some(mount) = self.mount.clone() else {
-            return Err("no cgroup2 hierarchy is mounted".into());
-        };
-        match self.cached(id) {
-            Ok(Some(p)) => return Ok(p),
-            Err(()) => return Err(not_found()),
-            Ok(None) => {}
-        }
+    /// Walks `mount` unless a walk that began after `since` already looked for `id`.
+    async fn refresh(&self, mount: PathBuf, id: u64, since: Instant) -> Result<(), String> {
         let _one_walk = self.walking.lock().await;
-        match self.cached(id) {
-            Ok(Some(p)) => return Ok(p),
-            Err(()) => return Err(not_found()),
-            Ok(None) => {}
+        if !matches!(self.cached(id), Cached::Unknown) {
+            return Ok(());
         }
         let fresh = {
             let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,16 +151,53 @@ impl Index {
             st.started = Some(started);
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = st.by_id.get(&id) {
-            return Ok(p.clone());
+        if !st.by_id.contains_key(&id) {
+            // A walk that started after the socket existed did not see its cgroup: it is gone,
+            // or outside this mount (another cgroup namespace). Either way it will not appear.
+            if st.missing.len() >= MISSING_MAX {
+                st.missing.clear();
+            }
+            st.missing.insert(id);
         }
-        // A walk that started after the socket existed did not see its cgroup: it is gone, or
-        // outside this mount (another cgroup namespace). Either way it will not appear.
-        if st.missing.len() >= MISSING_MAX {
-            st.missing.clear();
+        Ok(())
+    }
+}
+
+impl Index {
+    /// The index of this host's cgroup v2 mount (none when there is no v2 hierarchy).
+    pub fn of_this_host() -> Index {
+        let mount = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| find_mount(&m));
+        Index::at(mount)
+    }
+
+    pub fn at(mount: Option<PathBuf>) -> Index {
+        Index {
+            mount,
+            shared: Arc::default(),
         }
-        st.missing.insert(id);
-        Err(not_found())
+    }
+
+    /// The path of cgroup `id`, for a socket that existed at `since` (so did its cgroup).
+    pub async fn path_of(&self, id: u64, since: Instant) -> Result<Arc<str>, String> {
+        let not_found = || format!("cgroup id {id} is not under the cgroup2 mount");
+        let Some(mount) = self.mount.clone() else {
+            return Err("no cgroup2 hierarchy is mounted".into());
+        };
+        match self.shared.cached(id) {
+            Cached::Found(p) => return Ok(p),
+            Cached::Missing => return Err(not_found()),
+            Cached::Unknown => {}
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move { shared.refresh(mount, id, since).await })
+            .await
+            .map_err(|e| format!("cgroup walk: {e}"))??;
+        match self.shared.cached(id) {
+            Cached::Found(p) => Ok(p),
+            _ => Err(not_found()),
+        }
     }
 }
 
@@ -301,6 +323,6 @@ mod tests {
         assert_eq!(&*index.path_of(b, since).await.unwrap(), "/system.slice/b.service");
         // Not there after a walk that began after `since`: remembered as missing.
         assert!(index.path_of(u64::MAX, since).await.is_err());
-        assert!(index.state.lock().unwrap().missing.contains(&u64::MAX));
+        assert!(index.shared.state.lock().unwrap().missing.contains(&u64::MAX));
     }
 }

@@ -63,6 +63,8 @@ pub enum Unknown {
     Exited,
     #[error("the client's socket closed before it was looked up")]
     Closed,
+    #[error("the client is in another pid namespace: no pid, so no cgroup")]
+    OtherPidNamespace,
     #[error("SO_PEERCRED: {0}")]
     Credentials(String),
     #[error("socket tables: {0}")]
@@ -83,6 +85,7 @@ impl Unknown {
             Unknown::Timeout => "timeout",
             Unknown::Exited => "exited",
             Unknown::Closed => "closed",
+            Unknown::OtherPidNamespace => "other_pid_namespace",
             Unknown::Credentials(_) => "credentials",
             Unknown::SockDiag(_) => "sock_diag",
             Unknown::Process(_) => "process",
@@ -94,7 +97,10 @@ impl Unknown {
     /// Whether this is an ordinary fact of the network (a bridge client) rather than a
     /// failure worth a warning.
     pub fn expected(&self) -> bool {
-        matches!(self, Unknown::OtherNamespace | Unknown::Closed | Unknown::Exited)
+        matches!(
+            self,
+            Unknown::OtherNamespace | Unknown::Closed | Unknown::Exited | Unknown::OtherPidNamespace
+        )
     }
 }
 
@@ -208,7 +214,8 @@ impl Identifier {
         *self.containers.write().unwrap_or_else(|p| p.into_inner()) = source;
     }
 
-    /// A unix-socket client.
+    /// A unix-socket client. Synchronous: a `getsockopt` and two reads of procfs, which the
+    /// kernel answers from memory in microseconds.
     pub fn unix(&self, stream: &tokio::net::UnixStream) -> PeerIdentity {
         unix::identify(stream)
     }

@@ -149,7 +149,11 @@ fn request(seq: u32, src: SocketAddr, dst: SocketAddr) -> [u8; NLMSG_HDRLEN + RE
     r[10..12].copy_from_slice(&dst.port().to_be_bytes());
     r[12..28].copy_from_slice(&addr_bytes(src.ip()));
     r[28..44].copy_from_slice(&addr_bytes(dst.ip()));
-    // r[44..48] idiag_if: any interface. Cookie: INET_DIAG_NOCOOKIE, do not check it.
+    // idiag_if: a link-local client's socket is bound to its interface; others match any.
+    if let SocketAddr::V6(v6) = src {
+        r[44..48].copy_from_slice(&v6.scope_id().to_ne_bytes());
+    }
+    // Cookie: INET_DIAG_NOCOOKIE, do not check it.
     r[48..56].copy_from_slice(&[0xff; 8]);
     b
 }

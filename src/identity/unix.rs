@@ -31,7 +31,7 @@ pub fn identify(stream: &UnixStream) -> PeerIdentity {
     };
     let Some(pid) = peer.pid else {
         // A socket from another pid namespace reports no pid: uid and gid are all there is.
-        peer.note = Some(Unknown::Process("no pid (another pid namespace)".into()));
+        peer.note = Some(Unknown::OtherPidNamespace);
         return peer;
     };
     match cgroup_of(pid, cred.uid()) {
