@@ -15,6 +15,7 @@ from collections import defaultdict
 
 ROWS = [
     ("det", "det-tls-proxy"),
+    ("det-id", "det-tls-proxy, every client identified (allowed_peers)"),
     ("det-log", "det-tls-proxy, access log on"),
     ("det-connect", "det-tls-proxy through squid (HTTP CONNECT egress)"),
     ("stunnel", "stunnel"),
@@ -270,7 +271,7 @@ def markdown(meta, table, stats, errors, loadavg):
     return "\n".join(L)
 
 
-SHORT = {"det-log": "det-tls-proxy + access log", "det-connect": "det-tls-proxy via squid CONNECT", "direct": "direct TLS (ceiling)"}
+SHORT = {"det-id": "det-tls-proxy + peer identity", "det-log": "det-tls-proxy + access log", "det-connect": "det-tls-proxy via squid CONNECT", "direct": "direct TLS (ceiling)"}
 
 
 def svg(meta, table):
@@ -290,7 +291,7 @@ def svg(meta, table):
     width = ncols * panel_w + (ncols + 1) * pad
     top = 58
     height = top + sum(row_h) + pad * (len(row_h) + 1)
-    colors = {"det": "#1f6feb", "det-log": "#6ea8fe", "det-connect": "#9ec5fe", "direct": "#9a9a9a", "openssl": "#c8c8c8"}
+    colors = {"det": "#1f6feb", "det-id": "#3d8bfd", "det-log": "#6ea8fe", "det-connect": "#9ec5fe", "direct": "#9a9a9a", "openssl": "#c8c8c8"}
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
          f'font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">',
          f'<rect width="{width}" height="{height}" fill="#ffffff"/>',

@@ -5,12 +5,16 @@
 # faces the same load generator (benches/loadgen.rs). The det-connect row is det-tls-proxy
 # reaching the sink through squid as its egress proxy (one HTTP CONNECT tunnel per connection,
 # TLS inside it); its CPU and memory figures are det-tls-proxy's own, squid's not counted.
+# The det-id row is det-tls-proxy identifying every client (listeners[].allowed_peers naming
+# the bench user's uid: one NETLINK_SOCK_DIAG lookup and cgroup path per connection); `det`
+# identifies nobody (no selector, access log off). `--only det,det-id` measures what peer
+# identity costs a new connection.
 #
 #   benches/compare.sh            full run (2 GiB transfers, R=7): writes benches/results.{md,svg,json}
 #   benches/compare.sh --quick    CI mode (a few MiB, a few hundred connections, R=1): proves the
 #                                 harness works; writes target/bench-quick/results.{md,svg,json}
 #
-# Options: --reps N   --out DIR   --only det,det-log,det-connect,stunnel,haproxy,nginx,socat,direct,openssl
+# Options: --reps N   --out DIR   --only det,det-id,det-log,det-connect,stunnel,haproxy,nginx,socat,direct,openssl
 #          --keep (keep the work directory with configs and logs)   --no-install
 #          --debug-build (use the dev profile: in CI it reuses what the tests built; with --quick
 #          only, since such figures mean nothing)
@@ -69,7 +73,7 @@ else
 fi
 CONC=${BENCH_CONCURRENCY:-32}
 MULTI_CONNS=32
-ROWS_ALL="det det-log det-connect stunnel haproxy nginx socat direct openssl"
+ROWS_ALL="det det-id det-log det-connect stunnel haproxy nginx socat direct openssl"
 ROWS=${ONLY:+${ONLY//,/ }}
 ROWS=${ROWS:-$ROWS_ALL}
 for r in $ROWS; do
@@ -324,10 +328,11 @@ log: {access: false, level: warn}
 EOF
       "$PROXY" run --config "$cfg" >>"$WORK/$row.log" 2>&1 &
       ;;
-    det|det-log)
+    det|det-id|det-log)
       cfg=$WORK/$row.yaml
-      local logcfg='{access: false, level: warn}'
+      local logcfg='{access: false, level: warn}' peers=
       [ "$row" = det-log ] && logcfg='{access: true, level: info}'
+      [ "$row" = det-id ] && peers="    allowed_peers: [{uid: $(id -u)}]"
       cat >"$cfg" <<EOF
 master_host: 127.0.0.1
 master_port: $mp
@@ -338,6 +343,7 @@ security:
 listeners:
   - name: bench
     listen: 127.0.0.1:$LISTEN
+$peers
 log: $logcfg
 EOF
       "$PROXY" run --config "$cfg" >>"$WORK/$row.log" 2>&1 &
@@ -655,7 +661,7 @@ EOF
 # Repetitions go round the proxies (rather than one proxy's repetitions in a row), so a slow
 # spell on this shared machine lands on every proxy's spread instead of on one proxy's median.
 for ((REP = 1; REP <= REPS; REP++)); do
-  for row in det det-log det-connect stunnel haproxy nginx socat; do
+  for row in det det-id det-log det-connect stunnel haproxy nginx socat; do
     want "$row" || continue
     quiet_gate "$row" "$REP"
     bench_proxy "$row" "$REP"

@@ -28,6 +28,6 @@ macro_rules! internal {
 
 internal!(
     admin, config, denied_log, diagnose, egress, exit, identity, inherit, limit, listen, logging,
-    metrics, outcome, pem, pool, proxy, relay, sniff, state, tls, untrusted, upstream,
+    metrics, outcome, peer, pem, pool, proxy, relay, sniff, state, tls, untrusted, upstream,
 );
 internal!(connections);

@@ -30,6 +30,12 @@ pub struct BytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub listener: String,
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
 }
@@ -64,6 +70,8 @@ pub struct Metrics {
     pub health: HealthGauges,
     /// `preconnect_total{result}`: hit, miss, discard.
     pub preconnect: PreconnectMetrics,
+    /// `peers_total{listener,peer}`: identified clients by the kind the selectors name.
+    pub peers: Family<PeerLabels, Counter>,
 }
 
 /// The pool's counters, looked up once: a client taking a session bumps an atomic.
@@ -210,7 +218,9 @@ impl Metrics {
         );
         let health = HealthGauges::register(&mut registry);
         let preconnect = PreconnectMetrics::register(&mut registry);
+        let peers = PeerMetrics::register(&mut registry);
         Metrics {
+            peers,
             registry,
             connections,
             active,
@@ -257,6 +267,30 @@ impl Metrics {
         }
     }
 
+    /// Handles for one listener's `peers_total`: its selectors' names, `known` and `unknown`,
+    /// so the label's values are what the configuration names and nothing a client chooses.
+    pub fn peers(&self, listener: &str, names: &[&str]) -> PeerMetrics {
+        let counter = |peer: &str| {
+            self.peers
+                .get_or_create(&PeerLabels {
+                    listener: listener.to_string(),
+                    peer: peer.to_string(),
+                })
+                .clone()
+        };
+        let mut named: Vec<(String, Counter)> = Vec::new();
+        for n in names {
+            if !named.iter().any(|(have, _)| have == n) {
+                named.push((n.to_string(), counter(n)));
+            }
+        }
+        PeerMetrics {
+            known: counter("known"),
+            unknown: counter("unknown"),
+            named,
+        }
+    }
+
     pub fn upstream_error(&self, kind: &str) {
         self.upstream_errors
             .get_or_create(&KindLabel {
@@ -295,5 +329,37 @@ impl ListenerMetrics {
     /// Counts one finished (or refused) connection under its outcome.
     pub fn finished(&self, outcome: Outcome) {
         self.results[outcome.index()].inc();
+    }
+}
+
+/// One listener's `peers_total` children.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    known: Counter,
+    unknown: Counter,
+    named: Vec<(String, Counter)>,
+}
+
+impl PeerMetrics {
+    fn register(registry: &mut Registry) -> Family<PeerLabels, Counter> {
+        let peers = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peers",
+            "Clients identified, by listener and peer: the name of the selector they matched, else known or unknown",
+            peers.clone(),
+        );
+        peers
+    }
+
+    /// Counts one client of this kind (`ListenerPolicy::peer_kind`).
+    pub fn count(&self, kind: &str) {
+        let counter = match kind {
+            "known" => Some(&self.known),
+            "unknown" => Some(&self.unknown),
+            name => self.named.iter().find(|(n, _)| n == name).map(|(_, c)| c),
+        };
+        if let Some(c) = counter {
+            c.inc();
+        }
     }
 }

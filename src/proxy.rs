@@ -11,18 +11,25 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::config::AlpnPolicy;
 use crate::connections::{Live, Session as LiveSession};
 use crate::diagnose::CertSummary;
+use crate::identity::PeerIdentity;
 use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
 use crate::relay::{Relay, RelayResult, RelayTimeouts};
 use crate::sniff::{self, FirstBytes, Want};
+use crate::untrusted::Untrusted;
 use crate::state::{ListenerPolicy, Shared, State};
 use crate::pool::Session;
 use crate::upstream::{version_name, Dialed, UpstreamError};
 
 /// The listener's client config for a connection whose first bytes are `first` (ALPN `auto`
-/// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else).
-fn client_config(policy: &ListenerPolicy, first: FirstBytes) -> Option<Arc<rustls::ClientConfig>> {
-    let tls = policy.tls.as_ref()?;
+/// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else), with the client
+/// certificate when `present`.
+fn client_config(
+    policy: &ListenerPolicy,
+    first: FirstBytes,
+    present: bool,
+) -> Option<Arc<rustls::ClientConfig>> {
+    let tls = if present { policy.tls_cert.as_ref() } else { policy.tls.as_ref() }?;
     Some(match policy.config.alpn {
         AlpnPolicy::Auto if first == FirstBytes::H2Preface => tls.h2.clone(),
         AlpnPolicy::Auto => tls.http11.clone(),
@@ -47,6 +54,8 @@ pub struct Record {
     down: u64,
     /// Its row in `/connections`, which `finish` fills in.
     live: Option<Arc<Live>>,
+    /// Who the client is (`peer.rs`).
+    peer: PeerIdentity,
 }
 
 struct ActiveGuard(prometheus_client::metrics::gauge::Gauge);
@@ -93,6 +102,10 @@ pub async fn handle(
         _ = shared.force_close.cancelled() => Outcome::Shutdown,
     };
     policy.metrics.finished(outcome);
+    // A client `allowed_peers` refused is a denial like any other: its lines are rate-limited.
+    if outcome == Outcome::Denied && !shared.denied_log.admit(&policy.config.name, denied_summary) {
+        return;
+    }
     access_line(
         &shared,
         &policy.config.name,
@@ -149,6 +162,8 @@ fn access_line(
     if !shared.access_log_on() {
         return;
     }
+    let who = &rec.peer;
+    let container = who.container.as_ref();
     tracing::info!(
         target: "access",
         listener = %listener,
@@ -163,6 +178,16 @@ fn access_line(
         bytes_down = rec.down,
         duration_ms = took.as_millis() as u64,
         outcome = outcome.label(),
+        peer_uid = who.uid,
+        peer_gid = who.gid,
+        peer_pid = who.pid,
+        // Cgroup paths, unit and container names are chosen by whoever made them: escaped.
+        peer_cgroup = %Untrusted::new(who.cgroup.as_deref().unwrap_or("")),
+        peer_unit = %Untrusted::new(who.unit.as_deref().unwrap_or("")),
+        peer_container = %Untrusted::new(container.map_or("", |c| c.label())),
+        task_id = container.and_then(|c| c.task_id.as_deref()).map(Untrusted::new).map(tracing::field::display),
+        allocation_id = container.and_then(|c| c.allocation_id.as_deref()).map(Untrusted::new).map(tracing::field::display),
+        task_type = container.and_then(|c| c.task_type.as_deref()).map(Untrusted::new).map(tracing::field::display),
         "connection"
     );
 }
@@ -175,6 +200,12 @@ async fn serve(
     peer: &Peer,
     rec: &mut Record,
 ) -> Outcome {
+    rec.peer = crate::peer::identify(client, peer, policy, shared, Instant::now()).await;
+    if !policy.admits(&rec.peer) {
+        crate::peer::refused(policy, peer, &rec.peer, shared);
+        return Outcome::Denied;
+    }
+    let present = policy.presents_to(&rec.peer);
     let sniffed = match first_bytes(client, policy).await {
         Ok(Some(x)) => x,
         Ok(None) => return Outcome::ClientClosedEarly,
@@ -189,11 +220,11 @@ async fn serve(
     let tls_choice = if passthrough {
         None
     } else {
-        client_config(policy, sniffed.kind)
+        client_config(policy, sniffed.kind, present)
     };
     match (tls_choice, &state.tls) {
         (Some(cfg), Some(tls)) => {
-            let mut stream = match master_tls(state, policy, shared, peer, cfg, rec).await {
+            let mut stream = match master_tls(state, policy, shared, peer, (cfg, present), rec).await {
                 Ok(s) => s,
                 Err(outcome) => return outcome,
             };
@@ -237,11 +268,11 @@ async fn master_tls(
     policy: &ListenerPolicy,
     shared: &Shared,
     peer: &Peer,
-    cfg: Arc<rustls::ClientConfig>,
+    (cfg, present): (Arc<rustls::ClientConfig>, bool),
     rec: &mut Record,
 ) -> Result<Session, Outcome> {
     if let Some(pool) = &state.pool {
-        if let Some(p) = pool.take(&cfg, state.presents_client_cert(policy)).await {
+        if let Some(p) = pool.take(&cfg, present).await {
             rec.master = p.peer;
             rec.preconnected = true;
             return Ok(p.session);

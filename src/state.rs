@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey};
+use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey, PresentClientCert, Selectors};
 use crate::connections::Connections;
 use crate::diagnose::CertSummary;
+use crate::identity::{Identifier, PeerIdentity};
 use crate::listen::Peer;
-use crate::metrics::{ListenerMetrics, Metrics};
+use crate::metrics::{ListenerMetrics, Metrics, PeerMetrics};
 use crate::pool::{ChoiceKey, Pool};
 use crate::tls::{TlsContext, TrustError};
 use crate::upstream::{Resolve, Upstream};
@@ -38,15 +39,58 @@ pub struct ListenerTls {
 /// What the data path needs to know about one listener under the current configuration.
 pub struct ListenerPolicy {
     pub config: ListenerConfig,
-    pub present_client_cert: bool,
+    /// With a systemd socket's default decided by its reach.
+    pub present_client_cert: PresentClientCert,
+    /// The client configs for peers that are not given the client certificate.
     pub tls: Option<ListenerTls>,
+    /// ... and for those that are: only when one is configured and someone may get it.
+    pub tls_cert: Option<ListenerTls>,
     pub metrics: ListenerMetrics,
+    pub peers: PeerMetrics,
 }
 
 impl ListenerPolicy {
     /// Whether `peer` may use this listener under this configuration.
     pub fn allows(&self, peer: &Peer) -> bool {
         crate::listen::peer_allowed(self.config.allowed_clients.as_deref(), peer)
+    }
+
+    /// Whether a client is identified: when a selector or the access log will read it.
+    pub fn wants_identity(&self, access_log: bool) -> bool {
+        access_log
+            || self.config.allowed_peers.is_some()
+            || matches!(self.present_client_cert, PresentClientCert::Peers(_))
+    }
+
+    /// Whether `allowed_peers` lets `who` in.
+    pub fn admits(&self, who: &PeerIdentity) -> bool {
+        self.config
+            .allowed_peers
+            .as_ref()
+            .is_none_or(|s| s.matching(who).is_some())
+    }
+
+    /// Whether `who` is given the client certificate (one is configured and a selector, or
+    /// `true`, says so).
+    pub fn presents_to(&self, who: &PeerIdentity) -> bool {
+        self.tls_cert.is_some()
+            && match &self.present_client_cert {
+                PresentClientCert::Always => true,
+                PresentClientCert::Never => false,
+                PresentClientCert::Peers(s) => s.matching(who).is_some(),
+            }
+    }
+
+    /// The `peer` label of `who` in `peers_total`: the name of the first named selector it
+    /// matches (allowed_peers first), else `known` or `unknown`.
+    pub fn peer_kind<'a>(&'a self, who: &PeerIdentity) -> &'a str {
+        [self.config.allowed_peers.as_ref(), peer_selectors(&self.present_client_cert)]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.0.iter())
+            .find(|s| s.name.is_some() && s.matches(who))
+            .and_then(|s| s.name.as_deref())
+            .unwrap_or(if who.is_known() { "known" } else { "unknown" })
     }
 }
 
@@ -88,32 +132,47 @@ impl State {
         for lc in &config.listeners {
             // An explicit setting wins; otherwise only listeners no other host can reach
             // present the agent's certificate.
-            let present_client_cert = lc.present_client_cert.unwrap_or_else(|| {
-                host_only
+            let present_client_cert = lc.present_client_cert.clone().unwrap_or_else(|| {
+                let host_only = host_only
                     .get(&lc.key())
                     .copied()
-                    .unwrap_or_else(|| lc.addr.is_local())
-            });
-            let ltls = match &tls {
-                Some(t) => {
-                    let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
-                        AlpnPolicy::List(l) => l.clone(),
-                        _ => Vec::new(),
-                    };
-                    Some(ListenerTls {
-                        h2: t.client_config(&[b"h2".to_vec()], present_client_cert, true),
-                        http11: t.client_config(&[b"http/1.1".to_vec()], present_client_cert, true),
-                        fixed: t.client_config(&fixed_alpn, present_client_cert, true),
-                    })
+                    .unwrap_or_else(|| lc.addr.is_local());
+                if host_only {
+                    PresentClientCert::Always
+                } else {
+                    PresentClientCert::Never
                 }
-                None => None,
+            });
+            let may_present = present_client_cert != PresentClientCert::Never;
+            let configs = |present: bool| {
+                let t = tls.as_ref()?;
+                if present && !t.has_client_cert() {
+                    return None;
+                }
+                let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
+                    AlpnPolicy::List(l) => l.clone(),
+                    _ => Vec::new(),
+                };
+                Some(ListenerTls {
+                    h2: t.client_config(&[b"h2".to_vec()], present, true),
+                    http11: t.client_config(&[b"http/1.1".to_vec()], present, true),
+                    fixed: t.client_config(&fixed_alpn, present, true),
+                })
             };
+            let (ltls, tls_cert) = (configs(false), configs(true).filter(|_| may_present));
+            let names: Vec<&str> = [lc.allowed_peers.as_ref(), peer_selectors(&present_client_cert)]
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s.names())
+                .collect();
             listeners.insert(
                 lc.key(),
                 Arc::new(ListenerPolicy {
                     config: lc.clone(),
+                    peers: metrics.peers(&lc.name, &names),
                     present_client_cert,
                     tls: ltls,
+                    tls_cert,
                     metrics: metrics.listener(&lc.name),
                 }),
             );
@@ -127,11 +186,6 @@ impl State {
             listeners,
             pool,
         }
-    }
-
-    /// Whether a client of `policy` presents the client certificate (one is configured).
-    pub fn presents_client_cert(&self, policy: &ListenerPolicy) -> bool {
-        policy.present_client_cert && self.tls.as_ref().is_some_and(|t| t.has_client_cert())
     }
 
     /// Starts the pool as this state goes live, with the choices the pool it replaces had
@@ -156,6 +210,13 @@ impl State {
     }
 }
 
+fn peer_selectors(p: &PresentClientCert) -> Option<&Selectors> {
+    match p {
+        PresentClientCert::Peers(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// The pool for `config`, seeded with the listeners whose ALPN the configuration fixes (not
 /// `auto`, whose choice depends on each client's first bytes). A seeded choice no client
 /// uses is forgotten after an hour, like a learned one.
@@ -177,12 +238,18 @@ fn new_pool(
         metrics.preconnect.clone(),
     );
     for p in listeners.values() {
-        let Some(ltls) = &p.tls else { continue };
         if matches!(p.config.alpn, AlpnPolicy::Auto) {
             continue;
         }
-        let client_cert = p.present_client_cert && tls.has_client_cert();
-        pool.seed(ChoiceKey::of(&ltls.fixed, client_cert), ltls.fixed.clone());
+        // Anonymous sessions unless every client of the listener is given the certificate.
+        let all_certified =
+            p.tls_cert.is_some() && p.present_client_cert == PresentClientCert::Always;
+        if let Some(ltls) = p.tls.as_ref().filter(|_| !all_certified) {
+            pool.seed(ChoiceKey::of(&ltls.fixed, false), ltls.fixed.clone());
+        }
+        if let Some(ltls) = &p.tls_cert {
+            pool.seed(ChoiceKey::of(&ltls.fixed, true), ltls.fixed.clone());
+        }
     }
     Some(pool)
 }
@@ -205,6 +272,8 @@ pub struct Shared {
     pub resolver: Arc<dyn Resolve>,
     /// The connections open now, for `/connections`.
     pub connections: Connections,
+    /// Who each client is; its caches outlive reloads.
+    pub identity: Identifier,
 }
 
 impl Shared {
@@ -229,6 +298,7 @@ impl Shared {
             denied_log: Default::default(),
             resolver,
             connections: Connections::default(),
+            identity: Identifier::new(),
         })
     }
 

@@ -549,6 +549,11 @@ fn cases() -> Vec<Case> {
             run: case_present_client_cert,
         },
         Case {
+            name: "allowed_peers",
+            keys: &["listeners[].allowed_peers"],
+            run: case_allowed_peers,
+        },
+        Case {
             name: "tls_passthrough",
             keys: &["listeners[].tls_passthrough"],
             run: case_tls_passthrough,
@@ -1228,6 +1233,25 @@ fn case_present_client_cert(case: &Case, t: Trigger) {
         server.handshake(2).client_cert,
         "the agent's certificate was not presented"
     );
+}
+
+/// This process's clients are let in while a selector names its uid, and turned away once
+/// the selector names another (tests/peer_policy.rs has the rest of the key's behaviour).
+fn case_allowed_peers(case: &Case, t: Trigger) {
+    let dir = tempdir();
+    let m = Master::start(dir.path(), Behavior::Echo);
+    let me = nix::unistd::geteuid().as_raw();
+    let with = |uid: u32| {
+        yaml(&format!(
+            "{}listeners: [{{name: main, listen: \"127.0.0.1:0\", allowed_peers: [{{uid: {uid}}}]}}]\n",
+            master_lines(&m)
+        ))
+    };
+    let live = Live::start(dir.path(), &with(me), t);
+    relays(live.main(), b"our uid");
+    live.change(case, &with(me.wrapping_add(1)));
+    let denied = refused(live.main(), Duration::from_secs(5));
+    assert_eq!(live.proxy.access_line(denied)["outcome"], "denied");
 }
 
 fn case_tls_passthrough(case: &Case, t: Trigger) {

@@ -17,6 +17,9 @@
 #   bsdutils         tests/untrusted_text.rs: script, a terminal for `trust`'s question
 #   squid, tinyproxy tests/upstream_proxy.rs, tests/upstream_proxy_credentials.rs, tests/reload.rs: real HTTP CONNECT proxies
 #   systemd          tests/systemd.rs: systemd-analyze verify, systemd-socket-activate
+#   iproute2         tests/identity_tcp.rs: `ip netns` and a veth pair, a client in another
+#                    network namespace (util-linux's setpriv runs the identity tests' clients
+#                    as another user)
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
 #   podman, runc, containernetworking-plugins  tests/container_api.rs: real containers on bridge
 #                    networks and the Docker-compatible API (`podman system service`)
@@ -52,6 +55,7 @@ for pkg in \
     util-linux \
     bsdutils \
     systemd \
+    iproute2 \
     python3-yaml \
     squid \
     tinyproxy \

@@ -273,7 +273,10 @@ fn service_unit_is_notify_with_watchdog_reload_and_hardening() {
         ("PrivateTmp", "yes"),
         ("NoNewPrivileges", "yes"),
         ("CapabilityBoundingSet", ""),
-        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        (
+            "RestrictAddressFamilies",
+            "AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+        ),
         ("MemoryDenyWriteExecute", "yes"),
         ("RuntimeDirectory", "det-tls-proxy"),
         ("LoadCredential", "client.key:/etc/determined/agent.key"),

@@ -96,6 +96,8 @@ pub struct Report {
     /// The CRLs of `security.tls.crl` and their next update.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub crls: Vec<CrlReport>,
+    /// Each listener's peer policy.
+    pub listeners: Vec<super::check_peers::ListenerReport>,
     /// The configuration could not even be turned into a TLS context (exit 2).
     #[serde(skip)]
     pub config_error: bool,
@@ -173,6 +175,7 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
             .egress
             .describe(&config.master.host, config.master.port),
         tls_enabled: config.tls.enabled,
+        listeners: super::check_peers::listeners(config),
         ..Default::default()
     };
     let up = Upstream::for_config(config, Arc::new(SystemResolver));
@@ -253,6 +256,8 @@ fn describe_trust(config: &Config, ctx: &TlsContext, r: &mut Report) {
     r.name_reason = Some(ctx.name.reason.to_string());
     r.sni = ctx.name.sni();
     r.client_certificate = ctx.has_client_cert();
+    r.warnings
+        .extend(config::shared_client_cert_warnings(config));
     super::check_trust::crl_files(ctx, r);
     if ctx.skip_verify {
         r.warnings.push(
@@ -430,6 +435,7 @@ impl Report {
             print_chain(&mut o, &self.chain);
         }
         self.render_trust_checks(&mut o);
+        super::check_peers::render(&self.listeners, &mut o);
         for w in &self.warnings {
             o.push_str(&format!("WARNING: {w}\n"));
         }

@@ -2,6 +2,7 @@
 //! gave and returns the exit status (`exit`).
 
 pub mod check;
+mod check_peers;
 mod check_trust;
 pub mod config;
 pub mod demo;

@@ -29,8 +29,8 @@ pub use keys::{parse_bool, ValueKind, KEYS};
 pub use layers::assemble_str;
 pub use layers::{assemble, env_vars, load, log_format_hint, Loaded, Overrides, Purpose};
 pub use typed::*;
-pub use validate::validate;
 pub(crate) use validate::is_master_address;
+pub use validate::{shared_client_cert_warnings, validate};
 
 // === Errors ===
 

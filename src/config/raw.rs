@@ -144,12 +144,16 @@ pub struct RawListener {
     pub group: Option<StringOrNumber>,
     #[serde(default)]
     pub alpn: Option<RawAlpn>,
+    /// `true`, `false` or a list of peer selectors (judged in `validate/peers.rs`).
     #[serde(default)]
-    pub present_client_cert: Option<bool>,
+    pub present_client_cert: Option<serde_json::Value>,
     #[serde(default)]
     pub tls_passthrough: Option<String>,
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Peer selectors (judged in `validate/peers.rs`).
+    #[serde(default)]
+    pub allowed_peers: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -231,6 +235,7 @@ pub(crate) fn defaults() -> RawConfig {
             present_client_cert: None,
             tls_passthrough: None,
             max_connections: None,
+            allowed_peers: None,
         }]),
         timeouts: RawTimeouts {
             connect: Some(HumanDuration(DEFAULT_TIMEOUTS.connect)),

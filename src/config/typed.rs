@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use crate::identity::selector::Selectors;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub master: MasterConfig,
@@ -150,10 +152,31 @@ pub struct ListenerConfig {
     pub group: Option<u32>,
     pub alpn: AlpnPolicy,
     /// `None` for systemd listeners: decided on the inherited socket's address.
-    pub present_client_cert: Option<bool>,
+    pub present_client_cert: Option<PresentClientCert>,
     pub tls_passthrough: bool,
     /// This listener's own cap inside the global `max_connections`; `None`: only the global one.
     pub max_connections: Option<usize>,
+    /// `None`: every client the address rules let in; otherwise only peers a selector matches.
+    pub allowed_peers: Option<Selectors>,
+}
+
+/// `listeners[].present_client_cert`: to whom the agent's client certificate is presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresentClientCert {
+    Never,
+    Always,
+    /// Only to the peers a selector matches.
+    Peers(Selectors),
+}
+
+impl fmt::Display for PresentClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PresentClientCert::Never => write!(f, "false"),
+            PresentClientCert::Always => write!(f, "true"),
+            PresentClientCert::Peers(s) => write!(f, "{s}"),
+        }
+    }
 }
 
 /// What identifies a listener across reloads: its address, so a reload that keeps the address

@@ -120,6 +120,9 @@ pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
     if let Some(t) = tls {
         warn_expired_crls(t);
     }
+    for w in crate::config::shared_client_cert_warnings(config) {
+        tracing::warn!("{w}");
+    }
     if let Some(key) = &config.tls.client_key {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(m) = std::fs::metadata(key) {
@@ -262,7 +265,7 @@ impl Server {
         let state = self.shared.current();
         let policy = state.listeners.get(&addr);
         if let Some(p) = policy {
-            tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = p.present_client_cert, "listening");
+            tracing::info!(listener = %p.config.name, addr = %bound.local, present_client_cert = %p.present_client_cert, "listening");
         }
         let own = Limit::new(policy.map_or(usize::MAX, |p| accept::own_cap(&p.config)));
         let stop = CancellationToken::new();

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod docker_api;
 pub mod egress;
 pub mod http;
+pub mod peers;
 pub mod pki;
 pub mod podman;
 pub mod probes;

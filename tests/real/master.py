@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """A stand-in Determined master for tests/real/*.sh: a TLS echo server (stdlib only).
 
-    master.py --cert master.pem --key master.key [--client-ca ca.pem] --port-file FILE
-              [--host 127.0.0.1] [--port 0] [--log FILE]
+    master.py --cert master.pem --key master.key [--client-ca ca.pem [--client-cert-optional]]
+              --port-file FILE [--host 127.0.0.1] [--port 0] [--log FILE]
 
 Every byte a client sends comes back unchanged. With --client-ca the master requires a
 client certificate signed by that CA (Determined's resource_manager.require_authentication),
-and logs the subject's CN of each client to --log ("client CN=agent").
+and logs the subject's CN of each client to --log ("client CN=agent"); with
+--client-cert-optional it asks for one but serves clients without ("client without
+certificate"), so a test can tell who was given the certificate.
 The port it listens on is written to --port-file once it accepts (write-then-rename).
 Runs until killed (SIGTERM).
 """
@@ -47,6 +49,7 @@ def main() -> int:
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--client-ca")
+    p.add_argument("--client-cert-optional", action="store_true")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--port-file", required=True)
@@ -58,7 +61,7 @@ def main() -> int:
     ctx.load_cert_chain(a.cert, a.key)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     if a.client_ca:
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_mode = ssl.CERT_OPTIONAL if a.client_cert_optional else ssl.CERT_REQUIRED
         ctx.load_verify_locations(a.client_ca)
 
     lock = threading.Lock()

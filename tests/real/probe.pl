@@ -4,7 +4,9 @@
 # sandbox), and once in a plain DynamicUser transient service as the baseline. Each line:
 #   dtp-probe NAME allowed|blocked:ERRNO
 # An unprivileged process can do each of these things unless a unit directive forbids it:
-#   netlink   socket(AF_NETLINK)            RestrictAddressFamilies=
+#   netlink   socket(AF_NETLINK)            allowed by RestrictAddressFamilies= (the proxy's
+#                                           socket-table lookups of its TCP clients)
+#   vsock     socket(AF_VSOCK)              RestrictAddressFamilies=
 #   userns    unshare(CLONE_NEWUSER)        RestrictNamespaces=
 #   suid      chmod u+s on its own file     RestrictSUIDSGID=
 #   persona   personality(PER_LINUX32)      LockPersonality=
@@ -33,6 +35,7 @@ sub report {
 }
 
 report('netlink', socket(my $s, 16, SOCK_RAW, 0));    # AF_NETLINK, NETLINK_ROUTE
+report('vsock', socket(my $v, 40, SOCK_STREAM, 0));   # AF_VSOCK
 
 {
     # In a child: a successful unshare changes the process for good.

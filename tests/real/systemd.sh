@@ -42,6 +42,7 @@ guest_root=$work/root
 NSPAWN_PID=
 MASTER_PID=
 L=  # the container's PID 1, as the host sees it
+AGENT_CG=  # the cgroup the agent's clients run in (agent_cgroup)
 
 cleanup() {
     local rc=$?
@@ -49,6 +50,8 @@ cleanup() {
         g journalctl --no-pager -o short-monotonic >"$work/journal.txt" 2>&1
     fi
     [ -n "$MASTER_PID" ] && kill "$MASTER_PID" 2>/dev/null
+    # The agent's clients have exited: their cgroups go before the guest's tree does.
+    [ -n "${AGENT_CG:-}" ] && rmdir "$AGENT_CG" "${AGENT_CG%/*}" 2>/dev/null
     if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
         # SIGTERM: nspawn asks the container's systemd to power off.
         kill -TERM "$NSPAWN_PID" 2>/dev/null
@@ -75,7 +78,13 @@ prop() { g systemctl show -P "$2" "$1"; }
 has() { grep "$@" >/dev/null; }
 state() { prop "$SVC" ActiveState; }
 is_state() { [ "$(state)" = "$1" ]; }
-relay() { inns "$PY" "$REAL_DIR/client.py" echo "$@"; }
+# relay ADDR [ARGS]: an echo client on the host, in the container's network namespace, run as
+# the agent: inside a cgroup named determined-agent.service in the guest's cgroup tree (see
+# agent_cgroup), so the example's present_client_cert: [{unit: determined-agent.service}]
+# gives it the agent's certificate.
+relay() { inns sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$AGENT_CG" "$PY" "$REAL_DIR/client.py" echo "$@"; }
+# relay_other ADDR [ARGS]: the same client as any other process of the host.
+relay_other() { inns "$PY" "$REAL_DIR/client.py" echo "$@"; }
 http_code() { inns curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$ADMIN$1"; }
 metric() { inns curl -sf --max-time 5 "$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 metric_is() { [ "$(metric "$1")" = "$2" ]; }
@@ -164,15 +173,31 @@ EOF
     esac
     [ "$booted" = degraded ] && g systemctl --failed --no-legend >&2
 
+    agent_cgroup
     make_certs "$work/certs" || exit 1
     # nsenter itself, not the inns function: $! must be the server's pid (it execs).
     nsenter --net="/proc/$L/ns/net" "$PY" "$REAL_DIR/master.py" --cert "$work/certs/master.crt" --key "$work/certs/master.key" \
-        --client-ca "$work/certs/ca.crt" --port-file "$work/master.port" --log "$work/master.log" \
+        --client-ca "$work/certs/ca.crt" --client-cert-optional --port-file "$work/master.port" --log "$work/master.log" \
         2>"$work/master.err" &
     MASTER_PID=$!
     wait_until 10 "the test master to listen" test -s "$work/master.port" || exit 1
     MASTER_PORT=$(cat "$work/master.port")
     say "test master (mutual TLS) on 127.0.0.1:$MASTER_PORT in the container's network namespace"
+}
+
+# The agent as the proxy in the guest sees it: a cgroup named determined-agent.service under
+# the guest's own cgroup tree (the root of its cgroup namespace), made from the host beside the
+# guest systemd's slices (dtp-test.slice, which its units never use). The proxy finds a TCP
+# client's cgroup through the socket tables (NETLINK_SOCK_DIAG) and walks its /sys/fs/cgroup.
+agent_cgroup() {
+    local mnt guest
+    mnt=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2" && $4 == "/") print $5; break } }' /proc/self/mountinfo | head -1)
+    [ -n "$mnt" ] || skip "no cgroup2 hierarchy on the host: the agent's clients cannot be placed in the guest's tree"
+    guest=$(awk -F: '$1 == "0" { print $3 }' "/proc/$L/cgroup")
+    guest=${guest%/init.scope}
+    AGENT_CG=$mnt${guest%/}/dtp-test.slice/determined-agent.service
+    mkdir -p "$AGENT_CG" || { echo "FAIL: cannot make $AGENT_CG" >&2; exit 1; }
+    say "the agent's clients run in cgroup $AGENT_CG (the guest's ${guest:-/})"
 }
 
 # === The README's installation, verbatim ===
@@ -261,8 +286,14 @@ check_relay_mutual_tls_key_through_loadcredential() {
     local rc=0 before pid env
     before=$(grep -c 'client CN=agent' "$work/master.log" 2>/dev/null)
     relay 127.0.0.1:8080 >/dev/null || { err "relay through the agent listener (TCP)"; rc=1; }
+    [ "$(grep -c 'client CN=agent' "$work/master.log")" -ge $((before + 1)) ] || { err "the master saw no client certificate CN=agent from the agent's unit"; rc=1; }
+    # The agent's identity is the agent's alone (AF_NETLINK: the socket tables say whose a
+    # client is): another process on the agent listener, and the log shippers' unix socket,
+    # are relayed without it.
+    before=$(grep -c 'client CN=agent' "$work/master.log")
+    relay_other 127.0.0.1:8080 >/dev/null || { err "relay of another process through the agent listener"; rc=1; }
     relay "unix:/proc/$L/root/run/det-tls-proxy/logs.sock" >/dev/null || { err "relay through the unix listener in RuntimeDirectory"; rc=1; }
-    [ "$(grep -c 'client CN=agent' "$work/master.log")" -ge $((before + 2)) ] || { err "the master saw no client certificate CN=agent"; rc=1; }
+    [ "$(grep -c 'client CN=agent' "$work/master.log")" -eq "$before" ] || { err "a client other than the agent's unit was given the agent's certificate"; rc=1; }
     # The key on disk is root-only; the service reads systemd's private copy.
     [ "$(stat -c '%a %U' "$guest_root/etc/determined/agent.key")" = "600 root" ] || { err "agent.key is not 0600 root"; rc=1; }
     pid=$(proxy_hostpid) || { err "no proxy process"; return 1; }
@@ -330,8 +361,8 @@ check_sandbox_seen_from_proc() {
     ns_sees "$pid" /usr/lib/modules/dtp-test/dtp-marker && { err "ProtectKernelModules: /usr/lib/modules visible"; rc=1; }
     # ProtectControlGroups=yes
     mount_opts "$pid" /sys/fs/cgroup | has -E '^ro[, ]' || { err "/sys/fs/cgroup not read-only: $(mount_opts "$pid" /sys/fs/cgroup)"; rc=1; }
-    # ProtectProc=invisible, ProcSubset=pid
-    mount_opts "$pid" /proc | has 'hidepid=invisible' || { err "ProtectProc: $(mount_opts "$pid" /proc)"; rc=1; }
+    # ProtectProc=default (a unix client's /proc/<pid>/cgroup must be readable), ProcSubset=pid
+    mount_opts "$pid" /proc | has 'hidepid=' && { err "ProtectProc: other users' processes hidden: $(mount_opts "$pid" /proc)"; rc=1; }
     mount_opts "$pid" /proc | has 'subset=pid' || { err "ProcSubset: $(mount_opts "$pid" /proc)"; rc=1; }
     # ProtectHostname=yes: a UTS namespace of its own.
     [ "$(readlink "/proc/$pid/ns/uts")" != "$(readlink "/proc/$L/ns/uts")" ] || { err "ProtectHostname: shares the UTS namespace"; rc=1; }
@@ -352,13 +383,13 @@ check_sandbox_probe_under_the_unit() {
     base=$(g systemd-run --wait --pipe --quiet -p User=nobody -p RuntimeDirectory=dtp-probe \
         /usr/bin/perl /usr/local/lib/det-tls-proxy-test/probe.pl 2>&1)
     printf '    %-8s %-22s %s\n' probe "under the unit" "baseline (User=nobody)" >&2
-    for name in netlink:EAFNOSUPPORT userns:EPERM suid:EPERM persona:EPERM wx:EPERM ptrace:EPERM; do
+    for name in netlink:allowed vsock:blocked:EAFNOSUPPORT userns:blocked:EPERM suid:blocked:EPERM persona:blocked:EPERM wx:blocked:EPERM ptrace:blocked:EPERM; do
         want=${name#*:}
         name=${name%%:*}
         got=$(awk -v n="$name" '$2 == n { print $3 }' <<<"$out")
         b=$(awk -v n="$name" '$2 == n { print $3 }' <<<"$base")
         printf '    %-8s %-22s %s\n' "$name" "${got:-(none)}" "${b:-(none)}" >&2
-        [ "$got" = "blocked:$want" ] || { err "probe $name: ${got:-no result} under the unit, expected blocked:$want"; rc=1; }
+        [ "$got" = "$want" ] || { err "probe $name: ${got:-no result} under the unit, expected $want"; rc=1; }
         [ "$b" = allowed ] || say "note: probe $name is not allowed in the baseline either ($b): not discriminating on this host"
     done
     restart_clean || { err "restart after the probe"; return 1; }
@@ -398,7 +429,7 @@ $SVC|PrivateDevices|yes
 $SVC|NoNewPrivileges|yes
 $SVC|CapabilityBoundingSet|
 $SVC|AmbientCapabilities|
-$SVC|RestrictAddressFamilies|AF_INET AF_INET6 AF_UNIX
+$SVC|RestrictAddressFamilies|AF_INET AF_INET6 AF_NETLINK AF_UNIX
 $SVC|RestrictNamespaces|yes
 $SVC|RestrictRealtime|yes
 $SVC|RestrictSUIDSGID|yes
@@ -410,7 +441,7 @@ $SVC|ProtectKernelLogs|yes
 $SVC|ProtectControlGroups|yes
 $SVC|ProtectClock|yes
 $SVC|ProtectHostname|yes
-$SVC|ProtectProc|invisible
+$SVC|ProtectProc|default
 $SVC|ProcSubset|pid
 $SVC|SystemCallArchitectures|native
 $SVC|SystemCallErrorNumber|1
@@ -734,7 +765,7 @@ declare -A COVER=(
     [Service/NoNewPrivileges]="sandbox_seen_from_proc (also implied by the seccomp options)"
     [Service/CapabilityBoundingSet]="sandbox_seen_from_proc"
     [Service/AmbientCapabilities]="sandbox_seen_from_proc (empty is the default)"
-    [Service/RestrictAddressFamilies]="sandbox_probe_under_the_unit"
+    [Service/RestrictAddressFamilies]="sandbox_probe_under_the_unit relay_mutual_tls_key_through_loadcredential"
     [Service/RestrictNamespaces]="sandbox_probe_under_the_unit"
     [Service/RestrictRealtime]="loaded_unit_properties (an unprivileged process cannot get realtime anyway)"
     [Service/RestrictSUIDSGID]="sandbox_probe_under_the_unit (also implied by DynamicUser)"

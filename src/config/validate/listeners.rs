@@ -82,11 +82,9 @@ fn listener(c: &mut Check, key: &str, rl: &RawListener, source: &str) -> Option<
             );
         }
     }
-    let present_client_cert = match &addr {
-        // Decided on the inherited socket's address.
-        ListenAddr::Systemd(_) => rl.present_client_cert,
-        a => Some(rl.present_client_cert.unwrap_or(a.is_local())),
-    };
+    let present_client_cert =
+        super::peers::present_client_cert(c, key, rl.present_client_cert.as_ref(), &addr, source);
+    let allowed_peers = super::peers::allowed_peers(c, key, rl.allowed_peers.as_ref(), source);
     Some(ListenerConfig {
         mode: mode(c, key, rl.mode.as_deref(), &addr, source),
         group: group(c, key, rl.group.as_ref(), &addr, source),
@@ -97,6 +95,7 @@ fn listener(c: &mut Check, key: &str, rl: &RawListener, source: &str) -> Option<
         addr,
         allowed_clients,
         present_client_cert,
+        allowed_peers,
     })
 }
 
@@ -222,7 +221,7 @@ fn max_connections(c: &mut Check, key: &str, raw: Option<usize>, source: &str) -
 #[cfg(test)]
 mod tests {
     use crate::config::validate::testing::{has, mistakes, valid};
-    use crate::config::{AlpnPolicy, ListenAddr};
+    use crate::config::{AlpnPolicy, ListenAddr, PresentClientCert};
 
     fn one(listener: &str) -> String {
         format!("master_host: det\nlisteners: [{listener}]\n")
@@ -288,8 +287,9 @@ mod tests {
     #[test]
     fn present_client_cert_defaults_by_reach() {
         let c = valid("master_host: det\nlisteners: [{name: a, listen: \"127.0.0.1:1\"}, {name: b, listen: \"0.0.0.0:2\", allowed_clients: [10.0.0.0/8]}, {name: c, listen: \"systemd:agent\"}]\n");
-        let present: Vec<Option<bool>> = c.listeners.iter().map(|l| l.present_client_cert).collect();
-        assert_eq!(present, [Some(true), Some(false), None]);
+        let present: Vec<Option<PresentClientCert>> =
+            c.listeners.iter().map(|l| l.present_client_cert.clone()).collect();
+        assert_eq!(present, [Some(PresentClientCert::Always), Some(PresentClientCert::Never), None]);
         assert_eq!(c.listeners[2].addr, ListenAddr::Systemd("agent".into()));
     }
 }

@@ -9,6 +9,7 @@ mod identity;
 mod listeners;
 mod log;
 mod master;
+mod peers;
 mod timeouts;
 mod tls;
 mod upstream;
@@ -22,6 +23,8 @@ pub(crate) use cross::is_master_address;
 
 use super::layers::{Loaded, Purpose};
 use super::{err, Config, ConfigError, ConfigErrors};
+
+pub use peers::shared_client_cert_warnings;
 
 /// The layers being validated and the mistakes found so far.
 struct Check<'a> {
