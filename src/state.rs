@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey, PresentClientCert, Selectors};
 use crate::connections::Connections;
 use crate::diagnose::CertSummary;
-use crate::identity::{Identifier, PeerIdentity};
+use crate::identity::container_api::ContainerDirectory;
+use crate::identity::{ContainerSource, Identifier, PeerIdentity};
 use crate::listen::Peer;
 use crate::metrics::{ListenerMetrics, Metrics, PeerMetrics};
 use crate::pool::{ChoiceKey, Pool};
@@ -274,6 +275,9 @@ pub struct Shared {
     pub connections: Connections,
     /// Who each client is; its caches outlive reloads.
     pub identity: Identifier,
+    /// `identity.container_api`'s directory while that key is set; kept across a reload that
+    /// keeps the same socket (its table and event stream with it).
+    containers: Mutex<Option<Arc<ContainerDirectory>>>,
 }
 
 impl Shared {
@@ -287,7 +291,8 @@ impl Shared {
             .max_connections
             .set(state.config.max_connections as i64);
         state.start_pool(Vec::new());
-        Arc::new(Shared {
+        let api = state.config.container_api.clone();
+        let shared = Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
             metrics,
             force_close: CancellationToken::new(),
@@ -299,7 +304,25 @@ impl Shared {
             resolver,
             connections: Connections::default(),
             identity: Identifier::new(),
-        })
+            containers: Mutex::new(None),
+        });
+        shared.use_container_api(api.as_deref());
+        shared
+    }
+
+    /// Starts, keeps, replaces or stops the container runtime's directory so that it follows
+    /// `identity.container_api`, and hands it to the identifier.
+    fn use_container_api(&self, socket: Option<&std::path::Path>) {
+        let mut current = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().map(|d| d.socket()) == socket {
+            return;
+        }
+        if let Some(old) = current.take() {
+            old.stop();
+        }
+        *current = socket.map(|s| ContainerDirectory::start(s.to_path_buf()));
+        let source = current.clone().map(|d| d as Arc<dyn ContainerSource>);
+        self.identity.set_containers(source);
     }
 
     pub fn current(&self) -> Arc<State> {
@@ -309,6 +332,7 @@ impl Shared {
     /// Swaps in a new configuration; connections in flight keep the state they started with.
     /// The old state's pre-connected sessions are closed, and the new state's pool starts.
     pub fn replace(&self, state: State) {
+        self.use_container_api(state.config.container_api.as_deref());
         self.access_log
             .store(state.config.log.access, Ordering::Relaxed);
         self.metrics

@@ -1509,6 +1509,12 @@ fn case_container_api(case: &Case, t: Trigger) {
     let socket = format!("identity: {{container_api: {}}}\n", qp(api.socket()));
     live.change(case, &with(&socket));
     relays(live.main(), b"ping");
+    // The directory started on the new socket: it follows the runtime's event stream.
+    assert!(
+        eventually(Duration::from_secs(10), || api.count("/events") >= 1),
+        "the reloaded proxy never asked the API at {} for its events",
+        api.socket().display()
+    );
     let before = live.proxy.lines().len();
     replace(
         &live.path,

@@ -199,6 +199,7 @@ impl ContainerDirectory {
     }
 
     /// What the table holds for `ip` now, without asking the API (for `status` and tests).
+    #[cfg_attr(not(feature = "test-util"), allow(dead_code))] // read by tests/container_api.rs
     pub fn known(&self, ip: IpAddr) -> Option<Arc<ContainerInfo>> {
         self.shared.get(ip.to_canonical())
     }
@@ -468,5 +469,25 @@ mod tests {
             events_path(),
             "/events?filters=%7B%22type%22%3A%5B%22container%22%2C%22network%22%5D%7D"
         );
+    }
+}
+
+// === As the identifier's source of containers ===
+
+impl super::ContainerSource for ContainerDirectory {
+    fn lookup(&self, ip: IpAddr) -> super::ContainerLookup<'_> {
+        Box::pin(async move {
+            match ContainerDirectory::lookup(self, ip).await {
+                Ok(found) => Ok(found.map(|c| super::ContainerRef {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    task_id: c.task_id.clone(),
+                    allocation_id: c.allocation_id.clone(),
+                    task_type: c.task_type.clone(),
+                })),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }
