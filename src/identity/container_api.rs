@@ -426,6 +426,26 @@ impl Quiet {
     }
 }
 
+// === As the identifier's source of containers ===
+
+impl super::ContainerSource for ContainerDirectory {
+    fn lookup(&self, ip: IpAddr) -> super::ContainerLookup<'_> {
+        Box::pin(async move {
+            match ContainerDirectory::lookup(self, ip).await {
+                Ok(found) => Ok(found.map(|c| super::ContainerRef {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    task_id: c.task_id.clone(),
+                    allocation_id: c.allocation_id.clone(),
+                    task_type: c.task_type.clone(),
+                })),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,22 +492,3 @@ mod tests {
     }
 }
 
-// === As the identifier's source of containers ===
-
-impl super::ContainerSource for ContainerDirectory {
-    fn lookup(&self, ip: IpAddr) -> super::ContainerLookup<'_> {
-        Box::pin(async move {
-            match ContainerDirectory::lookup(self, ip).await {
-                Ok(found) => Ok(found.map(|c| super::ContainerRef {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    image: c.image.clone(),
-                    task_id: c.task_id.clone(),
-                    allocation_id: c.allocation_id.clone(),
-                    task_type: c.task_type.clone(),
-                })),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-    }
-}
