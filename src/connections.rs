@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::diagnose::{now_secs, rfc3339};
+use crate::identity::PeerIdentity;
 use crate::listen::Peer;
 use crate::relay::LiveBytes;
 
@@ -43,12 +44,57 @@ pub struct Live {
     /// Kept current by the relay.
     pub bytes: LiveBytes,
     session: OnceLock<Session>,
+    /// Who the client is, once identified (`identity/`).
+    identity: OnceLock<PeerIdentity>,
 }
 
 impl Live {
     /// Records the master session once it is up (the first call wins).
     pub fn session(&self, s: Session) {
         let _ = self.session.set(s);
+    }
+
+    /// Records who the client is, once identified (the first call wins).
+    pub fn identity(&self, p: PeerIdentity) {
+        let _ = self.identity.set(p);
+    }
+
+    /// The peer object: its address, then what identification found (absent when unknown).
+    /// Cgroup paths and container names are outside text, escaped as every printer escapes it.
+    fn peer_json(&self) -> Value {
+        let mut peer = json!({"addr": self.peer.to_string()});
+        let Some(who) = self.identity.get() else {
+            return peer;
+        };
+        let text = |s: &str| Value::String(crate::untrusted::escape(s));
+        let o = peer.as_object_mut().expect("an object");
+        for (k, v) in [("uid", who.uid), ("gid", who.gid), ("pid", who.pid)] {
+            if let Some(v) = v {
+                o.insert(k.into(), v.into());
+            }
+        }
+        if let Some(u) = &who.unit {
+            o.insert("unit".into(), text(u));
+        }
+        if let Some(c) = &who.cgroup {
+            o.insert("cgroup".into(), text(c));
+        }
+        if let Some(c) = &who.container {
+            o.insert("container".into(), text(c.label()));
+            for (k, v) in [
+                ("task_id", &c.task_id),
+                ("allocation_id", &c.allocation_id),
+                ("task_type", &c.task_type),
+            ] {
+                if let Some(v) = v {
+                    o.insert(k.into(), text(v));
+                }
+            }
+        }
+        if let Some(why) = &who.note {
+            o.insert("unknown".into(), text(&why.to_string()));
+        }
+        peer
     }
 
     fn to_json(&self) -> Value {
@@ -61,12 +107,10 @@ impl Live {
                 "preconnected": s.preconnected,
             })
         });
-        let addr = self.peer.to_string();
         json!({
             "id": self.id,
             "listener": self.listener,
-            // An object, so what else is known of the peer can join its address.
-            "peer": {"addr": addr},
+            "peer": self.peer_json(),
             "started": rfc3339(self.started_unix),
             "age_ms": self.started.elapsed().as_millis() as u64,
             "bytes_up": self.bytes.up.load(Ordering::Relaxed),
@@ -124,6 +168,7 @@ impl Connections {
             started_unix: now_secs(),
             bytes: LiveBytes::default(),
             session: OnceLock::new(),
+            identity: OnceLock::new(),
         });
         self.open
             .lock()

@@ -201,6 +201,9 @@ async fn serve(
     rec: &mut Record,
 ) -> Outcome {
     rec.peer = crate::peer::identify(client, peer, policy, shared, Instant::now()).await;
+    if let Some(live) = &rec.live {
+        live.identity(rec.peer.clone());
+    }
     if !policy.admits(&rec.peer) {
         crate::peer::refused(policy, peer, &rec.peer, shared);
         return Outcome::Denied;

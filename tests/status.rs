@@ -92,6 +92,15 @@ fn row(doc: &Value, peer: SocketAddr) -> &Value {
         .unwrap_or_else(|| panic!("no row for {peer}: {doc:#}"))
 }
 
+/// This process's cgroup v2 path, as the kernel shows it (the `0::` line).
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line in /proc/self/cgroup")
+        .to_string()
+}
+
 /// A port nothing listens on now, for an admin address written into the file.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -164,6 +173,10 @@ fn status_lists_each_open_connection_with_its_exact_bytes_newest_first() {
             before[i].as_millis() <= age && age <= after[i].as_millis(),
             "age {age} ms outside {before:?}..{after:?}"
         );
+        // The clients are this test's own sockets: the kernel names this process's user, and
+        // its cgroup (the one /proc/self/cgroup shows), as the row's peer.
+        assert_eq!(r["peer"]["uid"], nix::unistd::getuid().as_raw(), "{r}");
+        assert_eq!(r["peer"]["cgroup"], own_cgroup(), "{r}");
         let s = &r["session"];
         assert_eq!(s["tls_version"], "TLSv1.3", "{r}");
         assert_eq!(s["alpn"], "http/1.1", "{r}");
@@ -196,9 +209,11 @@ fn status_lists_each_open_connection_with_its_exact_bytes_newest_first() {
             .unwrap_or_else(|| panic!("no line for {}:\n{out}", h.local));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[0], listeners[i], "{line}");
-        assert_eq!(cols[3], h.sent.to_string(), "{line}");
-        assert_eq!(cols[4], h.received.to_string(), "{line}");
-        assert_eq!(&cols[6..], ["TLSv1.3", "http/1.1"], "{line}");
+        let uid = format!("uid={}", nix::unistd::getuid().as_raw());
+        assert!(cols[2].split(',').any(|w| w == uid), "{line}");
+        assert_eq!(cols[4], h.sent.to_string(), "{line}");
+        assert_eq!(cols[5], h.received.to_string(), "{line}");
+        assert_eq!(&cols[7..], ["TLSv1.3", "http/1.1"], "{line}");
     }
     assert!(out.stdout.contains("4 open connection(s)\n"), "{out}");
     assert!(

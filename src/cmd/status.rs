@@ -113,6 +113,23 @@ fn clean(s: &str) -> String {
     crate::untrusted::escape(s)
 }
 
+/// The WHO column: who the peer is as far as the proxy could tell (`uid=0,unit=x.service`),
+/// `-` when nothing is known. One word, so the table's columns stay split by spaces.
+fn who(p: &Value) -> String {
+    let mut parts = Vec::new();
+    for key in ["uid", "unit", "container", "task_id"] {
+        match &p[key] {
+            Value::Number(n) => parts.push(format!("{key}={n}")),
+            Value::String(s) => parts.push(format!("{key}={}", clean(s).replace(' ', "\\x20"))),
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        return "-".into();
+    }
+    parts.join(",")
+}
+
 fn age(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -171,7 +188,7 @@ fn table(rows: &[Vec<String>]) -> String {
 /// The report for people: one row per connection, then the totals, the master and the errors.
 pub fn render(doc: &Value) -> String {
     let mut rows = vec![[
-        "LISTENER", "PEER", "AGE", "UP", "DOWN", "SESSION", "TLS", "ALPN",
+        "LISTENER", "PEER", "WHO", "AGE", "UP", "DOWN", "SESSION", "TLS", "ALPN",
     ]
     .map(String::from)
     .to_vec()];
@@ -180,6 +197,7 @@ pub fn render(doc: &Value) -> String {
         rows.push(vec![
             clean(c["listener"].as_str().unwrap_or_default()),
             clean(c["peer"]["addr"].as_str().unwrap_or_default()),
+            who(&c["peer"]),
             age(c["age_ms"].as_u64().unwrap_or(0)),
             c["bytes_up"].as_u64().unwrap_or(0).to_string(),
             c["bytes_down"].as_u64().unwrap_or(0).to_string(),
@@ -249,7 +267,8 @@ mod tests {
         let doc = json!({
             "total": 3, "shown": 2, "omitted": 1,
             "connections": [
-                {"listener": "agent", "peer": {"addr": "127.0.0.1:5000"}, "age_ms": 65_000,
+                {"listener": "agent", "peer": {"addr": "127.0.0.1:5000", "uid": 0,
+                 "unit": "evil \u{1b}[8m.service"}, "age_ms": 65_000,
                  "bytes_up": 10, "bytes_down": 2048,
                  "session": {"tls_version": "TLSv1.3", "alpn": "h2", "resumed": true, "preconnected": false}},
                 {"listener": "tasks", "peer": {"addr": "unix"}, "age_ms": 10, "bytes_up": 0,
@@ -261,11 +280,13 @@ mod tests {
         });
         let out = render(&doc);
         assert!(
-            out.contains("agent     127.0.0.1:5000  1m05s  10  2048  resumed     TLSv1.3  h2"),
+            out.contains(
+                "agent     127.0.0.1:5000  uid=0,unit=evil\\x20\\x1b[8m.service  1m05s  10  2048  resumed     TLSv1.3  h2"
+            ),
             "{out}"
         );
         assert!(
-            out.contains("tasks     unix            0s     0   0     connecting"),
+            out.contains("tasks     unix            -                                   0s     0   0     connecting"),
             "{out}"
         );
         assert!(
