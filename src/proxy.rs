@@ -16,7 +16,7 @@ use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
 use crate::relay::{Relay, RelayResult, RelayTimeouts};
 use crate::sniff::{self, FirstBytes, Want};
-use crate::untrusted::Untrusted;
+use crate::untrusted::escape;
 use crate::state::{ListenerPolicy, Shared, State};
 use crate::pool::Session;
 use crate::upstream::{version_name, Dialed, UpstreamError};
@@ -181,13 +181,15 @@ fn access_line(
         peer_uid = who.uid,
         peer_gid = who.gid,
         peer_pid = who.pid,
-        // Cgroup paths, unit and container names are chosen by whoever made them: escaped.
-        peer_cgroup = %Untrusted::new(who.cgroup.as_deref().unwrap_or("")),
-        peer_unit = %Untrusted::new(who.unit.as_deref().unwrap_or("")),
-        peer_container = %Untrusted::new(container.map_or("", |c| c.label())),
-        task_id = container.and_then(|c| c.task_id.as_deref()).map(Untrusted::new).map(tracing::field::display),
-        allocation_id = container.and_then(|c| c.allocation_id.as_deref()).map(Untrusted::new).map(tracing::field::display),
-        task_type = container.and_then(|c| c.task_type.as_deref()).map(Untrusted::new).map(tracing::field::display),
+        // Cgroup paths, unit and container names are chosen by whoever made them: escaped
+        // first, then recorded as strings, which the text format quotes (a name with a space
+        // cannot pass for another field) and JSON keeps as they are.
+        peer_cgroup = escape(who.cgroup.as_deref().unwrap_or("")).as_str(),
+        peer_unit = escape(who.unit.as_deref().unwrap_or("")).as_str(),
+        peer_container = escape(container.map_or("", |c| c.label())).as_str(),
+        task_id = container.and_then(|c| c.task_id.as_deref()).map(escape).as_deref(),
+        allocation_id = container.and_then(|c| c.allocation_id.as_deref()).map(escape).as_deref(),
+        task_type = container.and_then(|c| c.task_type.as_deref()).map(escape).as_deref(),
         "connection"
     );
 }
