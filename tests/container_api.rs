@@ -4,9 +4,9 @@
 //! API (tests/common/docker_api.rs) for what podman cannot be made to do on demand: hold an
 //! event back, answer slowly, fail, break its event stream.
 //!
-//! The containers connect to nothing: this workplace flags traffic to private-range addresses,
-//! so each lookup uses the address `podman inspect` reports for the container, which is the
-//! source address its connections to the proxy would carry (docs/testing.md).
+//! The containers connect to nothing here: each lookup uses the address `podman inspect`
+//! reports for the container, the source address its connections carry; real connections from
+//! containers through the proxy are `tests/identity_container.rs`.
 
 mod common;
 

@@ -21,8 +21,9 @@
 #                    network namespace (util-linux's setpriv runs the identity tests' clients
 #                    as another user)
 #   python3-yaml     deploy/validate.sh (tests/deploy.rs): the compose file
-#   podman, runc, containernetworking-plugins  tests/container_api.rs: real containers on bridge
-#                    networks and the Docker-compatible API (`podman system service`)
+#   podman, runc, containernetworking-plugins  tests/container_api.rs, tests/identity_container.rs:
+#                    real containers on bridge networks and the Docker-compatible API
+#                    (`podman system service`)
 #   prometheus       tests/prometheus_rules.rs: promtool checks and unit-tests deploy/prometheus;
 #                    tests/prometheus_live.rs: a real Prometheus evaluates the alerts
 #   prometheus-client (PyPI)  tests/admin.rs, tests/reload.rs: parse /metrics as Prometheus does

@@ -126,7 +126,13 @@ impl Podman {
 
     /// Starts a container that sleeps, on `network`, with `env`; returns its full id.
     pub fn start(&self, name: &str, network: &str, env: &[&str]) -> String {
+        self.start_with(name, network, env, &[])
+    }
+
+    /// `start` with more `podman run` options (`-v /usr:/usr:ro`: the host's programs).
+    pub fn start_with(&self, name: &str, network: &str, env: &[&str], options: &[&str]) -> String {
         let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        args.extend(options);
         // podman's default limits cannot be set without CAP_SYS_RESOURCE in every sandbox.
         args.extend([
             "--ulimit",
