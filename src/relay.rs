@@ -442,4 +442,46 @@ mod tests {
         assert_eq!(got, expect);
         assert_eq!(relay.await.unwrap().outcome, Outcome::Ok);
     }
+
+    /// Polls the relay once, as the runtime would after a wake-up.
+    async fn poll_once<A, B>(relay: &mut Relay<A, B>) -> bool
+    where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *relay).poll(cx).is_pending())).await
+    }
+
+    // Unconstrained: the relay is polled by hand inside the test's task, and a spent
+    // cooperative budget would make its writes yield with nobody to poll it again.
+    #[tokio::test]
+    async fn idle_after_a_stalled_bulk_transfer_holds_no_buffer() {
+        tokio::task::unconstrained(idle_after_stall()).await;
+    }
+
+    async fn idle_after_stall() {
+        // The read buffer is never part of a connection's state.
+        let size = std::mem::size_of::<Relay<tokio::io::DuplexStream, tokio::io::DuplexStream>>();
+        assert!(size < 1024, "the relay future is {size} bytes");
+        let (client_far, client_near) = duplex(CHUNK);
+        let (server_near, mut server_far) = duplex(4096);
+        let mut relay = Relay::new(client_near, server_near, timeouts(60_000, 60_000));
+        let (_cr, mut cw) = tokio::io::split(client_far);
+        cw.write_all(&vec![1u8; CHUNK]).await.unwrap();
+        assert!(poll_once(&mut relay).await);
+        assert!(
+            relay.up.pending.capacity() > 0,
+            "a writer that takes only part of a read leaves the rest pending"
+        );
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < CHUNK {
+            got += server_far.read(&mut buf).await.unwrap();
+            assert!(poll_once(&mut relay).await);
+        }
+        assert_eq!(got, CHUNK);
+        for half in [&relay.up, &relay.down] {
+            assert_eq!(half.pending.capacity(), 0, "an idle connection holds no buffer");
+        }
+    }
 }
