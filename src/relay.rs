@@ -444,7 +444,7 @@ mod tests {
     }
 
     /// Polls the relay once, as the runtime would after a wake-up.
-    async fn poll_once<A, B>(relay: &mut Relay<A, B>) -> bool
+    async fn poll_once<A, B>(relay: &mut Relay<'_, A, B>) -> bool
     where
         A: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,

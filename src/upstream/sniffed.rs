@@ -183,6 +183,6 @@ mod tests {
         // A quarter chunk, a whole chunk, the rest, and the read that found the socket dry.
         assert_eq!(s.io.reads, 4, "socket reads for {SENT} bytes");
         assert_eq!(s.ahead.capacity(), 0, "an idle connection keeps no read-ahead");
-        assert_eq!(s.first(), &[7u8; 8]);
+        assert_eq!(*s.first().raw(), &[7u8; 8]);
     }
 }
