@@ -28,8 +28,11 @@ const MSG_LEN: usize = 72;
 const INET_DIAG_CGROUP_ID: u16 = 21;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
-/// Idle sockets kept for the next lookups.
-const POOL_MAX: usize = 8;
+/// Idle sockets kept for the next lookups: one. A lookup never waits, so two overlap only when
+/// two runtime workers identify clients at the same instant; the second then opens a socket of
+/// its own and closes it after. A pool that kept what a burst opened would hold descriptors
+/// past the burst, which a leak check cannot tell from a leak.
+const POOL_MAX: usize = 1;
 
 /// What the socket tables say about a client's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
