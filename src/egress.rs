@@ -161,7 +161,7 @@ impl NoProxy {
                 .map_err(|_| format!("{e:?} is not a CIDR network (write 10.0.0.0/8)"));
         }
         let (host, port) = split_port(e)?;
-        if let Some(ip) = crate::config::parse_host_ip(host) {
+        if let Some(ip) = crate::host::parse_host_ip(host) {
             return Ok(Rule::Ip(ip, port));
         }
         let bare = host.strip_prefix('*').unwrap_or(host);
@@ -186,7 +186,7 @@ impl NoProxy {
     /// Whether `host:port` is reached directly.
     pub fn bypasses(&self, host: &str, port: u16) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let ip = crate::config::parse_host_ip(&host);
+        let ip = crate::host::parse_host_ip(&host);
         if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
             return true;
         }

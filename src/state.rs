@@ -104,7 +104,7 @@ pub struct State {
     /// By listen address: a reload that keeps an address keeps its socket, whatever its name.
     pub listeners: HashMap<ListenerKey, Arc<ListenerPolicy>>,
     /// `upstream.preconnect`'s ready sessions: `None` when it is 0 or TLS is off. Started by
-    /// [`Shared`] when the state goes live, closed when a reload replaces it.
+    /// [`State::go_live`], closed by [`State::retire`].
     pub pool: Option<Pool>,
 }
 
@@ -189,22 +189,31 @@ impl State {
         }
     }
 
-    /// Starts the pool as this state goes live, with the choices the pool it replaces had
-    /// learned (built afresh from this state's TLS context).
-    fn start_pool(&self, learned: Vec<ChoiceKey>) {
-        let (Some(pool), Some(tls)) = (&self.pool, &self.tls) else {
-            return;
-        };
-        for key in learned {
-            if key.client_cert && !tls.has_client_cert() {
-                continue;
+    /// This state goes live in place of `replaced`: the pool is this state's alone, so it is
+    /// started and closed here. The replaced pool's sessions were made under the old
+    /// configuration: closed, never handed to a client; what it learned about clients carries
+    /// over (rebuilt from this state's TLS context).
+    pub(crate) fn go_live(&self, replaced: Option<&State>) {
+        let learned = replaced
+            .and_then(|old| old.pool.as_ref())
+            .map(Pool::learned)
+            .unwrap_or_default();
+        if let (Some(pool), Some(tls)) = (&self.pool, &self.tls) {
+            for key in learned {
+                if key.client_cert && !tls.has_client_cert() {
+                    continue;
+                }
+                pool.seed(key.clone(), tls.client_config(&key.alpn, key.client_cert, true));
             }
-            pool.seed(key.clone(), tls.client_config(&key.alpn, key.client_cert, true));
+            pool.start();
         }
-        pool.start();
+        if let Some(old) = replaced {
+            old.retire();
+        }
     }
 
-    pub(crate) fn close_pool(&self) {
+    /// This state will hand out no more pre-connected sessions (replaced, or draining).
+    pub(crate) fn retire(&self) {
         if let Some(pool) = &self.pool {
             pool.close();
         }
@@ -290,7 +299,7 @@ impl Shared {
             .health
             .max_connections
             .set(state.config.max_connections as i64);
-        state.start_pool(Vec::new());
+        state.go_live(None);
         let api = state.config.container_api.clone();
         let shared = Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
@@ -347,10 +356,7 @@ impl Shared {
             &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
             new.clone(),
         );
-        // The old pool's sessions were made under the old configuration: closed, never
-        // handed to a client; what it learned about clients carries over.
-        new.start_pool(old.pool.as_ref().map(Pool::learned).unwrap_or_default());
-        old.close_pool();
+        new.go_live(Some(&old));
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -5,7 +5,7 @@
 use figment::value::Value;
 
 use super::keys::{list_value, DET_MASTER_ENV, HTTPS_PROXY_ENV, HTTP_PROXY_ENV, NO_PROXY_ENV};
-use super::layers::Named;
+use super::named::Named;
 use super::{err, ConfigError};
 
 /// The first of `names` set to a non-empty value, as Go's HTTP client reads them.

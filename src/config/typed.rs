@@ -43,17 +43,8 @@ pub struct MasterConfig {
 
 impl MasterConfig {
     pub fn ip(&self) -> Option<IpAddr> {
-        parse_host_ip(&self.host)
+        crate::host::parse_host_ip(&self.host)
     }
-}
-
-/// An IP literal, with or without the brackets of a v6 URL host.
-pub fn parse_host_ip(host: &str) -> Option<IpAddr> {
-    let h = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    h.parse().ok()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

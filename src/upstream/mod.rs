@@ -20,7 +20,7 @@ mod sniffed;
 
 pub use sniffed::*;
 
-use crate::config::parse_host_ip;
+use crate::host::parse_host_ip;
 use crate::egress::{authority, open_tunnel, Egress, ProxyUrl};
 use crate::tls::{cert_failure, FailureKind};
 use crate::untrusted::Untrusted;

@@ -2,7 +2,8 @@
 
 use super::Check;
 use crate::config::raw::RawConfig;
-use crate::config::{parse_host_ip, MasterConfig, DEFAULT_SOURCE};
+use crate::config::{MasterConfig, DEFAULT_SOURCE};
+use crate::host::parse_host_ip;
 
 pub(super) fn master(c: &mut Check, raw: &RawConfig, tls_enabled: bool) -> MasterConfig {
     let host = raw
