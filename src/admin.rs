@@ -16,7 +16,6 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::diagnose::CertSummary;
 use crate::limit::Limit;
 use crate::listen::Backoff;
 use crate::state::{Shared, State};
@@ -63,13 +62,7 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
             e.to_string()
         })?;
     let (_, conn) = stream.get_ref();
-    if let Some(s) = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| CertSummary::from_der(c))
-    {
-        shared.saw_master_cert(&s);
-    }
+    shared.saw_master(conn);
     let mut stream = stream;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
     Ok(())

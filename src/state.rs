@@ -134,15 +134,12 @@ impl State {
             // An explicit setting wins; otherwise only listeners no other host can reach
             // present the agent's certificate.
             let present_client_cert = lc.present_client_cert.clone().unwrap_or_else(|| {
-                let host_only = host_only
-                    .get(&lc.key())
-                    .copied()
-                    .unwrap_or_else(|| lc.addr.is_local());
-                if host_only {
-                    PresentClientCert::Always
-                } else {
-                    PresentClientCert::Never
-                }
+                PresentClientCert::by_reach(
+                    host_only
+                        .get(&lc.key())
+                        .copied()
+                        .unwrap_or_else(|| lc.addr.is_local()),
+                )
             });
             let may_present = present_client_cert != PresentClientCert::Never;
             let configs = |present: bool| {
@@ -363,9 +360,20 @@ impl Shared {
             .clear();
     }
 
+    /// Records the leaf the master sent in `conn`'s handshake (when it sent one).
+    pub fn saw_master(&self, conn: &rustls::ClientConnection) {
+        if let Some(leaf) = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| CertSummary::from_der(c))
+        {
+            self.saw_master_cert(&leaf);
+        }
+    }
+
     /// Records the master's leaf from a full handshake: the expiry gauge, and a warning at
     /// most once a day when it expires within two weeks.
-    pub fn saw_master_cert(&self, leaf: &CertSummary) {
+    fn saw_master_cert(&self, leaf: &CertSummary) {
         self.metrics.master_cert_expiry.set(leaf.not_after as f64);
         let now = crate::diagnose::now_secs();
         let left = leaf.not_after - now;

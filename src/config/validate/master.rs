@@ -47,7 +47,7 @@ fn port(c: &mut Check, port: Option<u16>, enabled: bool) -> (u16, String) {
                 ),
             ),
             _ => (
-                if enabled { 8443 } else { 8080 },
+                MasterConfig::default_port(enabled),
                 format!(
                     "{DEFAULT_SOURCE} (the master's {} port)",
                     if enabled { "TLS" } else { "plain" }
