@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::limit::Limit;
 use crate::listen::Backoff;
 use crate::state::{Shared, State};
+use crate::tls::{Present, Resume};
 use crate::upstream::UpstreamError;
 
 /// A probe result is reused for this long, so scrapes cannot hammer the master.
@@ -45,7 +46,7 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
         state.upstream.connect().await.map_err(|e| e.to_string())?;
         return Ok(());
     };
-    let cfg = tls.client_config(&[], tls.has_client_cert(), false);
+    let cfg = tls.client_config(&[], Present::ClientCert, Resume::Never);
     let stream = state
         .upstream
         .dial_tls(cfg, tls.name.server_name.clone())

@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::error_kind::UpstreamErrorKind;
+
 /// An HTTP proxy to tunnel through. Its `Display` hides the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProxyUrl {
@@ -276,13 +278,13 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// The `upstream_errors_total{kind}` label.
-    pub fn kind(&self) -> &'static str {
+    /// The `upstream_errors_total{kind}` it is counted as.
+    pub fn kind(&self) -> UpstreamErrorKind {
         match self.status {
-            Some(407) => "proxy_auth",
-            Some(403) => "proxy_forbidden",
-            Some(502..=504) => "proxy_upstream",
-            _ => "proxy",
+            Some(407) => UpstreamErrorKind::ProxyAuth,
+            Some(403) => UpstreamErrorKind::ProxyForbidden,
+            Some(502..=504) => UpstreamErrorKind::ProxyUpstream,
+            _ => UpstreamErrorKind::Proxy,
         }
     }
 

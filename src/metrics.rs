@@ -3,13 +3,14 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::error_kind::UpstreamErrorKind;
 use crate::outcome::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,7 +38,13 @@ pub struct PeerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    pub kind: String,
+    pub kind: UpstreamErrorKind,
+}
+
+impl EncodeLabelValue for UpstreamErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.label())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +185,10 @@ impl Metrics {
         let master_cert_expiry = registered(r, "master_cert_expiry_timestamp_seconds", "Expiry of the master's leaf certificate seen in the last full handshake (Unix time)", Gauge::<f64, AtomicU64>::default());
         let config_reloads = registered(r, "config_reloads", "Configuration reloads, by result", Family::<ResultLabel, Counter>::default());
         let skip_verify = registered(r, "skip_verify", "1 when the master's certificate is not verified (security.tls.skip_verify)", Gauge::default());
+        // Every kind from the start, at 0, so a rate() over any of them has a baseline.
+        for kind in UpstreamErrorKind::ALL {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind });
+        }
         let health = HealthGauges::register(&mut registry);
         let preconnect = PreconnectMetrics::register(&mut registry);
         let peers = PeerMetrics::register(&mut registry);
@@ -253,12 +264,8 @@ impl Metrics {
         }
     }
 
-    pub fn upstream_error(&self, kind: &str) {
-        self.upstream_errors
-            .get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            })
-            .inc();
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn reload(&self, ok: bool) {

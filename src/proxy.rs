@@ -367,7 +367,7 @@ fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, peer: &Peer, e: &Up
         tracing::warn!(
             listener = listener,
             client = %peer,
-            kind = kind,
+            kind = kind.label(),
             error = %detail,
             repeated = suppressed,
             "upstream failed"

@@ -22,7 +22,7 @@ use crate::identity::{ContainerSource, Identifier, PeerIdentity};
 use crate::listen::Peer;
 use crate::metrics::{ListenerMetrics, Metrics, PeerMetrics};
 use crate::pool::{ChoiceKey, Pool};
-use crate::tls::{TlsContext, TrustError};
+use crate::tls::{Present, Resume, TlsContext, TrustError};
 use crate::upstream::{Resolve, Upstream};
 
 /// A repeated failure is logged at most once per this period.
@@ -147,14 +147,15 @@ impl State {
                 if present && !t.has_client_cert() {
                     return None;
                 }
+                let cert = Present::client_cert_if(present);
                 let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
                     AlpnPolicy::List(l) => l.clone(),
                     _ => Vec::new(),
                 };
                 Some(ListenerTls {
-                    h2: t.client_config(&[b"h2".to_vec()], present, true),
-                    http11: t.client_config(&[b"http/1.1".to_vec()], present, true),
-                    fixed: t.client_config(&fixed_alpn, present, true),
+                    h2: t.client_config(&[b"h2".to_vec()], cert, Resume::Shared),
+                    http11: t.client_config(&[b"http/1.1".to_vec()], cert, Resume::Shared),
+                    fixed: t.client_config(&fixed_alpn, cert, Resume::Shared),
                 })
             };
             let (ltls, tls_cert) = (configs(false), configs(true).filter(|_| may_present));
@@ -200,7 +201,11 @@ impl State {
                 if key.client_cert && !tls.has_client_cert() {
                     continue;
                 }
-                pool.seed(key.clone(), tls.client_config(&key.alpn, key.client_cert, true));
+                pool.seed(key.clone(), tls.client_config(
+                        &key.alpn,
+                        Present::client_cert_if(key.client_cert),
+                        Resume::Shared,
+                    ));
             }
             pool.start();
         }

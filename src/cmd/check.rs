@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{self, Config, Overrides, Purpose, TlsSettings};
 use crate::exit;
-use crate::tls::{NameReason, TlsContext};
+use crate::tls::{NameReason, Present, Resume, TlsContext};
 use crate::untrusted::Untrusted;
 use crate::upstream::{version_name, SystemResolver, Upstream, UpstreamError};
 
@@ -55,7 +55,7 @@ pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>
         other => other,
     }
     .map_err(|e| e.to_string())?;
-    let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), false);
+    let cfg = ctx.client_config(&[b"http/1.1".to_vec()], Present::ClientCert, Resume::Never);
     let up = Upstream::for_config(config, Arc::new(SystemResolver));
     let mut tls = up
         .dial_tls(cfg, ctx.name.server_name.clone())
@@ -105,7 +105,7 @@ pub(super) async fn dial_and_report(config: &Config, explain: bool) -> Report {
         }
     };
     describe_trust(config, &ctx, &mut r);
-    let cfg = ctx.client_config(&[b"http/1.1".to_vec()], ctx.has_client_cert(), true);
+    let cfg = ctx.client_config(&[b"http/1.1".to_vec()], Present::ClientCert, Resume::Shared);
     let dialed = match up.connect().await {
         Ok(d) => d,
         Err(e) => {
@@ -227,7 +227,7 @@ fn fail(r: &mut Report, e: &UpstreamError) {
         r.attempts = attempts.iter().map(AttemptReport::from).collect();
     }
     r.error = Some(e.to_string());
-    r.error_kind = Some(e.kind().to_string());
+    r.error_kind = Some(e.kind().label().to_string());
     r.ok = false;
 }
 

@@ -19,7 +19,7 @@ impl From<&Attempt> for AttemptReport {
     fn from(a: &Attempt) -> Self {
         AttemptReport {
             address: a.addr.to_string(),
-            outcome: a.error.clone().unwrap_or_else(|| "connected".into()),
+            outcome: a.result.to_string(),
             ms: a.elapsed.as_secs_f64() * 1000.0,
         }
     }
