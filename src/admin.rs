@@ -16,10 +16,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::diagnose::CertSummary;
 use crate::limit::Limit;
 use crate::listen::Backoff;
 use crate::state::{Shared, State};
+use crate::tls::{Present, Resume};
 use crate::upstream::UpstreamError;
 
 /// A probe result is reused for this long, so scrapes cannot hammer the master.
@@ -46,7 +46,7 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
         state.upstream.connect().await.map_err(|e| e.to_string())?;
         return Ok(());
     };
-    let cfg = tls.client_config(&[], tls.has_client_cert(), false);
+    let cfg = tls.client_config(&[], Present::ClientCert, Resume::Never);
     let stream = state
         .upstream
         .dial_tls(cfg, tls.name.server_name.clone())
@@ -63,13 +63,7 @@ pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
             e.to_string()
         })?;
     let (_, conn) = stream.get_ref();
-    if let Some(s) = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| CertSummary::from_der(c))
-    {
-        shared.saw_master_cert(&s);
-    }
+    shared.saw_master(conn);
     let mut stream = stream;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
     Ok(())

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::diagnose::{now_secs, rfc3339};
 use crate::identity::PeerIdentity;
+use crate::error_kind::UpstreamErrorKind;
 use crate::listen::Peer;
 use crate::relay::LiveBytes;
 
@@ -181,7 +182,8 @@ impl Connections {
     }
 
     /// Notes a failure to reach or verify the master, by its metric kind.
-    pub fn note_error(&self, kind: &'static str, detail: &str) {
+    pub fn note_error(&self, kind: UpstreamErrorKind, detail: &str) {
+        let kind = kind.label();
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         let note = errors.entry(kind).or_insert(ErrorNote {
             count: 0,
@@ -281,9 +283,9 @@ mod tests {
     #[test]
     fn errors_keep_the_last_of_each_kind_and_a_count() {
         let c = Connections::default();
-        c.note_error("connect_refused", "first");
-        c.note_error("connect_refused", "second");
-        c.note_error("cert_name", "name");
+        c.note_error(UpstreamErrorKind::ConnectRefused, "first");
+        c.note_error(UpstreamErrorKind::ConnectRefused, "second");
+        c.note_error(UpstreamErrorKind::CertName, "name");
         let s = c.snapshot(1);
         assert_eq!(s["errors"][0]["kind"], "cert_name");
         assert_eq!(s["errors"][1]["count"], 2);

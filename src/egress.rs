@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::error_kind::UpstreamErrorKind;
+
 /// An HTTP proxy to tunnel through. Its `Display` hides the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProxyUrl {
@@ -161,7 +163,7 @@ impl NoProxy {
                 .map_err(|_| format!("{e:?} is not a CIDR network (write 10.0.0.0/8)"));
         }
         let (host, port) = split_port(e)?;
-        if let Some(ip) = crate::config::parse_host_ip(host) {
+        if let Some(ip) = crate::host::parse_host_ip(host) {
             return Ok(Rule::Ip(ip, port));
         }
         let bare = host.strip_prefix('*').unwrap_or(host);
@@ -186,7 +188,7 @@ impl NoProxy {
     /// Whether `host:port` is reached directly.
     pub fn bypasses(&self, host: &str, port: u16) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let ip = crate::config::parse_host_ip(&host);
+        let ip = crate::host::parse_host_ip(&host);
         if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
             return true;
         }
@@ -276,13 +278,13 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// The `upstream_errors_total{kind}` label.
-    pub fn kind(&self) -> &'static str {
+    /// The `upstream_errors_total{kind}` it is counted as.
+    pub fn kind(&self) -> UpstreamErrorKind {
         match self.status {
-            Some(407) => "proxy_auth",
-            Some(403) => "proxy_forbidden",
-            Some(502..=504) => "proxy_upstream",
-            _ => "proxy",
+            Some(407) => UpstreamErrorKind::ProxyAuth,
+            Some(403) => UpstreamErrorKind::ProxyForbidden,
+            Some(502..=504) => UpstreamErrorKind::ProxyUpstream,
+            _ => UpstreamErrorKind::Proxy,
         }
     }
 

@@ -27,7 +27,8 @@ macro_rules! internal {
 }
 
 internal!(
-    admin, config, denied_log, diagnose, egress, exit, identity, inherit, limit, listen, logging,
-    metrics, outcome, peer, pem, pool, proxy, relay, sniff, state, tls, untrusted, upstream,
+    admin, config, denied_log, diagnose, egress, error_kind, exit, host, identity, inherit, limit,
+    listen, logging, metrics, outcome, peer, pem, pool, proxy, relay, sniff, state, tls, untrusted,
+    upstream,
 );
 internal!(connections);

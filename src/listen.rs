@@ -17,7 +17,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::config::{ListenAddr, ListenerConfig};
+use crate::config::{needs_allowed_clients, ListenAddr, ListenerConfig};
 
 const BACKLOG: i32 = 1024;
 
@@ -204,13 +204,14 @@ impl Bound {
     /// hosts needs `allowed_clients` (the rule validation applies to configured addresses).
     pub fn check_policy(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
         if let (Socketish::Tcp(l), ListenAddr::Systemd(socket)) = (&self.socket, &lc.addr) {
-            if !self.host_only && lc.allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
+            let addr = l
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            if needs_allowed_clients(addr, lc.allowed_clients.as_deref()) {
                 return Err(ListenError::SystemdNeedsAllowedClients {
                     name: lc.name.clone(),
                     socket: socket.clone(),
-                    addr: l
-                        .local_addr()
-                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    addr,
                 });
             }
         }

@@ -3,13 +3,14 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::error_kind::UpstreamErrorKind;
 use crate::outcome::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,7 +38,13 @@ pub struct PeerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    pub kind: String,
+    pub kind: UpstreamErrorKind,
+}
+
+impl EncodeLabelValue for UpstreamErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.label())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,69 +160,35 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` under `name` and hands it back: one line per metric in [`Metrics::new`].
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("det_tls_proxy");
-        let connections = Family::<ConnLabels, Counter>::default();
-        let active = Family::<ListenerLabel, Gauge>::default();
-        let bytes = Family::<BytesLabels, Counter>::default();
-        let connect_seconds = latency_histogram();
-        let handshake_seconds = latency_histogram();
-        let upstream_errors = Family::<KindLabel, Counter>::default();
-        let tls_resumed = Counter::default();
-        let master_cert_expiry = Gauge::<f64, AtomicU64>::default();
-        let config_reloads = Family::<ResultLabel, Counter>::default();
-        let skip_verify = Gauge::default();
-        registry.register(
-            "connections",
-            "Client connections finished, by listener and result",
-            connections.clone(),
-        );
-        registry.register(
-            "active_connections",
-            "Client connections open now",
-            active.clone(),
-        );
-        registry.register(
-            "bytes",
-            "Bytes relayed, by direction (up: client to master, down: master to client)",
-            bytes.clone(),
-        );
-        registry.register(
-            "connect_seconds",
-            "TCP connect time to the master",
-            connect_seconds.clone(),
-        );
-        registry.register(
-            "handshake_seconds",
-            "TLS handshake time with the master",
-            handshake_seconds.clone(),
-        );
-        registry.register(
-            "upstream_errors",
-            "Failures to reach or verify the master, by kind",
-            upstream_errors.clone(),
-        );
-        registry.register(
-            "tls_resumed",
-            "TLS handshakes with the master that resumed a session",
-            tls_resumed.clone(),
-        );
-        registry.register(
-            "master_cert_expiry_timestamp_seconds",
-            "Expiry of the master's leaf certificate seen in the last full handshake (Unix time)",
-            master_cert_expiry.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Configuration reloads, by result",
-            config_reloads.clone(),
-        );
-        registry.register(
-            "skip_verify",
-            "1 when the master's certificate is not verified (security.tls.skip_verify)",
-            skip_verify.clone(),
-        );
+        let r = &mut registry;
+        let connections = registered(r, "connections", "Client connections finished, by listener and result", Family::<ConnLabels, Counter>::default());
+        let active = registered(r, "active_connections", "Client connections open now", Family::<ListenerLabel, Gauge>::default());
+        let bytes = registered(r, "bytes", "Bytes relayed, by direction (up: client to master, down: master to client)", Family::<BytesLabels, Counter>::default());
+        let connect_seconds = registered(r, "connect_seconds", "TCP connect time to the master", latency_histogram());
+        let handshake_seconds = registered(r, "handshake_seconds", "TLS handshake time with the master", latency_histogram());
+        let upstream_errors = registered(r, "upstream_errors", "Failures to reach or verify the master, by kind", Family::<KindLabel, Counter>::default());
+        let tls_resumed = registered(r, "tls_resumed", "TLS handshakes with the master that resumed a session", Counter::default());
+        let master_cert_expiry = registered(r, "master_cert_expiry_timestamp_seconds", "Expiry of the master's leaf certificate seen in the last full handshake (Unix time)", Gauge::<f64, AtomicU64>::default());
+        let config_reloads = registered(r, "config_reloads", "Configuration reloads, by result", Family::<ResultLabel, Counter>::default());
+        let skip_verify = registered(r, "skip_verify", "1 when the master's certificate is not verified (security.tls.skip_verify)", Gauge::default());
+        // Every kind from the start, at 0, so a rate() over any of them has a baseline.
+        for kind in UpstreamErrorKind::ALL {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind });
+        }
         let health = HealthGauges::register(&mut registry);
         let preconnect = PreconnectMetrics::register(&mut registry);
         let peers = PeerMetrics::register(&mut registry);
@@ -291,12 +264,8 @@ impl Metrics {
         }
     }
 
-    pub fn upstream_error(&self, kind: &str) {
-        self.upstream_errors
-            .get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            })
-            .inc();
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn reload(&self, ok: bool) {

@@ -15,7 +15,7 @@
 //! `preconnect_max_idle` (so the pool does not dip while it is closed); after a failure it
 //! waits, doubling from 1 s to a minute.
 //!
-//! The pool belongs to one [`State`](crate::state::State): a reload closes it (every ready
+//! The pool belongs to one `State` (the live configuration): a reload closes it (every ready
 //! session gets a close_notify) and the new state starts its own.
 
 use std::collections::{HashMap, VecDeque};

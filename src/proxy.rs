@@ -10,7 +10,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::AlpnPolicy;
 use crate::connections::{Live, Session as LiveSession};
-use crate::diagnose::CertSummary;
 use crate::identity::PeerIdentity;
 use crate::listen::{ClientStream, Peer};
 use crate::outcome::Outcome;
@@ -318,10 +317,8 @@ fn record_session(
     rec.resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     if rec.resumed {
         shared.metrics.tls_resumed.inc();
-    } else if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
-        if let Some(s) = CertSummary::from_der(leaf) {
-            shared.saw_master_cert(&s);
-        }
+    } else {
+        shared.saw_master(conn);
     }
 }
 
@@ -375,7 +372,7 @@ fn upstream_failed(shared: &Shared, policy: &ListenerPolicy, peer: &Peer, e: &Up
         tracing::warn!(
             listener = listener,
             client = %peer,
-            kind = kind,
+            kind = kind.label(),
             error = %detail,
             repeated = suppressed,
             "upstream failed"

@@ -22,7 +22,6 @@ use tokio::time::{Instant, Sleep};
 /// peer stops reading holds at most this much in `pending` per direction.
 pub const CHUNK: usize = 256 * 1024;
 
-pub use crate::outcome::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayTimeouts {

@@ -22,7 +22,7 @@ use crate::identity::{ContainerSource, Identifier, PeerIdentity};
 use crate::listen::Peer;
 use crate::metrics::{ListenerMetrics, Metrics, PeerMetrics};
 use crate::pool::{ChoiceKey, Pool};
-use crate::tls::{TlsContext, TrustError};
+use crate::tls::{Present, Resume, TlsContext, TrustError};
 use crate::upstream::{Resolve, Upstream};
 
 /// A repeated failure is logged at most once per this period.
@@ -104,7 +104,7 @@ pub struct State {
     /// By listen address: a reload that keeps an address keeps its socket, whatever its name.
     pub listeners: HashMap<ListenerKey, Arc<ListenerPolicy>>,
     /// `upstream.preconnect`'s ready sessions: `None` when it is 0 or TLS is off. Started by
-    /// [`Shared`] when the state goes live, closed when a reload replaces it.
+    /// [`State::go_live`], closed by [`State::retire`].
     pub pool: Option<Pool>,
 }
 
@@ -134,15 +134,12 @@ impl State {
             // An explicit setting wins; otherwise only listeners no other host can reach
             // present the agent's certificate.
             let present_client_cert = lc.present_client_cert.clone().unwrap_or_else(|| {
-                let host_only = host_only
-                    .get(&lc.key())
-                    .copied()
-                    .unwrap_or_else(|| lc.addr.is_local());
-                if host_only {
-                    PresentClientCert::Always
-                } else {
-                    PresentClientCert::Never
-                }
+                PresentClientCert::by_reach(
+                    host_only
+                        .get(&lc.key())
+                        .copied()
+                        .unwrap_or_else(|| lc.addr.is_local()),
+                )
             });
             let may_present = present_client_cert != PresentClientCert::Never;
             let configs = |present: bool| {
@@ -150,14 +147,15 @@ impl State {
                 if present && !t.has_client_cert() {
                     return None;
                 }
+                let cert = Present::client_cert_if(present);
                 let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
                     AlpnPolicy::List(l) => l.clone(),
                     _ => Vec::new(),
                 };
                 Some(ListenerTls {
-                    h2: t.client_config(&[b"h2".to_vec()], present, true),
-                    http11: t.client_config(&[b"http/1.1".to_vec()], present, true),
-                    fixed: t.client_config(&fixed_alpn, present, true),
+                    h2: t.client_config(&[b"h2".to_vec()], cert, Resume::Shared),
+                    http11: t.client_config(&[b"http/1.1".to_vec()], cert, Resume::Shared),
+                    fixed: t.client_config(&fixed_alpn, cert, Resume::Shared),
                 })
             };
             let (ltls, tls_cert) = (configs(false), configs(true).filter(|_| may_present));
@@ -189,22 +187,35 @@ impl State {
         }
     }
 
-    /// Starts the pool as this state goes live, with the choices the pool it replaces had
-    /// learned (built afresh from this state's TLS context).
-    fn start_pool(&self, learned: Vec<ChoiceKey>) {
-        let (Some(pool), Some(tls)) = (&self.pool, &self.tls) else {
-            return;
-        };
-        for key in learned {
-            if key.client_cert && !tls.has_client_cert() {
-                continue;
+    /// This state goes live in place of `replaced`: the pool is this state's alone, so it is
+    /// started and closed here. The replaced pool's sessions were made under the old
+    /// configuration: closed, never handed to a client; what it learned about clients carries
+    /// over (rebuilt from this state's TLS context).
+    pub(crate) fn go_live(&self, replaced: Option<&State>) {
+        let learned = replaced
+            .and_then(|old| old.pool.as_ref())
+            .map(Pool::learned)
+            .unwrap_or_default();
+        if let (Some(pool), Some(tls)) = (&self.pool, &self.tls) {
+            for key in learned {
+                if key.client_cert && !tls.has_client_cert() {
+                    continue;
+                }
+                pool.seed(key.clone(), tls.client_config(
+                        &key.alpn,
+                        Present::client_cert_if(key.client_cert),
+                        Resume::Shared,
+                    ));
             }
-            pool.seed(key.clone(), tls.client_config(&key.alpn, key.client_cert, true));
+            pool.start();
         }
-        pool.start();
+        if let Some(old) = replaced {
+            old.retire();
+        }
     }
 
-    pub(crate) fn close_pool(&self) {
+    /// This state will hand out no more pre-connected sessions (replaced, or draining).
+    pub(crate) fn retire(&self) {
         if let Some(pool) = &self.pool {
             pool.close();
         }
@@ -290,7 +301,7 @@ impl Shared {
             .health
             .max_connections
             .set(state.config.max_connections as i64);
-        state.start_pool(Vec::new());
+        state.go_live(None);
         let api = state.config.container_api.clone();
         let shared = Arc::new(Shared {
             state: RwLock::new(Arc::new(state)),
@@ -347,19 +358,27 @@ impl Shared {
             &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
             new.clone(),
         );
-        // The old pool's sessions were made under the old configuration: closed, never
-        // handed to a client; what it learned about clients carries over.
-        new.start_pool(old.pool.as_ref().map(Pool::learned).unwrap_or_default());
-        old.close_pool();
+        new.go_live(Some(&old));
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
 
+    /// Records the leaf the master sent in `conn`'s handshake (when it sent one).
+    pub fn saw_master(&self, conn: &rustls::ClientConnection) {
+        if let Some(leaf) = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| CertSummary::from_der(c))
+        {
+            self.saw_master_cert(&leaf);
+        }
+    }
+
     /// Records the master's leaf from a full handshake: the expiry gauge, and a warning at
     /// most once a day when it expires within two weeks.
-    pub fn saw_master_cert(&self, leaf: &CertSummary) {
+    fn saw_master_cert(&self, leaf: &CertSummary) {
         self.metrics.master_cert_expiry.set(leaf.not_after as f64);
         let now = crate::diagnose::now_secs();
         let left = leaf.not_after - now;

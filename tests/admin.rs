@@ -14,8 +14,6 @@ use common::prometheus::{get, get_from, parse, scrape, scrape_until, Scrape};
 use common::*;
 use nix::sys::signal::Signal;
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
-
 // === Metric families ===
 
 /// Every metric family (docs/interface.md), with the type a parser must see.
@@ -252,8 +250,7 @@ fn metrics_have_every_family_and_counters_move() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let client = refused(main, Duration::from_secs(10));
-    assert_eq!(proxy.access_line(client)["outcome"], "upstream_error");
+    proxy.refuses(main, Refusal::UpstreamError, Duration::from_secs(10));
     let s = scrape(admin);
     assert_eq!(
         s.count(

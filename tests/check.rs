@@ -15,19 +15,6 @@ use common::*;
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// `det-tls-proxy check [--json] --config <config>`, run to its end.
-fn check(config: &Path, json: bool) -> Exited {
-    let mut cmd = command();
-    cmd.arg("check");
-    if json {
-        cmd.arg("--json");
-    }
-    cmd.arg("--config").arg(config);
-    run_to_exit(cmd, CHECK_TIMEOUT)
-}
-
 fn run(cmd: Command) -> Exited {
     run_to_exit(cmd, CHECK_TIMEOUT)
 }
@@ -74,7 +61,7 @@ fn server_and_config(dir: &Path, leaf: &Leaf, trusted: &Ca) -> (TlsServer, std::
 fn check_reports_tls13_chain_resumption_and_ok() {
     let dir = tempdir();
     let master = Master::start_with(dir.path(), |b| b.alpn(&["http/1.1"]));
-    let out = check(&master.cfg().write(dir.path()), false);
+    let out = check(&master.cfg().write(dir.path()));
     assert_eq!(out.code(), Some(0), "check failed:\n{out}");
     let port = master.server.port();
 
@@ -167,7 +154,7 @@ fn check_reports_tls13_chain_resumption_and_ok() {
 fn check_reports_tls12_against_a_tls12_only_master() {
     let dir = tempdir();
     let master = Master::start_with(dir.path(), |b| b.tls12_only());
-    let out = check(&master.cfg().write(dir.path()), false);
+    let out = check(&master.cfg().write(dir.path()));
     assert_eq!(out.code(), Some(0), "check failed:\n{out}");
     let tls = line(&out, "TLS ");
     assert!(tls.contains("TLSv1.2") && !tls.contains("TLSv1.3"), "{tls}");
@@ -214,7 +201,7 @@ fn check_under_skip_verify_succeeds_but_says_nothing_was_verified() {
     let cfg = Cfg::new("127.0.0.1", server.port())
         .tls("skip_verify", "true")
         .write(dir.path());
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     assert_eq!(out.code(), Some(0), "check failed:\n{out}");
     assert!(
         out.stdout.contains("NOTHING WAS VERIFIED"),
@@ -227,7 +214,7 @@ fn check_under_skip_verify_succeeds_but_says_nothing_was_verified() {
     );
     assert!(!out.stdout.contains("FAILED"), "{out}");
 
-    let out = check(&cfg, true);
+    let out = check_json(&cfg);
     assert_eq!(out.code(), Some(0), "check --json failed:\n{out}");
     let v: Value = serde_json::from_str(&out.stdout).expect("JSON report");
     assert_eq!(v["ok"], true);
@@ -245,7 +232,7 @@ fn check_expired_certificate() {
         (2021, 1, 1),
     );
     let (_server, cfg) = server_and_config(dir.path(), &leaf, &ca);
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     let failed = failed_line(&out);
     assert!(failed.contains("expired"), "{failed}");
     assert!(
@@ -267,7 +254,7 @@ fn check_not_yet_valid_certificate() {
         (2095, 1, 1),
     );
     let (_server, cfg) = server_and_config(dir.path(), &leaf, &ca);
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     let failed = failed_line(&out);
     assert!(failed.contains("not yet valid"), "{failed}");
     assert!(
@@ -284,7 +271,7 @@ fn check_wrong_name_with_ip_master_says_which_key_to_set() {
     // no name is substituted.
     let leaf = ca.server("det-master", &["det-master"]);
     let (_server, cfg) = server_and_config(dir.path(), &leaf, &ca);
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     let failed = failed_line(&out);
     assert!(
         failed.contains("set security.tls.master_cert_name: det-master"),
@@ -320,7 +307,7 @@ fn check_unknown_issuer_suggests_trust() {
     let other = Ca::root("Some Other CA");
     let leaf = real.server("det-master", &["det-master", "127.0.0.1"]);
     let (_server, cfg) = server_and_config(dir.path(), &leaf, &other);
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     let failed = failed_line(&out);
     assert!(failed.contains("unknown issuer"), "{failed}");
     assert!(failed.contains("det-tls-proxy trust"), "{failed}");
@@ -357,7 +344,7 @@ fn check_plaintext_http_on_the_port() {
     let cfg = Cfg::new("127.0.0.1", addr.port())
         .master_cert(&ca_pem)
         .write(dir.path());
-    let failed = failed_line(&check(&cfg, false));
+    let failed = failed_line(&check(&cfg));
     assert!(failed.contains("looks like plaintext HTTP"), "{failed}");
 }
 
@@ -369,7 +356,7 @@ fn check_nothing_listening() {
     let cfg = Cfg::new("127.0.0.1", port)
         .master_cert(&ca_pem)
         .write(dir.path());
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     let failed = failed_line(&out);
     assert!(failed.contains("connection refused"), "{failed}");
     assert!(failed.contains(&format!("127.0.0.1:{port}")), "{failed}");
@@ -379,7 +366,7 @@ fn check_nothing_listening() {
         "the attempt is not listed: {out}"
     );
 
-    let out = check(&cfg, true);
+    let out = check_json(&cfg);
     assert_eq!(out.code(), Some(1), "{out}");
     let v: Value = serde_json::from_str(&out.stdout).expect("JSON report");
     assert_eq!(v["ok"], false);
@@ -397,7 +384,7 @@ fn check_dns_failure() {
     let cfg = Cfg::new("no-such-host.invalid", 8443)
         .master_cert(&ca_pem)
         .write(dir.path());
-    let failed = failed_line(&check(&cfg, false));
+    let failed = failed_line(&check(&cfg));
     assert!(failed.contains("no address"), "{failed}");
     assert!(failed.contains("no-such-host.invalid"), "{failed}");
 }
@@ -406,7 +393,7 @@ fn check_dns_failure() {
 fn check_json_report() {
     let dir = tempdir();
     let master = Master::start(dir.path(), Behavior::Echo);
-    let out = check(&master.cfg().write(dir.path()), true);
+    let out = check_json(&master.cfg().write(dir.path()));
     assert_eq!(out.code(), Some(0), "check --json failed:\n{out}");
     let v: Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{out}"));
@@ -436,7 +423,7 @@ fn check_json_report() {
     let leaf = leaf_valid(&ca, &["127.0.0.1"], (2019, 1, 1), (2021, 1, 1));
     let dir2 = tempdir();
     let (_server, cfg) = server_and_config(dir2.path(), &leaf, &ca);
-    let out = check(&cfg, true);
+    let out = check_json(&cfg);
     assert_eq!(out.code(), Some(1), "{out}");
     let v: Value = serde_json::from_str(&out.stdout).expect("JSON report");
     assert_eq!(v["ok"], false);
@@ -470,7 +457,7 @@ fn check_accepts_a_trusted_self_signed_certificate_marked_ca() {
         .master_cert(&bundle)
         .tls("master_cert_name", "det-master")
         .write(dir.path());
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     assert_eq!(
         out.code(),
         Some(0),
@@ -488,7 +475,7 @@ fn check_substitutes_the_dns_name_of_a_ca_marked_self_signed_master_certificate(
     let cfg = Cfg::new("127.0.0.1", server.port())
         .master_cert(&bundle)
         .write(dir.path());
-    let out = check(&cfg, false);
+    let out = check(&cfg);
     let name = line(&out, "name ");
     assert!(
         name.contains("det-master") && name.contains("substituted"),

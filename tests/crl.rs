@@ -14,7 +14,6 @@ use common::probes::metric as sample;
 use common::*;
 use nix::sys::signal::Signal;
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
 const WITHIN: Duration = Duration::from_secs(10);
 
 /// Root → intermediate → leaf (det-master, 127.0.0.1), all issued by `openssl ca`; the
@@ -56,21 +55,6 @@ fn sub(dir: &Path, name: &str) -> PathBuf {
     d
 }
 
-fn upstream_error(proxy: &Proxy) -> String {
-    let line = proxy.wait_for("an upstream failed line", WITHIN, |v| {
-        v["message"] == "upstream failed"
-    });
-    field(&line, "error").to_string()
-}
-
-/// `check` on `cfg`: (exit status, stdout).
-fn check(cfg: &Cfg, dir: &Path) -> (Option<i32>, String) {
-    let mut cmd = command();
-    cmd.arg("check").arg("--config").arg(cfg.write(dir));
-    let out = run_to_exit(cmd, Duration::from_secs(20));
-    (out.code(), out.stdout.clone())
-}
-
 #[test]
 fn a_leaf_revoked_by_its_issuers_crl_is_refused_naming_it_and_the_crl() {
     let dir = tempdir();
@@ -78,9 +62,9 @@ fn a_leaf_revoked_by_its_issuers_crl_is_refused_naming_it_and_the_crl() {
     p.inter.revoke(&p.leaf.cert);
     let crl = p.inter.crl(&dir.path().join("inter.crl"));
     let proxy = p.cfg(&[&crl]).extra(ADMIN).start(dir.path());
-    refused(proxy.tcp_addr("main"), WITHIN);
+    proxy.refuses(proxy.tcp_addr("main"), Refusal::UpstreamError, WITHIN);
 
-    let error = upstream_error(&proxy);
+    let error = proxy.upstream_error(WITHIN);
     for needle in [
         "revoked",
         "CN=det-master",
@@ -106,8 +90,8 @@ fn an_intermediate_revoked_by_the_roots_crl_is_refused() {
     let root_crl = p.root.crl(&dir.path().join("root.crl"));
     let inter_crl = p.inter.crl(&dir.path().join("inter.crl"));
     let proxy = p.cfg(&[&inter_crl, &root_crl]).start(dir.path());
-    refused(proxy.tcp_addr("main"), WITHIN);
-    let error = upstream_error(&proxy);
+    proxy.refuses(proxy.tcp_addr("main"), Refusal::UpstreamError, WITHIN);
+    let error = proxy.upstream_error(WITHIN);
     assert!(
         error.contains("CN=CRL Test Intermediate CA") && error.contains("root.crl"),
         "{error}"
@@ -126,7 +110,8 @@ fn a_crl_of_an_unrelated_ca_leaves_the_status_unknown_and_relays() {
     let proxy = cfg.start(&sub(dir.path(), "run"));
     relays(proxy.tcp_addr("main"), b"unknown status allowed\n");
 
-    let (code, out) = check(&cfg, &sub(dir.path(), "check"));
+    let ran = check(&cfg.write(&sub(dir.path(), "check")));
+    let (code, out) = (ran.code(), ran.stdout);
     assert_eq!(code, Some(0), "{out}");
     let unknown = out
         .lines()
@@ -160,8 +145,8 @@ fn an_expired_crl_still_revokes() {
     p.inter.revoke(&p.leaf.cert);
     let crl = p.inter.expired_crl(&dir.path().join("stale.crl"));
     let proxy = p.cfg(&[&crl]).start(dir.path());
-    refused(proxy.tcp_addr("main"), WITHIN);
-    assert!(upstream_error(&proxy).contains("revoked"));
+    proxy.refuses(proxy.tcp_addr("main"), Refusal::UpstreamError, WITHIN);
+    assert!(proxy.upstream_error(WITHIN).contains("revoked"));
 }
 
 #[test]
@@ -171,7 +156,8 @@ fn check_shows_each_certificates_crl_status_and_each_crls_next_update() {
     let root_crl = p.root.crl(&dir.path().join("root.crl"));
     let stale = p.inter.expired_crl(&dir.path().join("stale.crl"));
 
-    let (code, out) = check(&p.cfg(&[&root_crl, &stale]), &sub(dir.path(), "a"));
+    let ran = check(&p.cfg(&[&root_crl, &stale]).write(&sub(dir.path(), "a")));
+    let (code, out) = (ran.code(), ran.stdout);
     assert_eq!(code, Some(0), "{out}");
     for needle in [
         format!("CRL       not revoked per {}", stale.display()),
@@ -188,12 +174,13 @@ fn check_shows_each_certificates_crl_status_and_each_crls_next_update() {
         assert!(out.contains(&needle), "{needle:?} missing:\n{out}");
     }
 
-    let (_, out) = check(&p.cfg(&[&root_crl]), &sub(dir.path(), "b"));
+    let out = check(&p.cfg(&[&root_crl]).write(&sub(dir.path(), "b"))).stdout;
     assert!(out.contains("CRL       no CRL from its issuer"), "{out}");
 
     p.inter.revoke(&p.leaf.cert);
     let revoking = p.inter.crl(&dir.path().join("inter.crl"));
-    let (code, out) = check(&p.cfg(&[&revoking]), &sub(dir.path(), "c"));
+    let ran = check(&p.cfg(&[&revoking]).write(&sub(dir.path(), "c")));
+    let (code, out) = (ran.code(), ran.stdout);
     assert_eq!(code, Some(1), "{out}");
     let revoked = format!("CRL       REVOKED per {} on 20", revoking.display());
     assert!(out.contains(&revoked), "{out}");
@@ -222,6 +209,6 @@ fn a_crl_rewritten_on_disk_refuses_new_connections_without_a_signal() {
         Duration::from_secs(15),
         |v| field(v, "message") == "configuration reloaded" && field(v, "trigger") == "file change",
     );
-    refused(main, WITHIN);
-    assert!(upstream_error(&proxy).contains("revoked"));
+    proxy.refuses(main, Refusal::UpstreamError, WITHIN);
+    assert!(proxy.upstream_error(WITHIN).contains("revoked"));
 }

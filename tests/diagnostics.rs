@@ -7,16 +7,12 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use serde_json::Value;
-
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
 
 fn is_upstream_failed(v: &Value) -> bool {
     v["message"] == "upstream failed"
@@ -139,26 +135,17 @@ fn twenty_clients_against_a_wrong_name_master_log_one_line_and_count_twenty() {
 
 // === A master whose certificate changes between connections ===
 
-#[derive(Debug)]
-struct Current(Arc<Mutex<Arc<CertifiedKey>>>);
-
-impl ResolvesServerCert for Current {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.lock().unwrap().clone())
-    }
-}
-
 /// A TLS server that only handshakes (every handshake here is expected to fail on the
 /// proxy's side), presenting whatever certificate is current.
 struct Switching {
     port: u16,
-    current: Arc<Mutex<Arc<CertifiedKey>>>,
+    current: CurrentCert,
 }
 
 impl Switching {
     fn start(leaf: &Leaf) -> Switching {
-        let current = Arc::new(Mutex::new(certified(leaf)));
-        let config = common::server::switchable(Arc::new(Current(current.clone())));
+        let current = CurrentCert::new("", leaf);
+        let config = current.server_config();
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -171,7 +158,7 @@ impl Switching {
     }
 
     fn switch(&self, leaf: &Leaf) {
-        *self.current.lock().unwrap() = certified(leaf);
+        self.current.set("", leaf);
     }
 }
 

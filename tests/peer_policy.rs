@@ -12,8 +12,6 @@ use common::peers::{run_client, CertMaster, ClientSpec, Target, NOBODY};
 use common::*;
 use nix::sys::signal::Signal;
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
-
 fn me() -> u32 {
     nix::unistd::geteuid().as_raw()
 }

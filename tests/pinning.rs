@@ -12,28 +12,11 @@ use std::time::Duration;
 use common::probes::metric as sample;
 use common::*;
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
 const REFUSED_WITHIN: Duration = Duration::from_secs(10);
 
 /// A YAML list of fingerprints.
 fn pins(fps: &[&str]) -> String {
     format!("[{}]", fps.iter().map(q).collect::<Vec<_>>().join(", "))
-}
-
-/// The one `upstream failed` line's error, once it is logged.
-fn upstream_error(proxy: &Proxy) -> String {
-    let line = proxy.wait_for("an upstream failed line", REFUSED_WITHIN, |v| {
-        v["message"] == "upstream failed"
-    });
-    field(&line, "error").to_string()
-}
-
-/// `det-tls-proxy check --config <config>`: (exit status, stdout).
-fn check(config: &Path) -> (Option<i32>, String) {
-    let mut cmd = command();
-    cmd.arg("check").arg("--config").arg(config);
-    let out = run_to_exit(cmd, Duration::from_secs(20));
-    (out.code(), out.stdout.clone())
 }
 
 #[test]
@@ -48,7 +31,8 @@ fn a_pinned_leaf_is_trusted_without_master_cert_or_system_roots() {
     let proxy = cfg.start(dir.path());
     relays(proxy.tcp_addr("main"), b"pinned leaf\n");
 
-    let (code, out) = check(&cfg.write(dir.path()));
+    let ran = check(&cfg.write(dir.path()));
+    let (code, out) = (ran.code(), ran.stdout);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!(
@@ -68,9 +52,13 @@ fn a_wrong_pin_is_refused_with_both_sides_named_and_counted() {
         .tls("master_cert_sha256", pins(&[&other]))
         .extra(ADMIN);
     let proxy = cfg.start(dir.path());
-    refused(proxy.tcp_addr("main"), REFUSED_WITHIN);
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        REFUSED_WITHIN,
+    );
 
-    let error = upstream_error(&proxy);
+    let error = proxy.upstream_error(REFUSED_WITHIN);
     for needle in [
         "security.tls.master_cert_sha256",
         &fingerprint(&master.leaf.der()),
@@ -87,7 +75,8 @@ fn a_wrong_pin_is_refused_with_both_sides_named_and_counted() {
     );
     assert_eq!(counted, 1.0);
 
-    let (code, out) = check(&cfg.write(dir.path()));
+    let ran = check(&cfg.write(dir.path()));
+    let (code, out) = (ran.code(), ran.stdout);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("pin         MISMATCH"), "{out}");
     assert!(
@@ -114,12 +103,24 @@ fn with_master_cert_both_the_chain_and_a_pin_must_hold() {
     };
 
     let right_ca_wrong_pin = run(&master.ca_pem, &wrong_pin, "a");
-    refused(right_ca_wrong_pin.tcp_addr("main"), REFUSED_WITHIN);
-    assert!(upstream_error(&right_ca_wrong_pin).contains("master_cert_sha256"));
+    right_ca_wrong_pin.refuses(
+        right_ca_wrong_pin.tcp_addr("main"),
+        Refusal::UpstreamError,
+        REFUSED_WITHIN,
+    );
+    assert!(right_ca_wrong_pin
+        .upstream_error(REFUSED_WITHIN)
+        .contains("master_cert_sha256"));
 
     let wrong_ca_right_pin = run(&wrong_ca, &leaf_pin, "b");
-    refused(wrong_ca_right_pin.tcp_addr("main"), REFUSED_WITHIN);
-    assert!(upstream_error(&wrong_ca_right_pin).contains("unknown issuer"));
+    wrong_ca_right_pin.refuses(
+        wrong_ca_right_pin.tcp_addr("main"),
+        Refusal::UpstreamError,
+        REFUSED_WITHIN,
+    );
+    assert!(wrong_ca_right_pin
+        .upstream_error(REFUSED_WITHIN)
+        .contains("unknown issuer"));
 
     let both = run(&master.ca_pem, &leaf_pin, "c");
     relays(both.tcp_addr("main"), b"both hold\n");
@@ -147,8 +148,14 @@ fn a_pinned_intermediate_anchors_the_path_and_the_name_is_still_checked() {
     let proxy = Cfg::new("127.0.0.1", wrong_master.port())
         .tls("master_cert_sha256", pin)
         .start(&d);
-    refused(proxy.tcp_addr("main"), REFUSED_WITHIN);
-    assert!(upstream_error(&proxy).contains("not valid for 127.0.0.1"));
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        REFUSED_WITHIN,
+    );
+    assert!(proxy
+        .upstream_error(REFUSED_WITHIN)
+        .contains("not valid for 127.0.0.1"));
 }
 
 #[test]
@@ -174,7 +181,11 @@ fn a_list_of_pins_accepts_the_old_and_the_new_certificate() {
         if works {
             relays(proxy.tcp_addr("main"), b"rotation\n");
         } else {
-            refused(proxy.tcp_addr("main"), REFUSED_WITHIN);
+            proxy.refuses(
+                proxy.tcp_addr("main"),
+                Refusal::UpstreamError,
+                REFUSED_WITHIN,
+            );
         }
     }
 }
@@ -189,8 +200,12 @@ fn with_skip_verify_a_pinned_but_expired_leaf_is_refused() {
         .tls("skip_verify", "true")
         .tls("master_cert_sha256", pins(&[&fingerprint(&leaf.der())]))
         .start(dir.path());
-    refused(proxy.tcp_addr("main"), REFUSED_WITHIN);
-    assert!(upstream_error(&proxy).contains("expired"));
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        REFUSED_WITHIN,
+    );
+    assert!(proxy.upstream_error(REFUSED_WITHIN).contains("expired"));
 }
 
 #[test]
@@ -212,6 +227,12 @@ fn with_skip_verify_the_pin_decides_and_the_name_is_not_checked() {
     relays(pinned.tcp_addr("main"), b"name not checked\n");
 
     let wrong = with(&fingerprint(&ca.der()), "wrong");
-    refused(wrong.tcp_addr("main"), REFUSED_WITHIN);
-    assert!(upstream_error(&wrong).contains("master_cert_sha256"));
+    wrong.refuses(
+        wrong.tcp_addr("main"),
+        Refusal::UpstreamError,
+        REFUSED_WITHIN,
+    );
+    assert!(wrong
+        .upstream_error(REFUSED_WITHIN)
+        .contains("master_cert_sha256"));
 }

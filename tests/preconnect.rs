@@ -18,8 +18,6 @@ use common::server::provider;
 use common::*;
 use rustls::pki_types::ServerName;
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
-
 fn upstream(n: usize, max_idle: &str) -> String {
     format!("upstream: {{preconnect: {n}, preconnect_max_idle: {max_idle}}}")
 }

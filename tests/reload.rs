@@ -21,8 +21,6 @@ use common::prometheus::scrape;
 use common::server::{closed_port, BlackHole, PlainEcho, SilentServer};
 use common::*;
 use nix::sys::signal::Signal;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use serde_json::Value;
 
 fn is_reload(v: &Value) -> bool {
@@ -47,7 +45,7 @@ fn sighup_reloads_master_cert() {
         .master_cert(&ca_pem)
         .start(dir.path());
     let addr = proxy.tcp_addr("main");
-    refused(addr, Duration::from_secs(5));
+    proxy.refuses(addr, Refusal::UpstreamError, Duration::from_secs(5));
 
     replace(&ca_pem, &master.ca.pem());
     proxy.signal(Signal::SIGHUP);
@@ -130,7 +128,7 @@ fn sighup_removing_ca_refuses_new_connections_despite_cached_session() {
     replace(&master.ca_pem, &Ca::root("Replacement CA").pem());
     proxy.signal(Signal::SIGHUP);
     proxy.wait_for("a reload line", Duration::from_secs(10), is_reload_ok);
-    refused(addr, Duration::from_secs(5));
+    proxy.refuses(addr, Refusal::UpstreamError, Duration::from_secs(5));
 }
 
 // === Reload from disk, without a signal ===
@@ -149,38 +147,27 @@ fn says_reload_refused(v: &Value) -> bool {
     field(v, "message").contains("reload refused")
 }
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
-
 /// An echo master whose certificate can be changed between connections; it records which
 /// certificate each connection got and whether its handshake finished. No resumption, so
 /// every handshake is verified.
 struct Rotating {
     addr: SocketAddr,
-    current: Arc<Mutex<(String, Arc<CertifiedKey>)>>,
+    current: CurrentCert,
     /// (certificate label, handshake finished) per connection, in accept order.
     seen: Arc<Mutex<Vec<(String, bool)>>>,
 }
 
-#[derive(Debug)]
-struct Current(Arc<Mutex<(String, Arc<CertifiedKey>)>>);
-
-impl ResolvesServerCert for Current {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.lock().unwrap().1.clone())
-    }
-}
-
 impl Rotating {
     fn start(label: &str, leaf: &Leaf) -> Rotating {
-        let current = Arc::new(Mutex::new((label.to_string(), certified(leaf))));
-        let config = common::server::switchable(Arc::new(Current(current.clone())));
+        let current = CurrentCert::new(label, leaf);
+        let config = current.server_config();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (cur, seen2) = (current.clone(), seen.clone());
         std::thread::spawn(move || {
             for tcp in l.incoming().flatten() {
-                let label = cur.lock().unwrap().0.clone();
+                let label = cur.label();
                 let (config, seen) = (config.clone(), seen2.clone());
                 std::thread::spawn(move || echo(tcp, config, label, seen));
             }
@@ -193,7 +180,7 @@ impl Rotating {
     }
 
     fn switch(&self, label: &str, leaf: &Leaf) {
-        *self.current.lock().unwrap() = (label.to_string(), certified(leaf));
+        self.current.set(label, leaf);
     }
 
     fn seen(&self) -> Vec<(String, bool)> {
@@ -264,7 +251,7 @@ fn rotating_master_cert_to_a_new_ca_on_disk_keeps_open_connections() {
         "new",
         &ca2.server("det-master", &["det-master", "127.0.0.1"]),
     );
-    refused(main, Duration::from_secs(10));
+    proxy.refuses(main, Refusal::UpstreamError, Duration::from_secs(10));
 
     // The new CA lands on disk; no signal.
     replace(&ca_pem, &ca2.pem());
@@ -461,199 +448,76 @@ struct Case {
     run: fn(&Case, Trigger),
 }
 
-fn cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "master_host",
-            keys: &["master_host"],
-            run: case_master_host,
-        },
-        Case {
-            name: "master_port",
-            keys: &["master_port"],
-            run: case_master_port,
-        },
-        Case {
-            name: "tls_enabled",
-            keys: &["security.tls.enabled"],
-            run: case_tls_enabled,
-        },
-        Case {
-            name: "skip_verify",
-            keys: &["security.tls.skip_verify"],
-            run: case_skip_verify,
-        },
-        Case {
-            name: "master_cert",
-            keys: &["security.tls.master_cert"],
-            run: case_master_cert,
-        },
-        Case {
-            name: "master_cert_name",
-            keys: &["security.tls.master_cert_name"],
-            run: case_master_cert_name,
-        },
-        Case {
-            name: "master_cert_sha256",
-            keys: &["security.tls.master_cert_sha256"],
-            run: case_master_cert_sha256,
-        },
-        Case {
-            name: "crl",
-            keys: &["security.tls.crl"],
-            run: case_crl,
-        },
-        Case {
-            name: "client_cert_and_key",
-            keys: &["security.tls.client_cert", "security.tls.client_key"],
-            run: case_client_cert,
-        },
-        Case {
-            name: "agent_config",
-            keys: &["agent_config"],
-            run: case_agent_config,
-        },
-        Case {
-            name: "listener_name",
-            keys: &["listeners[].name"],
-            run: case_listener_name,
-        },
-        Case {
-            name: "listener_listen",
-            keys: &["listeners[].listen"],
-            run: case_listener_listen,
-        },
-        Case {
-            name: "allowed_clients",
-            keys: &["listeners[].allowed_clients"],
-            run: case_allowed_clients,
-        },
-        Case {
-            name: "unix_mode",
-            keys: &["listeners[].mode"],
-            run: case_unix_mode,
-        },
-        Case {
-            name: "unix_group",
-            keys: &["listeners[].group"],
-            run: case_unix_group,
-        },
-        Case {
-            name: "alpn",
-            keys: &["listeners[].alpn"],
-            run: case_alpn,
-        },
-        Case {
-            name: "present_client_cert",
-            keys: &["listeners[].present_client_cert"],
-            run: case_present_client_cert,
-        },
-        Case {
-            name: "allowed_peers",
-            keys: &["listeners[].allowed_peers"],
-            run: case_allowed_peers,
-        },
-        Case {
-            name: "tls_passthrough",
-            keys: &["listeners[].tls_passthrough"],
-            run: case_tls_passthrough,
-        },
-        Case {
-            name: "connect_timeout",
-            keys: &["timeouts.connect"],
-            run: case_connect_timeout,
-        },
-        Case {
-            name: "handshake_timeout",
-            keys: &["timeouts.handshake"],
-            run: case_handshake_timeout,
-        },
-        Case {
-            name: "idle_timeout",
-            keys: &["timeouts.idle"],
-            run: case_idle_timeout,
-        },
-        Case {
-            name: "close_timeout",
-            keys: &["timeouts.close"],
-            run: case_close_timeout,
-        },
-        Case {
-            name: "shutdown_timeout",
-            keys: &["timeouts.shutdown"],
-            run: case_shutdown_timeout,
-        },
-        Case {
-            name: "max_connections",
-            keys: &["max_connections"],
-            run: case_max_connections,
-        },
-        Case {
-            name: "listener_max_connections",
-            keys: &["listeners[].max_connections"],
-            run: case_listener_max_connections,
-        },
-        Case {
-            name: "admin_listen",
-            keys: &["admin.listen"],
-            run: case_admin_listen,
-        },
-        Case {
-            name: "admin_allowed_clients",
-            keys: &["admin.allowed_clients"],
-            run: case_admin_allowed_clients,
-        },
-        Case {
-            name: "post_quantum",
-            keys: &["tls.post_quantum"],
-            run: case_post_quantum,
-        },
-        Case {
-            name: "log_format",
-            keys: &["log.format"],
-            run: case_log_format,
-        },
-        Case {
-            name: "log_level",
-            keys: &["log.level"],
-            run: case_log_level,
-        },
-        Case {
-            name: "log_access",
-            keys: &["log.access"],
-            run: case_log_access,
-        },
-        Case {
-            name: "upstream_proxy",
-            keys: &["upstream_proxy"],
-            run: case_upstream_proxy,
-        },
-        Case {
-            name: "upstream_proxy_credentials",
-            keys: &["upstream_proxy_credentials"],
-            run: case_upstream_proxy_credentials,
-        },
-        Case {
-            name: "upstream_no_proxy",
-            keys: &["upstream_no_proxy"],
-            run: case_upstream_no_proxy,
-        },
-        Case {
-            name: "preconnect",
-            keys: &["upstream.preconnect"],
-            run: case_preconnect,
-        },
-        Case {
-            name: "preconnect_max_idle",
-            keys: &["upstream.preconnect_max_idle"],
-            run: case_preconnect_max_idle,
-        },
-        Case {
-            name: "container_api",
-            keys: &["identity.container_api"],
-            run: case_container_api,
-        },
-    ]
+/// The table of cases, and two tests per case (one per trigger), named
+/// `reloads_live::<case>::on_sighup` and `reloads_live::<case>::on_a_file_change`, so each is
+/// listed, run and reported on its own (`cargo test --test reload reloads_live::alpn`).
+macro_rules! reload_cases {
+    ($($name:ident: [$($key:literal),+] => $run:ident,)+) => {
+        fn cases() -> Vec<Case> {
+            vec![$(Case {
+                name: stringify!($name),
+                keys: &[$($key),+],
+                run: $run,
+            },)+]
+        }
+
+        mod reloads_live {
+            $(
+                mod $name {
+                    #[test]
+                    fn on_sighup() {
+                        super::super::run_case(stringify!($name), super::super::Trigger::Sighup);
+                    }
+
+                    #[test]
+                    fn on_a_file_change() {
+                        super::super::run_case(stringify!($name), super::super::Trigger::FileWatch);
+                    }
+                }
+            )+
+        }
+    };
+}
+
+reload_cases! {
+    master_host: ["master_host"] => case_master_host,
+    master_port: ["master_port"] => case_master_port,
+    tls_enabled: ["security.tls.enabled"] => case_tls_enabled,
+    skip_verify: ["security.tls.skip_verify"] => case_skip_verify,
+    master_cert: ["security.tls.master_cert"] => case_master_cert,
+    master_cert_name: ["security.tls.master_cert_name"] => case_master_cert_name,
+    master_cert_sha256: ["security.tls.master_cert_sha256"] => case_master_cert_sha256,
+    crl: ["security.tls.crl"] => case_crl,
+    client_cert_and_key: ["security.tls.client_cert", "security.tls.client_key"] => case_client_cert,
+    agent_config: ["agent_config"] => case_agent_config,
+    listener_name: ["listeners[].name"] => case_listener_name,
+    listener_listen: ["listeners[].listen"] => case_listener_listen,
+    allowed_clients: ["listeners[].allowed_clients"] => case_allowed_clients,
+    unix_mode: ["listeners[].mode"] => case_unix_mode,
+    unix_group: ["listeners[].group"] => case_unix_group,
+    alpn: ["listeners[].alpn"] => case_alpn,
+    present_client_cert: ["listeners[].present_client_cert"] => case_present_client_cert,
+    allowed_peers: ["listeners[].allowed_peers"] => case_allowed_peers,
+    tls_passthrough: ["listeners[].tls_passthrough"] => case_tls_passthrough,
+    connect_timeout: ["timeouts.connect"] => case_connect_timeout,
+    handshake_timeout: ["timeouts.handshake"] => case_handshake_timeout,
+    idle_timeout: ["timeouts.idle"] => case_idle_timeout,
+    close_timeout: ["timeouts.close"] => case_close_timeout,
+    shutdown_timeout: ["timeouts.shutdown"] => case_shutdown_timeout,
+    max_connections: ["max_connections"] => case_max_connections,
+    listener_max_connections: ["listeners[].max_connections"] => case_listener_max_connections,
+    admin_listen: ["admin.listen"] => case_admin_listen,
+    admin_allowed_clients: ["admin.allowed_clients"] => case_admin_allowed_clients,
+    post_quantum: ["tls.post_quantum"] => case_post_quantum,
+    log_format: ["log.format"] => case_log_format,
+    log_level: ["log.level"] => case_log_level,
+    log_access: ["log.access"] => case_log_access,
+    upstream_proxy: ["upstream_proxy"] => case_upstream_proxy,
+    upstream_proxy_credentials: ["upstream_proxy_credentials"] => case_upstream_proxy_credentials,
+    upstream_no_proxy: ["upstream_no_proxy"] => case_upstream_no_proxy,
+    preconnect: ["upstream.preconnect"] => case_preconnect,
+    preconnect_max_idle: ["upstream.preconnect_max_idle"] => case_preconnect_max_idle,
+    container_api: ["identity.container_api"] => case_container_api,
 }
 
 #[test]
@@ -676,38 +540,13 @@ fn the_reload_table_covers_every_key_of_the_schema() {
     );
 }
 
-/// Runs every case of the table, or those `RELOAD_CASES` (comma-separated names) lists when
-/// it is set, as a shortcut while working on one key.
-fn run_all(trigger: Trigger) {
-    let only = std::env::var("RELOAD_CASES").ok();
-    let selected = |name: &str| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|n| n == name))
-    };
-    let mut failed = Vec::new();
-    for case in cases().into_iter().filter(|c| selected(c.name)) {
-        let started = Instant::now();
-        eprintln!("== reload case {} ({trigger:?})", case.name);
-        let r = std::panic::catch_unwind(|| (case.run)(&case, trigger));
-        eprintln!("== reload case {} took {:?}", case.name, started.elapsed());
-        if r.is_err() {
-            failed.push(case.name);
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "reload cases that failed ({trigger:?}): {failed:?}"
-    );
-}
-
-#[test]
-fn every_key_reloads_live_on_sighup() {
-    run_all(Trigger::Sighup);
-}
-
-#[test]
-fn every_key_reloads_live_on_a_file_change() {
-    run_all(Trigger::FileWatch);
+/// Runs the case of the table named `name`.
+fn run_case(name: &str, trigger: Trigger) {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("a case of the table");
+    (case.run)(&case, trigger);
 }
 
 // --- The harness ---
@@ -847,7 +686,8 @@ fn case_master_host(case: &Case, t: Trigger) {
         &yaml(&format!("master_host: localhost\n{rest}")),
         t,
     );
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(case, &yaml(&format!("master_host: \"127.0.0.1\"\n{rest}")));
     let c = relays(live.main(), b"ping");
     let line = live.proxy.access_line(c);
@@ -866,7 +706,8 @@ fn case_master_port(case: &Case, t: Trigger) {
         closed_port()
     );
     let live = Live::start(dir.path(), &yaml(&before), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     let after = format!(
         "master_host: \"127.0.0.1\"\nmaster_port: {}\n{tls}",
         m.server.port()
@@ -887,7 +728,8 @@ fn case_tls_enabled(case: &Case, t: Trigger) {
         &yaml(&format!("{base}security: {{tls: {{enabled: true}}}}\n")),
         t,
     );
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(
         case,
         &yaml(&format!("{base}security: {{tls: {{enabled: false}}}}\n")),
@@ -911,7 +753,8 @@ fn case_skip_verify(case: &Case, t: Trigger) {
         )),
         t,
     );
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(
         case,
         &yaml(&format!("{base}security: {{tls: {{skip_verify: true}}}}\n")),
@@ -931,7 +774,8 @@ fn case_master_cert(case: &Case, t: Trigger) {
         ))
     };
     let live = Live::start(dir.path(), &with(&other), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(case, &with(&m.ca_pem));
     relays(live.main(), b"ping");
 }
@@ -947,7 +791,8 @@ fn case_master_cert_name(case: &Case, t: Trigger) {
         ))
     };
     let live = Live::start(dir.path(), &with("wrong.example"), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(case, &with("det-master"));
     relays(live.main(), b"ping");
     let seen = m.server.handshake(1);
@@ -974,7 +819,8 @@ fn case_master_cert_sha256(case: &Case, t: Trigger) {
     relays(live.main(), b"a session is cached");
     live.change(case, &with(&fingerprint(&m.ca.der())));
     // The cached session must not carry the old pin's verdict over.
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
 }
 
 fn case_crl(case: &Case, t: Trigger) {
@@ -995,7 +841,8 @@ fn case_crl(case: &Case, t: Trigger) {
     relays(live.main(), b"no CRL yet");
     relays(live.main(), b"a session is cached");
     live.change(case, &with(&format!(", crl: [{}]", qp(&crl))));
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
 }
 
 /// A master that asks for (`required`: insists on) a client certificate from its CA, and an
@@ -1029,7 +876,8 @@ fn case_client_cert(case: &Case, t: Trigger) {
         ))
     };
     let live = Live::start(dir.path(), &with(""), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::Reset, Duration::from_secs(10));
     live.change(
         case,
         &with(&format!(
@@ -1062,7 +910,8 @@ fn case_agent_config(case: &Case, t: Trigger) {
     let right = agent("agent-new.yaml", m.server.port());
     let with = |p: &Path| yaml(&format!("agent_config: {}\n{MAIN}", qp(p)));
     let live = Live::start(dir.path(), &with(&wrong), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(case, &with(&right));
     relays(live.main(), b"ping");
 }
@@ -1129,8 +978,8 @@ fn case_allowed_clients(case: &Case, t: Trigger) {
     let mut open = connect(addr);
     assert_eq!(roundtrip(&mut open, b"before"), b"before");
     live.change(case, &with("10.0.0.0/8"));
-    let denied = refused(addr, Duration::from_secs(5));
-    assert_eq!(live.proxy.access_line(denied)["outcome"], "denied");
+    live.proxy
+        .refuses(addr, Refusal::Denied, Duration::from_secs(5));
     let n = metric(
         &scrape_text(&admin),
         "det_tls_proxy_connections_total",
@@ -1250,8 +1099,8 @@ fn case_allowed_peers(case: &Case, t: Trigger) {
     let live = Live::start(dir.path(), &with(me), t);
     relays(live.main(), b"our uid");
     live.change(case, &with(me.wrapping_add(1)));
-    let denied = refused(live.main(), Duration::from_secs(5));
-    assert_eq!(live.proxy.access_line(denied)["outcome"], "denied");
+    live.proxy
+        .refuses(live.main(), Refusal::Denied, Duration::from_secs(5));
 }
 
 fn case_tls_passthrough(case: &Case, t: Trigger) {
@@ -1746,7 +1595,8 @@ fn case_upstream_proxy(case: &Case, t: Trigger) {
     let tiny = common::egress::EgressProxy::tinyproxy(dir.path(), None, &[]);
     let nowhere = format!("upstream_proxy: \"http://127.0.0.1:{}\"\n", closed_port());
     let live = Live::start(dir.path(), &by_name(&m, &nowhere), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(
         case,
         &by_name(&m, &format!("upstream_proxy: {}\n", q(tiny.url(None)))),
@@ -1774,7 +1624,8 @@ fn case_upstream_proxy_credentials(case: &Case, t: Trigger) {
         by_name(&m, &lines)
     };
     let live = Live::start(dir.path(), &with("stale", "ops:stale\n"), t);
-    refused(live.main(), Duration::from_secs(10));
+    live.proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     live.change(case, &with("fresh", "ops:s3cret\n"));
     relays(live.main(), b"the new file's password");
 }
@@ -1796,7 +1647,9 @@ fn case_upstream_no_proxy(case: &Case, t: Trigger) {
         common::egress::MASTER_NAME
     );
     live.change(case, &by_name(&m, &listed));
-    let local = refused(live.main(), Duration::from_secs(10));
+    let local = live
+        .proxy
+        .refuses(live.main(), Refusal::UpstreamError, Duration::from_secs(10));
     let warn = live
         .proxy
         .wait_for("the resolve failure", Duration::from_secs(5), |v| {

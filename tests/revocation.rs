@@ -18,7 +18,6 @@ use common::proxy::run_expecting_exit;
 use common::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
-const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
 const WITHIN: Duration = Duration::from_secs(10);
 
 /// Root → intermediate → leaf (det-master, 127.0.0.1) by `openssl ca`; the master sends leaf
@@ -70,13 +69,6 @@ fn sub(dir: &Path, name: &str) -> PathBuf {
     d
 }
 
-/// `check` on `config`: what it printed and its status.
-fn check(config: &Path) -> common::proxy::Exited {
-    let mut cmd = command();
-    cmd.arg("check").arg("--config").arg(config);
-    run_to_exit(cmd, Duration::from_secs(20))
-}
-
 /// The `FAILED:` line of a `check` report.
 fn failed_line(out: &common::proxy::Exited) -> String {
     out.stdout
@@ -84,13 +76,6 @@ fn failed_line(out: &common::proxy::Exited) -> String {
         .find(|l| l.starts_with("FAILED: "))
         .unwrap_or_else(|| panic!("no FAILED line:\n{out}"))
         .to_string()
-}
-
-fn upstream_error(proxy: &Proxy) -> String {
-    let line = proxy.wait_for("an upstream failed line", WITHIN, |v| {
-        v["message"] == "upstream failed"
-    });
-    field(&line, "error").to_string()
 }
 
 /// What a load that refuses a CRL revoking an anchor says: the key, the CRL, the certificate
@@ -128,8 +113,8 @@ fn a_revoked_leaf_listed_in_master_cert_is_refused_by_check_and_run() {
     );
 
     let proxy = Proxy::start(&p.config("run", &crl));
-    refused(proxy.tcp_addr("main"), WITHIN);
-    assert!(upstream_error(&proxy).contains("revoked"));
+    proxy.refuses(proxy.tcp_addr("main"), Refusal::UpstreamError, WITHIN);
+    assert!(proxy.upstream_error(WITHIN).contains("revoked"));
     let admin = proxy.tcp_addr("admin").to_string();
     let counted = sample(
         &scrape_text(&admin),

@@ -314,8 +314,16 @@ fn status_names_the_master_and_the_last_failures_by_kind() {
         .write(dir.path());
     let proxy = Proxy::start(&config);
     let admin = proxy.tcp_addr("admin").to_string();
-    refused(proxy.tcp_addr("main"), Duration::from_secs(10));
-    refused(proxy.tcp_addr("main"), Duration::from_secs(10));
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
 
     let doc = status_json(&config, &["--admin-listen", &admin]);
     assert_eq!(doc["total"], 0, "{doc:#}");

@@ -29,12 +29,6 @@ fn trust(config: &Path, args: &[&str]) -> Exited {
     run(cmd)
 }
 
-fn check(config: &Path) -> Exited {
-    let mut cmd = command();
-    cmd.arg("check").arg("--config").arg(config);
-    run(cmd)
-}
-
 /// The fingerprint `trust` printed for the leaf.
 fn printed_fingerprint(out: &Exited) -> String {
     out.stdout

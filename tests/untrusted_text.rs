@@ -282,7 +282,7 @@ fn trust_on_a_terminal_answered_no_shows_the_chain_escaped() {
 
 /// A client the proxy closes (the master does not verify), and the "upstream failed" line.
 fn connect_and_fail(proxy: &Proxy, addr: SocketAddr) {
-    refused(addr, Duration::from_secs(10));
+    proxy.refuses(addr, Refusal::UpstreamError, Duration::from_secs(10));
     proxy.wait_for_text("upstream failed", Duration::from_secs(10));
 }
 
@@ -376,7 +376,11 @@ fn a_master_answering_plaintext_control_characters_is_quoted_escaped() {
         "{out}"
     );
     let proxy = cfg.start(dir.path());
-    refused(proxy.tcp_addr("main"), Duration::from_secs(10));
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
     let failed = proxy.wait_for("the upstream failed line", TIMEOUT, |v| {
         v["message"] == "upstream failed"
     });
@@ -405,7 +409,11 @@ fn an_egress_proxys_status_line_is_shown_escaped() {
     assert_no_raw_control("check stdout", &out.stdout);
     assert!(out.stdout.contains(shown), "{out}");
     let proxy = cfg.start(dir.path());
-    refused(proxy.tcp_addr("main"), Duration::from_secs(10));
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
     let failed = proxy.wait_for("the upstream failed line", TIMEOUT, |v| {
         v["message"] == "upstream failed"
     });

@@ -134,7 +134,11 @@ fn assert_refused(
     fix: &str,
 ) {
     let proxy = start_with_env(cfg, dir, env);
-    let local = refused(proxy.tcp_addr("main"), Duration::from_secs(10));
+    let local = proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
     let warn = proxy.wait_for(
         "the \"upstream failed\" line",
         Duration::from_secs(5),
@@ -173,7 +177,11 @@ fn a_proxy_wanting_credentials_is_reported_with_its_status_line() {
     );
     let wrong = squid.url(Some(("ops", "not the password")));
     let proxy = start_with_env(&cfg, dir.path(), &[("HTTPS_PROXY", wrong.as_str())]);
-    refused(proxy.tcp_addr("main"), Duration::from_secs(10));
+    proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
     proxy.wait_for_text("refused the user and password", Duration::from_secs(5));
     assert!(!proxy.stderr().contains("not the password"));
 }
@@ -232,7 +240,11 @@ fn no_proxy_loopback_and_none_go_direct() {
     // NO_PROXY names the master: dialled directly, so this host must resolve it, and cannot.
     let env = [nowhere[0], ("NO_PROXY", "example.com, det-master")];
     let proxy = start_with_env(&by_name(&m), dir.path(), &env);
-    let local = refused(proxy.tcp_addr("main"), Duration::from_secs(10));
+    let local = proxy.refuses(
+        proxy.tcp_addr("main"),
+        Refusal::UpstreamError,
+        Duration::from_secs(10),
+    );
     let warn = proxy.wait_for("the resolve failure", Duration::from_secs(5), |v| {
         v["message"] == "upstream failed" && v["client"] == local.to_string().as_str()
     });

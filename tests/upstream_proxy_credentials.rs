@@ -147,7 +147,7 @@ fn a_rewritten_file_is_picked_up_without_a_signal() {
     let proxy = through(&m, &squid, file.to_str().unwrap()).start(dir.path());
     let main = proxy.tcp_addr("main");
 
-    let local = refused(main, WITHIN);
+    let local = proxy.refuses(main, Refusal::UpstreamError, WITHIN);
     let warn = proxy.wait_for("the 407", WITHIN, |v| {
         v["message"] == "upstream failed" && v["client"] == local.to_string().as_str()
     });

@@ -8,7 +8,7 @@ use crate::config::TlsSettings;
 use crate::diagnose::{now_secs, rfc3339};
 use crate::tls::{status, TlsContext};
 
-use super::check::{CrlReport, Report};
+use super::check_report::{CrlReport, Report};
 
 /// The `trust` line when `security.tls.master_cert_sha256` is set.
 pub(super) fn pinned_trust(tls: &TlsSettings, anchors: usize, pins: usize) -> String {

@@ -3,6 +3,7 @@
 
 pub mod check;
 mod check_peers;
+mod check_report;
 mod check_trust;
 pub mod config;
 pub mod demo;

@@ -13,7 +13,8 @@ use crate::config::{self, Config, Overrides, Purpose};
 use crate::diagnose::parse_fingerprint;
 use crate::exit;
 
-use super::check::{dial_and_report, fetch_chain, print_chain, ChainEntry};
+use super::check::{dial_and_report, fetch_chain};
+use super::check_report::{print_chain, ChainEntry};
 
 #[derive(Debug, Clone, Default)]
 pub struct TrustOptions {

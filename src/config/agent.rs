@@ -8,31 +8,13 @@ use figment::value::{Dict, Value};
 use figment::Figment;
 
 use super::keys::KEYS;
-use super::layers::{refuse_duplicate_keys, Named};
+use super::named::{insert_dotted, refuse_duplicate_keys, Named};
 use super::{err, ConfigError};
 
 /// A copy of `v` without the tags of the figment it was read through, so the layer it is put
 /// in becomes its source.
 fn untagged(v: &Value) -> Value {
     Value::serialize(v).unwrap_or_else(|_| v.clone())
-}
-
-/// Sets `path` (a dotted key split at its dots) in `data`, creating the tables on the way.
-pub(super) fn insert_dotted(data: &mut Dict, path: &[&str], value: Value) {
-    match path {
-        [] => {}
-        [last] => {
-            data.insert(last.to_string(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = data
-                .entry(first.to_string())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if let Value::Dict(_, inner) = entry {
-                insert_dotted(inner, rest, value);
-            }
-        }
-    }
 }
 
 /// Reads the keys the table marks `agent` (`master_host`, `master_port`, `security.tls.*`)

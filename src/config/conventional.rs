@@ -5,8 +5,8 @@
 use figment::value::Value;
 
 use super::keys::{list_value, DET_MASTER_ENV, HTTPS_PROXY_ENV, HTTP_PROXY_ENV, NO_PROXY_ENV};
-use super::layers::Named;
-use super::{err, ConfigError};
+use super::named::Named;
+use super::{err, ConfigError, MasterConfig};
 
 /// The first of `names` set to a non-empty value, as Go's HTTP client reads them.
 fn first_set<'a>(vars: &'a [(String, String)], names: &[&str]) -> Option<(&'a str, &'a str)> {
@@ -25,7 +25,7 @@ pub(super) fn det_master_layer(vars: &[(String, String)], errors: &mut Vec<Confi
     match parse_det_master(text) {
         Ok((tls, host, port)) => {
             let mut values = vec![("master_host", Value::from(host))];
-            if let Some(port) = port.or(tls.map(|on| if on { 8443 } else { 8080 })) {
+            if let Some(port) = port.or(tls.map(MasterConfig::default_port)) {
                 values.push(("master_port", Value::from(port)));
             }
             if let Some(on) = tls {

@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 
 use figment::providers::{Format, Yaml};
-use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
+use figment::value::{Dict, Value};
+use figment::{Figment, Metadata};
 
 use super::agent::agent_layer;
+use super::named::{refuse_duplicate_keys, Named};
 use super::conventional::{det_master_layer, proxy_env_layers};
 use super::keys::{
     decl, list_value, listeners_value, KeyDecl, ValueKind, CONFIG_ENV, CREDENTIALS_DIRECTORY_ENV, KEYS,
@@ -40,51 +41,6 @@ pub enum Purpose {
     Trust,
     /// `config`: print what is there, files need not exist.
     Show,
-}
-
-/// A provider holding one source's values under its own name (an environment variable, a
-/// flag), because figment's own `Env` provider names only the prefix.
-#[derive(Clone)]
-pub(super) struct Named {
-    pub(super) name: String,
-    pub(super) data: Dict,
-}
-
-impl Named {
-    pub(super) fn new(name: impl Into<String>, key: &str, value: Value) -> Self {
-        let data = match figment::util::nest(key, value) {
-            Value::Dict(_, d) => d,
-            _ => Dict::new(),
-        };
-        Named {
-            name: name.into(),
-            data,
-        }
-    }
-
-    /// One source setting several keys (`DET_MASTER` sets three).
-    pub(super) fn with(name: impl Into<String>, values: Vec<(&str, Value)>) -> Self {
-        let mut data = Dict::new();
-        for (key, value) in values {
-            let path: Vec<&str> = key.split('.').collect();
-            super::agent::insert_dotted(&mut data, &path, value);
-        }
-        Named {
-            name: name.into(),
-            data,
-        }
-    }
-}
-
-impl Provider for Named {
-    fn metadata(&self) -> Metadata {
-        Metadata::named(self.name.clone())
-    }
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut m = Map::new();
-        m.insert(Profile::Default, self.data.clone());
-        Ok(m)
-    }
 }
 
 fn env_layers(
@@ -181,28 +137,6 @@ fn dotted(path: &[String]) -> String {
         .map(|p| if p.is_empty() { "\"\"" } else { p.as_str() })
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// YAML lets a key appear twice and figment keeps the last one whole, which can silently drop
-/// a `listeners:` or `security:` block; refuse it instead.
-pub(super) fn refuse_duplicate_keys(text: &str, source: &str) -> Result<(), ConfigError> {
-    match serde_yaml::from_str::<serde_yaml::Value>(text) {
-        Err(e) if e.to_string().contains("duplicate entry") => {
-            let msg = e.to_string();
-            let key = msg
-                .split("with key ")
-                .nth(1)
-                .and_then(|k| k.split_whitespace().next())
-                .map(|k| k.trim_matches('"').to_string())
-                .unwrap_or_else(|| "config".to_string());
-            Err(err(
-                &key,
-                format!("{msg}: a key may appear only once; merge the two entries"),
-                Some(source.to_string()),
-            ))
-        }
-        _ => Ok(()),
-    }
 }
 
 fn figment_errors(e: figment::Error) -> ConfigErrors {

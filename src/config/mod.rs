@@ -16,6 +16,7 @@ mod describe;
 pub(crate) mod edit;
 mod keys;
 mod layers;
+mod named;
 mod raw;
 mod typed;
 mod validate;

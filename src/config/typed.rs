@@ -42,18 +42,19 @@ pub struct MasterConfig {
 }
 
 impl MasterConfig {
-    pub fn ip(&self) -> Option<IpAddr> {
-        parse_host_ip(&self.host)
+    /// The master's own port when none is given: 8443 with TLS, 8080 without (what `DET_MASTER`
+    /// without a port and an unset `master_port` both mean).
+    pub fn default_port(tls: bool) -> u16 {
+        if tls {
+            8443
+        } else {
+            8080
+        }
     }
-}
 
-/// An IP literal, with or without the brackets of a v6 URL host.
-pub fn parse_host_ip(host: &str) -> Option<IpAddr> {
-    let h = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    h.parse().ok()
+    pub fn ip(&self) -> Option<IpAddr> {
+        crate::host::parse_host_ip(&self.host)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +168,26 @@ pub enum PresentClientCert {
     Always,
     /// Only to the peers a selector matches.
     Peers(Selectors),
+}
+
+impl PresentClientCert {
+    /// The default when `present_client_cert` is unset: only a socket no other host can reach
+    /// presents the agent's certificate. Validation applies it to a configured address; the
+    /// state, to a socket systemd passed (whose reach only the socket knows).
+    pub fn by_reach(host_only: bool) -> PresentClientCert {
+        if host_only {
+            PresentClientCert::Always
+        } else {
+            PresentClientCert::Never
+        }
+    }
+}
+
+/// The one rule for who reaches a TCP socket: one other hosts can reach needs a non-empty
+/// `allowed_clients`. Validation applies it to the configured addresses (listeners and admin),
+/// `listen.rs` to a socket systemd passed (whose address only the socket knows).
+pub fn needs_allowed_clients(addr: SocketAddr, allowed_clients: Option<&[IpNet]>) -> bool {
+    !addr.ip().is_loopback() && allowed_clients.is_none_or(<[IpNet]>::is_empty)
 }
 
 impl fmt::Display for PresentClientCert {

@@ -16,7 +16,7 @@ impl Server {
             r.stop.cancel();
         }
         // No client will take a pre-connected session any more: close them, and stop refilling.
-        self.shared.current().close_pool();
+        self.shared.current().retire();
         self.retired.clear();
         self.tracker.close();
         let shutdown = self.shared.current().config.timeouts.shutdown;

@@ -81,7 +81,6 @@ pub struct Server {
 /// Why the serving loop ended.
 enum End {
     Signal(&'static str),
-    Shutdown,
     /// A new process serves the sockets now (its pid).
     Upgraded(u32),
 }
@@ -166,22 +165,10 @@ impl Server {
     pub fn start(
         config: Config,
         flags: Overrides,
-        inherited: Inherited,
-        metrics: Arc<Metrics>,
-    ) -> Result<Server, StartError> {
-        let resolver = Arc::new(crate::upstream::SystemResolver);
-        Self::start_with_resolver(config, flags, inherited, metrics, resolver)
-    }
-
-    /// As [`Server::start`], resolving `master_host` with `resolver` (tests swap it to move a
-    /// name mid-run).
-    pub fn start_with_resolver(
-        config: Config,
-        flags: Overrides,
         mut inherited: Inherited,
         metrics: Arc<Metrics>,
-        resolver: Arc<dyn crate::upstream::Resolve>,
     ) -> Result<Server, StartError> {
+        let resolver: Arc<dyn crate::upstream::Resolve> = Arc::new(crate::upstream::SystemResolver);
         // Trust problems are configuration problems: report them before binding anything.
         let tls = TlsContext::for_config(&config)
             .map_err(|e| StartError::Config(format!("configuration error: {e}")))?;
@@ -300,18 +287,9 @@ impl Server {
         });
     }
 
-    /// Serves until SIGTERM/SIGINT, then drains. Returns the exit status.
-    pub async fn serve(self, initial: &Config) -> i32 {
-        self.serve_until(initial, std::future::pending()).await
-    }
-
-    /// Serves until SIGTERM/SIGINT or `shutdown` completes, then drains.
-    pub async fn serve_until(
-        mut self,
-        initial: &Config,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> i32 {
-        tokio::pin!(shutdown);
+    /// Serves until SIGTERM/SIGINT (or an upgrade hands the sockets over), then drains.
+    /// Returns the exit status.
+    pub async fn serve(mut self, initial: &Config) -> i32 {
         let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -346,7 +324,6 @@ impl Server {
             tokio::select! {
                 _ = term.recv() => break End::Signal("SIGTERM"),
                 _ = int.recv() => break End::Signal("SIGINT"),
-                _ = &mut shutdown => break End::Shutdown,
                 _ = hup.recv() => self.reload("SIGHUP").await,
                 Some(why) = reload_rx.recv() => self.reload(why).await,
                 _ = usr2.recv() => {
@@ -363,10 +340,6 @@ impl Server {
             End::Signal(signal) => {
                 notify(&[sd_notify::NotifyState::Stopping]);
                 tracing::info!(signal, "draining");
-            }
-            End::Shutdown => {
-                notify(&[sd_notify::NotifyState::Stopping]);
-                tracing::info!("draining");
             }
             End::Upgraded(new_pid) => {
                 self.hand_over();

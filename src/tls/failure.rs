@@ -6,6 +6,7 @@ use std::fmt;
 use rustls::{CertificateError, OtherError};
 
 use crate::diagnose::CertSummary;
+use crate::error_kind::UpstreamErrorKind;
 use crate::untrusted::Untrusted;
 
 use super::crl::Revocation;
@@ -26,17 +27,17 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// The `kind` label of `upstream_errors_total`.
-    pub fn label(self) -> &'static str {
+    /// The `kind` of `upstream_errors_total`.
+    pub fn kind(self) -> UpstreamErrorKind {
         match self {
-            FailureKind::WrongName => "cert_name",
-            FailureKind::UnknownIssuer => "cert_unknown_issuer",
-            FailureKind::Expired => "cert_expired",
-            FailureKind::NotYetValid => "cert_not_yet_valid",
-            FailureKind::CaAsLeaf => "cert_ca_as_leaf",
-            FailureKind::PinMismatch => "cert_pin_mismatch",
-            FailureKind::Revoked => "cert_revoked",
-            FailureKind::Other => "cert_invalid",
+            FailureKind::WrongName => UpstreamErrorKind::CertName,
+            FailureKind::UnknownIssuer => UpstreamErrorKind::CertUnknownIssuer,
+            FailureKind::Expired => UpstreamErrorKind::CertExpired,
+            FailureKind::NotYetValid => UpstreamErrorKind::CertNotYetValid,
+            FailureKind::CaAsLeaf => UpstreamErrorKind::CertCaAsLeaf,
+            FailureKind::PinMismatch => UpstreamErrorKind::CertPinMismatch,
+            FailureKind::Revoked => UpstreamErrorKind::CertRevoked,
+            FailureKind::Other => UpstreamErrorKind::CertInvalid,
         }
     }
 }

@@ -175,25 +175,48 @@ impl TlsContext {
     }
 
     /// A client config offering `alpn`, presenting the client certificate when asked and
-    /// configured, resuming from the shared store unless `resume` is false.
-    pub fn client_config(
-        &self,
-        alpn: &[Vec<u8>],
-        present_client_cert: bool,
-        resume: bool,
-    ) -> Arc<ClientConfig> {
-        let mut cfg = match (&self.authenticated, present_client_cert) {
-            (Some(auth), true) => auth.clone(),
+    /// configured, resuming from the shared store or not at all.
+    pub fn client_config(&self, alpn: &[Vec<u8>], cert: Present, resume: Resume) -> Arc<ClientConfig> {
+        let mut cfg = match (&self.authenticated, cert) {
+            (Some(auth), Present::ClientCert) => auth.clone(),
             _ => self.anonymous.clone(),
         };
         cfg.alpn_protocols = alpn.to_vec();
-        cfg.resumption = if resume {
-            Resumption::store(self.sessions.clone())
-        } else {
-            Resumption::disabled()
+        cfg.resumption = match resume {
+            Resume::Shared => Resumption::store(self.sessions.clone()),
+            Resume::Never => Resumption::disabled(),
         };
         Arc::new(cfg)
     }
+}
+
+/// What a client config shows the master of the agent's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Present {
+    /// The client certificate, when one is configured.
+    ClientCert,
+    /// No certificate.
+    Nothing,
+}
+
+impl Present {
+    /// `ClientCert` when `present` holds.
+    pub fn client_cert_if(present: bool) -> Present {
+        if present {
+            Present::ClientCert
+        } else {
+            Present::Nothing
+        }
+    }
+}
+
+/// Whether a client config resumes sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// From the one store every listener shares (the data path).
+    Shared,
+    /// Never: a dial that must show a full handshake (`check`, the readiness probe).
+    Never,
 }
 
 /// The verifier a configuration asks for: `skip_verify`'s (with the pins, if any); pins alone

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::config::{parse_host_ip, MasterConfig, TlsSettings};
+use crate::config::{MasterConfig, TlsSettings};
+use crate::host::parse_host_ip;
 use crate::diagnose::CertSummary;
 use crate::untrusted::Untrusted;
 

@@ -2,6 +2,7 @@
 //! `timeouts.connect`, then the TLS handshake within `timeouts.handshake`. Every failure
 //! becomes an [`UpstreamError`] whose kind labels metrics and whose text an operator can act on.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -20,8 +21,9 @@ mod sniffed;
 
 pub use sniffed::*;
 
-use crate::config::parse_host_ip;
+use crate::host::parse_host_ip;
 use crate::egress::{authority, open_tunnel, Egress, ProxyUrl};
+use crate::error_kind::UpstreamErrorKind;
 use crate::tls::{cert_failure, FailureKind};
 use crate::untrusted::Untrusted;
 
@@ -74,7 +76,7 @@ pub enum UpstreamError {
         target: String,
         status_line: String,
         hint: String,
-        kind: &'static str,
+        kind: UpstreamErrorKind,
     },
     #[error(
         "TLS handshake with {addr} did not finish within {timeout:?} (is the port speaking TLS?)"
@@ -106,15 +108,15 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    pub fn label(self) -> &'static str {
+    pub fn kind(self) -> UpstreamErrorKind {
         match self {
-            HandshakeFailure::Cert(k) => k.label(),
-            HandshakeFailure::Plaintext => "plaintext",
-            HandshakeFailure::Protocol => "tls_protocol",
-            HandshakeFailure::Alert => "tls_alert",
-            HandshakeFailure::Eof => "tls_eof",
-            HandshakeFailure::Reset => "tls_reset",
-            HandshakeFailure::Other => "tls",
+            HandshakeFailure::Cert(k) => k.kind(),
+            HandshakeFailure::Plaintext => UpstreamErrorKind::Plaintext,
+            HandshakeFailure::Protocol => UpstreamErrorKind::TlsProtocol,
+            HandshakeFailure::Alert => UpstreamErrorKind::TlsAlert,
+            HandshakeFailure::Eof => UpstreamErrorKind::TlsEof,
+            HandshakeFailure::Reset => UpstreamErrorKind::TlsReset,
+            HandshakeFailure::Other => UpstreamErrorKind::Tls,
         }
     }
 
@@ -128,38 +130,63 @@ impl HandshakeFailure {
 pub struct Attempt {
     pub addr: SocketAddr,
     pub elapsed: Duration,
-    /// `None` when it connected.
-    pub error: Option<String>,
-    pub timed_out: bool,
-    pub refused: bool,
+    pub result: AttemptResult,
+}
+
+/// How one address answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Connected,
+    /// Nothing listening: the master is down or the port is wrong.
+    Refused,
+    /// No answer within `timeouts.connect`.
+    TimedOut(Duration),
+    /// Any other error, in its own words.
+    Failed(String),
+}
+
+impl fmt::Display for AttemptResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptResult::Connected => f.write_str("connected"),
+            AttemptResult::Refused => f.write_str("connection refused (nothing listening)"),
+            AttemptResult::TimedOut(t) => write!(f, "no answer within {t:?} (timeouts.connect)"),
+            AttemptResult::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 fn describe_attempts(attempts: &[Attempt]) -> String {
     attempts
         .iter()
-        .map(|a| format!("{}: {}", a.addr, a.error.as_deref().unwrap_or("connected")))
+        .map(|a| format!("{}: {}", a.addr, a.result))
         .collect::<Vec<_>>()
         .join("; ")
 }
 
 impl UpstreamError {
-    /// The `kind` label of `upstream_errors_total`.
-    pub fn kind(&self) -> &'static str {
+    /// The `kind` of `upstream_errors_total`.
+    pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            UpstreamError::Resolve { .. } | UpstreamError::NoAddress { .. } => "resolve",
+            UpstreamError::Resolve { .. } | UpstreamError::NoAddress { .. } => {
+                UpstreamErrorKind::Resolve
+            }
             UpstreamError::Connect { attempts } => {
-                if attempts.iter().all(|a| a.refused) {
-                    "connect_refused"
-                } else if attempts.iter().all(|a| a.timed_out) {
-                    "connect_timeout"
+                if attempts.iter().all(|a| a.result == AttemptResult::Refused) {
+                    UpstreamErrorKind::ConnectRefused
+                } else if attempts
+                    .iter()
+                    .all(|a| matches!(a.result, AttemptResult::TimedOut(_)))
+                {
+                    UpstreamErrorKind::ConnectTimeout
                 } else {
-                    "connect"
+                    UpstreamErrorKind::Connect
                 }
             }
-            UpstreamError::ProxyConnect { .. } => "proxy_connect",
-            UpstreamError::ProxyRefused { kind, .. } => kind,
-            UpstreamError::HandshakeTimeout { .. } => "handshake_timeout",
-            UpstreamError::Handshake { kind, .. } => kind.label(),
+            UpstreamError::ProxyConnect { .. } => UpstreamErrorKind::ProxyConnect,
+            UpstreamError::ProxyRefused { kind, .. } => *kind,
+            UpstreamError::HandshakeTimeout { .. } => UpstreamErrorKind::HandshakeTimeout,
+            UpstreamError::Handshake { kind, .. } => kind.kind(),
         }
     }
 }
@@ -331,7 +358,7 @@ impl Upstream {
                         self.connect_timeout
                     ),
                     "the proxy may be slow to reach the master, or not an HTTP proxy".into(),
-                    "proxy_timeout",
+                    UpstreamErrorKind::ProxyTimeout,
                 ))
             }
         }
@@ -354,9 +381,7 @@ impl Upstream {
                     attempts.push(Attempt {
                         addr,
                         elapsed,
-                        error: None,
-                        timed_out: false,
-                        refused: false,
+                        result: AttemptResult::Connected,
                     });
                     return Ok(Dialed {
                         stream,
@@ -369,23 +394,16 @@ impl Upstream {
                 Ok(Err(e)) => attempts.push(Attempt {
                     addr,
                     elapsed,
-                    refused: e.kind() == io::ErrorKind::ConnectionRefused,
-                    error: Some(if e.kind() == io::ErrorKind::ConnectionRefused {
-                        "connection refused (nothing listening)".to_string()
+                    result: if e.kind() == io::ErrorKind::ConnectionRefused {
+                        AttemptResult::Refused
                     } else {
-                        e.to_string()
-                    }),
-                    timed_out: false,
+                        AttemptResult::Failed(e.to_string())
+                    },
                 }),
                 Err(_) => attempts.push(Attempt {
                     addr,
                     elapsed,
-                    error: Some(format!(
-                        "no answer within {:?} (timeouts.connect)",
-                        self.connect_timeout
-                    )),
-                    timed_out: true,
-                    refused: false,
+                    result: AttemptResult::TimedOut(self.connect_timeout),
                 }),
             }
         }

@@ -24,8 +24,10 @@ pub use certs::{fingerprint, leaf_valid, Ca, Leaf};
 pub use probes::{
     cpu_secs, cpu_ticks, eventually, fd_count, figure, metric, rss_kib, scrape_text, status_kib,
 };
-pub use proxy::{command, q, qp, run_to_exit, Cfg, Proxy};
-pub use server::{certified, Behavior, ClientAuth, ServerBuilder, TlsServer};
+pub use proxy::{
+    check, check_json, command, q, qp, run_to_exit, Cfg, Proxy, Refusal, ADMIN, CHECK_TIMEOUT,
+};
+pub use server::{certified, Behavior, ClientAuth, CurrentCert, ServerBuilder, TlsServer};
 
 /// A generous per-read deadline for clients: a stuck test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,9 +186,9 @@ pub fn relays(addr: SocketAddr, data: &[u8]) -> SocketAddr {
     local
 }
 
-/// A client the proxy turns away: its connection closes within `within` with nothing
-/// relayed. Returns the client's local address.
-pub fn refused(addr: SocketAddr, within: Duration) -> SocketAddr {
+/// A client whose connection closes within `within` with nothing relayed, for whatever
+/// reason: [`Proxy::refuses`] adds the check of why. Returns the client's local address.
+fn closed_unrelayed(addr: SocketAddr, within: Duration) -> SocketAddr {
     let mut c = connect(addr);
     let local = c.local_addr().unwrap();
     let _ = c.write_all(b"ping");

@@ -533,3 +533,94 @@ impl Cfg {
         Proxy::start(&self.write(dir))
     }
 }
+
+/// How long `check` may take: it dials the master, and again to test resumption.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `det-tls-proxy check --config <config>`, run to its end.
+pub fn check(config: &Path) -> Exited {
+    let mut cmd = command();
+    cmd.arg("check").arg("--config").arg(config);
+    run_to_exit(cmd, CHECK_TIMEOUT)
+}
+
+/// `det-tls-proxy check --json --config <config>`, run to its end.
+pub fn check_json(config: &Path) -> Exited {
+    let mut cmd = command();
+    cmd.arg("check").arg("--json").arg("--config").arg(config);
+    run_to_exit(cmd, CHECK_TIMEOUT)
+}
+
+/// The admin endpoint on any free loopback port, as a line of a proxy configuration.
+pub const ADMIN: &str = r#"admin: {listen: "127.0.0.1:0"}"#;
+
+impl Proxy {
+    /// The error of the first `upstream failed` line, once it is logged (within `within`).
+    pub fn upstream_error(&self, within: Duration) -> String {
+        let line = self.wait_for("an upstream failed line", within, |v| {
+            v["message"] == "upstream failed"
+        });
+        super::field(&line, "error").to_string()
+    }
+}
+
+/// Why the proxy turns a client away, as the access line's `outcome` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// By the listener's policy (`allowed_clients`, `allowed_peers`).
+    Denied,
+    /// The master could not be reached or verified.
+    UpstreamError,
+    /// The master ended the session after the handshake (as a TLS 1.3 master refuses a
+    /// missing client certificate: the client's side of the handshake is already done).
+    Reset,
+}
+
+impl Refusal {
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied",
+            Refusal::UpstreamError => "upstream_error",
+            Refusal::Reset => "reset",
+        }
+    }
+}
+
+impl Proxy {
+    /// A client of `addr` this proxy turns away for `why`: its connection closes within
+    /// `within` with nothing relayed, and its access line gives `why` as the outcome (a close
+    /// for any other reason fails). Returns the client's local address.
+    pub fn refuses(&self, addr: SocketAddr, why: Refusal, within: Duration) -> SocketAddr {
+        let local = super::closed_unrelayed(addr, within);
+        let client = local.to_string();
+        let (outcome, line) = self
+            .try_wait_line(Duration::from_secs(15), |l| {
+                access_outcome(l, &client).map(|o| (o, l.to_string()))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no access line for client {client} within 15 s; stderr:\n{}",
+                    self.stderr()
+                )
+            });
+        assert_eq!(
+            outcome,
+            why.outcome(),
+            "client {local} was closed, but not as {why:?}: {line}"
+        );
+        local
+    }
+}
+
+/// The outcome `line` gives when it is the access line of `client`, in JSON or text format.
+fn access_outcome(line: &str, client: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        return (is_access(&v) && v["client"] == client)
+            .then(|| v["outcome"].as_str().unwrap_or_default().to_string());
+    }
+    if !line.contains(" access: connection ") || !line.contains(&format!(" client={client} ")) {
+        return None;
+    }
+    let rest = line.split_once("outcome=\"")?.1;
+    Some(rest.split('"').next()?.to_string())
+}

@@ -42,6 +42,39 @@ pub fn certified(leaf: &super::Leaf) -> Arc<rustls::sign::CertifiedKey> {
     Arc::new(rustls::sign::CertifiedKey::new(vec![leaf.der()], key))
 }
 
+/// The certificate a [`switchable`] server presents, swapped by the test between connections;
+/// `label` names the one current (for a master that records which each connection got).
+#[derive(Debug, Clone)]
+pub struct CurrentCert(Arc<Mutex<(String, Arc<rustls::sign::CertifiedKey>)>>);
+
+impl CurrentCert {
+    pub fn new(label: &str, leaf: &super::Leaf) -> CurrentCert {
+        CurrentCert(Arc::new(Mutex::new((label.to_string(), certified(leaf)))))
+    }
+
+    pub fn set(&self, label: &str, leaf: &super::Leaf) {
+        *self.0.lock().unwrap() = (label.to_string(), certified(leaf));
+    }
+
+    pub fn label(&self) -> String {
+        self.0.lock().unwrap().0.clone()
+    }
+
+    /// A server config presenting this certificate at every handshake, never resuming.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        switchable(Arc::new(self.clone()))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CurrentCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.lock().unwrap().1.clone())
+    }
+}
+
 /// What the server does with a connection once the handshake is done.
 #[derive(Clone, Debug)]
 pub enum Behavior {

@@ -2,7 +2,7 @@
 
 use super::Check;
 use crate::config::raw::RawAdmin;
-use crate::config::{AdminConfig, ListenAddr};
+use crate::config::{needs_allowed_clients, AdminConfig, ListenAddr};
 
 pub(super) fn admin(c: &mut Check, raw: &RawAdmin) -> Option<AdminConfig> {
     let a = raw
@@ -17,7 +17,7 @@ pub(super) fn admin(c: &mut Check, raw: &RawAdmin) -> Option<AdminConfig> {
     let source = c.src("admin.listen");
     match ListenAddr::parse(a) {
         Ok(ListenAddr::Tcp(sa)) => {
-            if !sa.ip().is_loopback() && allowed.as_ref().is_none_or(|l| l.is_empty()) {
+            if needs_allowed_clients(sa, allowed.as_deref()) {
                 c.fail(
                     "admin.allowed_clients",
                     format!("admin.listen {sa} is reachable from other hosts; list the networks that may scrape it"),

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::Check;
-use crate::config::{parse_host_ip, AdminConfig, ListenAddr, ListenerConfig, MasterConfig};
+use crate::host::parse_host_ip;
+use crate::config::{AdminConfig, ListenAddr, ListenerConfig, MasterConfig};
 
 /// A master address that is one of our own listeners would make the proxy dial itself.
 pub(super) fn master_is_not_a_listener(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::Check;
 use crate::config::raw::{RawAlpn, RawListener, StringOrNumber};
-use crate::config::{AlpnPolicy, ListenAddr, ListenerConfig};
+use crate::config::{needs_allowed_clients, AlpnPolicy, ListenAddr, ListenerConfig};
 
 /// Default mode of a unix listener's socket file.
 const UNIX_MODE: u32 = 0o660;
@@ -72,7 +72,7 @@ fn listener(c: &mut Check, key: &str, rl: &RawListener, source: &str) -> Option<
         .as_ref()
         .map(|list| c.cidrs(&format!("{key}.allowed_clients"), list, source));
     if let ListenAddr::Tcp(a) = &addr {
-        if !a.ip().is_loopback() && allowed_clients.as_ref().is_none_or(|l| l.is_empty()) {
+        if needs_allowed_clients(*a, allowed_clients.as_deref()) {
             c.fail(
                 &format!("{key}.allowed_clients"),
                 format!(

@@ -2,7 +2,8 @@
 
 use super::Check;
 use crate::config::raw::RawConfig;
-use crate::config::{parse_host_ip, MasterConfig, DEFAULT_SOURCE};
+use crate::config::{MasterConfig, DEFAULT_SOURCE};
+use crate::host::parse_host_ip;
 
 pub(super) fn master(c: &mut Check, raw: &RawConfig, tls_enabled: bool) -> MasterConfig {
     let host = raw
@@ -46,7 +47,7 @@ fn port(c: &mut Check, port: Option<u16>, enabled: bool) -> (u16, String) {
                 ),
             ),
             _ => (
-                if enabled { 8443 } else { 8080 },
+                MasterConfig::default_port(enabled),
                 format!(
                     "{DEFAULT_SOURCE} (the master's {} port)",
                     if enabled { "TLS" } else { "plain" }

@@ -53,8 +53,7 @@ pub(super) fn present_client_cert(
     let key = format!("{key}.present_client_cert");
     let default = || match addr {
         ListenAddr::Systemd(_) => None,
-        a if a.is_local() => Some(PresentClientCert::Always),
-        _ => Some(PresentClientCert::Never),
+        a => Some(PresentClientCert::by_reach(a.is_local())),
     };
     match raw {
         None => default(),
