@@ -22,6 +22,7 @@ use tokio::time::{Instant, Sleep};
 /// peer stops reading holds at most this much in `pending` per direction.
 pub const CHUNK: usize = 256 * 1024;
 
+use crate::outcome::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayTimeouts {
