@@ -15,14 +15,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::outcome::Outcome;
+
 /// Bytes moved per read: sixteen full TLS records, which rustls encrypts into one vectored
 /// write. Against 64 KiB, over ten interleaved rounds of the benchmark's upload: a fifth less
 /// proxy CPU per GiB (128 KiB made no measurable difference). The buffer lives on the stack of each poll,
 /// never in a connection's state, so it costs an idle connection nothing; a connection whose
 /// peer stops reading holds at most this much in `pending` per direction.
 pub const CHUNK: usize = 256 * 1024;
-
-use crate::outcome::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayTimeouts {
