@@ -129,6 +129,8 @@ pub struct HealthGauges {
     pub max_connections: Gauge,
     /// 0 from a refused reload until the next one succeeds (Prometheus' own convention).
     pub reload_ok: Gauge,
+    /// `listeners[].max_connections`, for the listeners that have one.
+    listener_max: Family<ListenerLabel, Gauge>,
 }
 
 impl HealthGauges {
@@ -146,11 +148,33 @@ impl HealthGauges {
             g.max_connections.clone(),
         );
         registry.register(
+            "listener_max_connections",
+            "A listener's own connection cap (listeners[].max_connections); no sample for a listener without one",
+            g.listener_max.clone(),
+        );
+        registry.register(
             "config_last_reload_successful",
             "0 when the last configuration reload was refused, else 1",
             g.reload_ok.clone(),
         );
         g
+    }
+}
+
+impl HealthGauges {
+    /// The caps of the configuration going live: the global one, and each listener's own
+    /// (a listener whose cap was removed, or that is gone, loses its sample).
+    pub fn caps(&self, global: usize, listeners: &[(&str, Option<usize>)]) {
+        self.max_connections.set(global as i64);
+        self.listener_max.clear();
+        for (name, cap) in listeners {
+            if let Some(cap) = cap {
+                let label = ListenerLabel {
+                    listener: name.to_string(),
+                };
+                self.listener_max.get_or_create(&label).set(*cap as i64);
+            }
+        }
     }
 }
 

@@ -191,6 +191,21 @@ impl State {
     /// started and closed here. The replaced pool's sessions were made under the old
     /// configuration: closed, never handed to a client; what it learned about clients carries
     /// over (rebuilt from this state's TLS context).
+    /// Sets the gauges that show this configuration (`skip_verify`, the caps) as it goes live;
+    /// never for a state a reload only prepared, so a refused reload leaves them as they were.
+    fn publish(&self, metrics: &Metrics) {
+        metrics
+            .skip_verify
+            .set(i64::from(self.tls.as_ref().is_some_and(|t| t.skip_verify)));
+        let caps: Vec<(&str, Option<usize>)> = self
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.max_connections))
+            .collect();
+        metrics.health.caps(self.config.max_connections, &caps);
+    }
+
     pub(crate) fn go_live(&self, replaced: Option<&State>) {
         let learned = replaced
             .and_then(|old| old.pool.as_ref())
@@ -294,13 +309,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(state: State, metrics: Arc<Metrics>, resolver: Arc<dyn Resolve>) -> Arc<Shared> {
         let access = state.config.log.access;
-        metrics
-            .skip_verify
-            .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
-        metrics
-            .health
-            .max_connections
-            .set(state.config.max_connections as i64);
+        state.publish(&metrics);
         state.go_live(None);
         let api = state.config.container_api.clone();
         let shared = Arc::new(Shared {
@@ -346,13 +355,7 @@ impl Shared {
         self.use_container_api(state.config.container_api.as_deref());
         self.access_log
             .store(state.config.log.access, Ordering::Relaxed);
-        self.metrics
-            .skip_verify
-            .set(i64::from(state.tls.as_ref().is_some_and(|t| t.skip_verify)));
-        self.metrics
-            .health
-            .max_connections
-            .set(state.config.max_connections as i64);
+        state.publish(&self.metrics);
         let new = Arc::new(state);
         let old = std::mem::replace(
             &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),

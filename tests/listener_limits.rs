@@ -52,6 +52,16 @@ fn wait_active(proxy: &Proxy, listener: &str, n: usize) {
     );
 }
 
+/// `det_tls_proxy_listener_max_connections{listener="tasks"}`, when the scrape has it (the
+/// listener's cap, which the near-limit alert divides by).
+fn cap_gauge(proxy: &Proxy) -> Option<f64> {
+    let text = scrape_text(&proxy.listener_addr("admin"));
+    let line = "det_tls_proxy_listener_max_connections{listener=\"tasks\"} ";
+    text.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 /// `n` clients of `addr` that connect and say nothing (a container holding sockets open).
 fn silent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n).map(|_| connect(addr)).collect()
@@ -141,6 +151,11 @@ fn a_reload_raises_and_lowers_a_listeners_cap_without_cutting_connections() {
     let proxy = Proxy::start(&path);
     let tasks = proxy.tcp_addr("tasks");
 
+    assert_eq!(
+        cap_gauge(&proxy),
+        Some(CAP as f64),
+        "the cap as /metrics shows it"
+    );
     let mut open: Vec<TcpStream> = silent(tasks, CAP);
     wait_active(&proxy, "tasks", CAP);
     let mut waiting = silent(tasks, EXTRA);
@@ -159,6 +174,11 @@ fn a_reload_raises_and_lowers_a_listeners_cap_without_cutting_connections() {
     }
     open.append(&mut waiting);
     wait_active(&proxy, "tasks", CAP + EXTRA);
+    assert_eq!(
+        cap_gauge(&proxy),
+        Some((CAP + EXTRA) as f64),
+        "the raised cap"
+    );
 
     // Lowered to 1: every open connection goes on; a new client waits until the listener is
     // below the new cap, not merely below the old one.
@@ -192,6 +212,7 @@ fn with_only_the_global_cap_one_listener_starves_the_others() {
     let dir = tempdir();
     let master = Master::start(dir.path(), Behavior::Echo);
     let proxy = config(&master, None, GLOBAL).start(dir.path());
+    assert_eq!(cap_gauge(&proxy), None, "no cap of its own, no sample");
     let (agent, tasks) = (proxy.tcp_addr("agent"), proxy.tcp_addr("tasks"));
     let held = silent(tasks, CAP + EXTRA);
     wait_active(&proxy, "tasks", GLOBAL);
