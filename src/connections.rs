@@ -46,7 +46,7 @@ pub struct Live {
     pub bytes: LiveBytes,
     session: OnceLock<Session>,
     /// Who the client is, once identified (`identity/`).
-    identity: OnceLock<PeerIdentity>,
+    identity: OnceLock<Arc<PeerIdentity>>,
 }
 
 impl Live {
@@ -56,7 +56,7 @@ impl Live {
     }
 
     /// Records who the client is, once identified (the first call wins).
-    pub fn identity(&self, p: PeerIdentity) {
+    pub fn identity(&self, p: Arc<PeerIdentity>) {
         let _ = self.identity.set(p);
     }
 

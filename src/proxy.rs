@@ -20,6 +20,17 @@ use crate::state::{ListenerPolicy, Shared, State};
 use crate::pool::Session;
 use crate::upstream::{version_name, Dialed, UpstreamError};
 
+/// A client of which nothing is known (not identified, or nothing found).
+static NOBODY: PeerIdentity = PeerIdentity {
+    uid: None,
+    gid: None,
+    pid: None,
+    cgroup: None,
+    unit: None,
+    container: None,
+    note: None,
+};
+
 /// The listener's client config for a connection whose first bytes are `first` (ALPN `auto`
 /// offers `h2` to an HTTP/2 preface, `http/1.1` to anything else), with the client
 /// certificate when `present`.
@@ -53,8 +64,8 @@ pub struct Record {
     down: u64,
     /// Its row in `/connections`, which `finish` fills in.
     live: Option<Arc<Live>>,
-    /// Who the client is (`peer.rs`).
-    peer: PeerIdentity,
+    /// Who the client is (`peer.rs`), when anything is known.
+    peer: Option<Arc<PeerIdentity>>,
 }
 
 struct ActiveGuard(prometheus_client::metrics::gauge::Gauge);
@@ -161,7 +172,7 @@ fn access_line(
     if !shared.access_log_on() {
         return;
     }
-    let who = &rec.peer;
+    let who: &PeerIdentity = rec.peer.as_deref().unwrap_or(&NOBODY);
     let container = who.container.as_ref();
     tracing::info!(
         target: "access",
@@ -201,15 +212,21 @@ async fn serve(
     peer: &Peer,
     rec: &mut Record,
 ) -> Outcome {
-    rec.peer = crate::peer::identify(client, peer, policy, shared, Instant::now()).await;
-    if let Some(live) = &rec.live {
-        live.identity(rec.peer.clone());
+    // Kept (and shared with the connection's `/connections` row) only when something is
+    // known: an unidentified client costs its connection no identity at all.
+    let found = crate::peer::identify(client, peer, policy, shared, Instant::now()).await;
+    let found = (found != NOBODY).then(|| Arc::new(found));
+    if let (Some(live), Some(who)) = (&rec.live, &found) {
+        live.identity(who.clone());
     }
-    if !policy.admits(&rec.peer) {
-        crate::peer::refused(policy, peer, &rec.peer, shared);
+    let who: &PeerIdentity = found.as_deref().unwrap_or(&NOBODY);
+    if !policy.admits(who) {
+        crate::peer::refused(policy, peer, who, shared);
+        rec.peer = found;
         return Outcome::Denied;
     }
-    let present = policy.presents_to(&rec.peer);
+    let present = policy.presents_to(who);
+    rec.peer = found;
     let sniffed = match first_bytes(client, policy).await {
         Ok(Some(x)) => x,
         Ok(None) => return Outcome::ClientClosedEarly,

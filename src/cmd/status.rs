@@ -83,12 +83,14 @@ async fn fetch(addr: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
         .header(hyper::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
+    // The endpoint refuses a client outside admin.allowed_clients by closing at once; the
+    // request then meets a closed connection, an incomplete answer or a reset, as timing has it.
     let resp = sender.send_request(req).await.map_err(|e| {
-        if e.is_incomplete_message() || e.is_canceled() {
+        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() || e.is_user() {
             "closed the connection without an answer: is this host in admin.allowed_clients?"
                 .to_string()
         } else {
-            e.to_string()
+            format!("{e}: the connection ended without an answer; is this host in admin.allowed_clients?")
         }
     })?;
     let status = resp.status();
