@@ -40,19 +40,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The same reason for the API being unavailable is logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// A running container, as the runtime's API describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerInfo {
-    pub id: String,
-    /// Without the API's leading `/`.
-    pub name: String,
-    /// `Config.Image`: the image as the container was created from it.
-    pub image: String,
-    /// `DET_TASK_ID`, `DET_ALLOCATION_ID` and `DET_TASK_TYPE` from its environment.
-    pub task_id: Option<String>,
-    pub allocation_id: Option<String>,
-    pub task_type: Option<String>,
-}
+/// A running container, as the runtime's API describes it: the identifier's own
+/// [`ContainerRef`](super::ContainerRef), with its name (without the API's leading `/`), image
+/// (`Config.Image`) and Determined task fields filled in.
+pub type ContainerInfo = super::ContainerRef;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
@@ -432,14 +423,7 @@ impl super::ContainerSource for ContainerDirectory {
     fn lookup(&self, ip: IpAddr) -> super::ContainerLookup<'_> {
         Box::pin(async move {
             match ContainerDirectory::lookup(self, ip).await {
-                Ok(found) => Ok(found.map(|c| super::ContainerRef {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    image: c.image.clone(),
-                    task_id: c.task_id.clone(),
-                    allocation_id: c.allocation_id.clone(),
-                    task_type: c.task_type.clone(),
-                })),
+                Ok(found) => Ok(found.map(|c| (*c).clone())),
                 Err(e) => Err(e.to_string()),
             }
         })

@@ -180,7 +180,7 @@ pub type ContainerLookup<'a> =
 
 /// A directory of containers by address (the container runtime's API): asked about TCP clients
 /// the socket tables do not have, i.e. containers in network namespaces of their own. The
-/// runtime's `ContainerDirectory` implements it, turning its `ContainerInfo` into a
+/// runtime's `ContainerDirectory` implements it, answering with a
 /// [`ContainerRef`]; `Identifier::set_containers` plugs it in (and out, on reload).
 pub trait ContainerSource: Send + Sync {
     fn lookup(&self, ip: IpAddr) -> ContainerLookup<'_>;
