@@ -22,14 +22,16 @@ use crate::relay::LiveBytes;
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
-/// The master session a connection relays over, once it has one.
-#[derive(Debug, Clone, Default)]
+/// The master session a connection relays over, once it has one: made once and shared by the
+/// connection's row here and its access line.
+#[derive(Debug, Default)]
 pub struct Session {
     /// The master's address as dialled (or the egress proxy's route).
     pub master: String,
     /// `TLSv1.3`, `TLSv1.2`, or empty for passthrough and plain TCP.
     pub tls_version: &'static str,
-    pub alpn: String,
+    /// As the master chose it: escaped wherever it is shown.
+    pub alpn: crate::untrusted::Untrusted<Vec<u8>>,
     pub resumed: bool,
     pub preconnected: bool,
 }
@@ -38,20 +40,21 @@ pub struct Session {
 #[derive(Debug)]
 pub struct Live {
     id: u64,
-    listener: String,
+    /// The listener's name, shared by its connections.
+    listener: Arc<str>,
     peer: Peer,
     started: Instant,
     started_unix: i64,
     /// Kept current by the relay.
     pub bytes: LiveBytes,
-    session: OnceLock<Session>,
+    session: OnceLock<Arc<Session>>,
     /// Who the client is, once identified (`identity/`).
     identity: OnceLock<Arc<PeerIdentity>>,
 }
 
 impl Live {
     /// Records the master session once it is up (the first call wins).
-    pub fn session(&self, s: Session) {
+    pub fn session(&self, s: Arc<Session>) {
         let _ = self.session.set(s);
     }
 
@@ -103,14 +106,14 @@ impl Live {
             json!({
                 "master": s.master,
                 "tls_version": s.tls_version,
-                "alpn": s.alpn,
+                "alpn": s.alpn.to_string(),
                 "resumed": s.resumed,
                 "preconnected": s.preconnected,
             })
         });
         json!({
             "id": self.id,
-            "listener": self.listener,
+            "listener": &*self.listener,
             "peer": self.peer_json(),
             "started": rfc3339(self.started_unix),
             "age_ms": self.started.elapsed().as_millis() as u64,
@@ -160,10 +163,10 @@ impl Drop for Registered<'_> {
 }
 
 impl Connections {
-    pub fn register(&self, listener: &str, peer: &Peer) -> Registered<'_> {
+    pub fn register(&self, listener: Arc<str>, peer: &Peer) -> Registered<'_> {
         let live = Arc::new(Live {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            listener: listener.to_string(),
+            listener,
             peer: peer.clone(),
             started: Instant::now(),
             started_unix: now_secs(),
@@ -252,8 +255,8 @@ mod tests {
     fn a_connection_leaves_the_list_when_its_guard_drops() {
         let c = Connections::default();
         let peer = Peer::Ip("127.0.0.1:5000".parse().unwrap());
-        let a = c.register("agent", &peer);
-        let b = c.register("tasks", &peer);
+        let a = c.register("agent".into(), &peer);
+        let b = c.register("tasks".into(), &peer);
         b.live().bytes.up.fetch_add(7, Ordering::Relaxed);
         let s = c.snapshot(10);
         assert_eq!(s["total"], 2);
@@ -272,7 +275,7 @@ mod tests {
     fn the_limit_keeps_the_newest_and_counts_the_rest() {
         let c = Connections::default();
         let peer = Peer::Unix;
-        let held: Vec<_> = (0..5).map(|_| c.register("l", &peer)).collect();
+        let held: Vec<_> = (0..5).map(|_| c.register("l".into(), &peer)).collect();
         let s = c.snapshot(2);
         assert_eq!((s["total"].as_u64(), s["shown"].as_u64()), (Some(5), Some(2)));
         assert_eq!(s["omitted"], 3);

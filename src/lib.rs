@@ -1,6 +1,6 @@
 //! det-tls-proxy: a per-host sidecar that lets plaintext local clients (the Determined agent,
 //! its log shipper, task containers) reach a TLS-only Determined master. Data flows
-//! listen → server::accept → proxy (upstream, relay); config and tls build the live state
+//! listen → server::accept → connection (admit, sniff, route, relay, finish); config and tls build the live state
 //! (state) that server swaps whole on reload; admin and metrics watch; cmd holds the
 //! subcommands other than `run`.
 //!
@@ -28,7 +28,7 @@ macro_rules! internal {
 
 internal!(
     admin, config, denied_log, diagnose, egress, error_kind, exit, host, identity, inherit, limit,
-    listen, logging, metrics, outcome, peer, pem, pool, proxy, relay, sniff, state, tls, untrusted,
+    listen, logging, metrics, outcome, pem, policy, pool, relay, sniff, state, tls, untrusted,
     upstream,
 );
-internal!(connections);
+internal!(connection, connections);

@@ -26,18 +26,14 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
-use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Preconnect;
 use crate::metrics::PreconnectMetrics;
-use crate::upstream::{Sniffed, Upstream};
+use crate::upstream::{MasterTls, Upstream};
 
-/// A TLS session with the master, as the data path relays on it.
-pub type Session = TlsStream<Sniffed<TcpStream>>;
 
 /// The first wait after a failed refill; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -66,7 +62,7 @@ impl ChoiceKey {
 
 /// A session a client took, and the master as logs name it.
 pub struct Pooled {
-    pub session: Session,
+    pub session: MasterTls,
     pub peer: String,
 }
 
@@ -329,7 +325,7 @@ async fn refill(inner: Arc<Inner>, choice: Arc<Choice>) {
 }
 
 /// Puts a fresh session in `choice`'s queue, held by a task of its own.
-fn add(inner: &Arc<Inner>, choice: &Arc<Choice>, session: Session, peer: String) {
+fn add(inner: &Arc<Inner>, choice: &Arc<Choice>, session: MasterTls, peer: String) {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (take, asked) = oneshot::channel();
     let expires = Instant::now() + inner.max_idle;

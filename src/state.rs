@@ -11,89 +11,22 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AlpnPolicy, Config, ListenerConfig, ListenerKey, PresentClientCert, Selectors};
+use crate::config::{AlpnPolicy, Config, ListenerKey, PresentClientCert};
 use crate::connections::Connections;
 use crate::diagnose::CertSummary;
 use crate::identity::container_api::ContainerDirectory;
-use crate::identity::{ContainerSource, Identifier, PeerIdentity};
-use crate::listen::Peer;
-use crate::metrics::{ListenerMetrics, Metrics, PeerMetrics};
+use crate::identity::{ContainerSource, Identifier};
+use crate::metrics::Metrics;
 use crate::pool::{ChoiceKey, Pool};
-use crate::tls::{Present, Resume, TlsContext, TrustError};
+use crate::tls::{Present, Resume, TlsContext};
 use crate::upstream::{Resolve, Upstream};
+
+pub use crate::policy::{ListenerPolicy, Reach};
 
 /// A repeated failure is logged at most once per this period.
 pub const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
-
-// === Per-listener policy ===
-
-/// The client configs a listener uses, all sharing one session store.
-pub struct ListenerTls {
-    pub h2: Arc<ClientConfig>,
-    pub http11: Arc<ClientConfig>,
-    pub fixed: Arc<ClientConfig>,
-}
-
-/// What the data path needs to know about one listener under the current configuration.
-pub struct ListenerPolicy {
-    pub config: ListenerConfig,
-    /// With a systemd socket's default decided by its reach.
-    pub present_client_cert: PresentClientCert,
-    /// The client configs for peers that are not given the client certificate.
-    pub tls: Option<ListenerTls>,
-    /// ... and for those that are: only when one is configured and someone may get it.
-    pub tls_cert: Option<ListenerTls>,
-    pub metrics: ListenerMetrics,
-    pub peers: PeerMetrics,
-}
-
-impl ListenerPolicy {
-    /// Whether `peer` may use this listener under this configuration.
-    pub fn allows(&self, peer: &Peer) -> bool {
-        crate::listen::peer_allowed(self.config.allowed_clients.as_deref(), peer)
-    }
-
-    /// Whether a client is identified: when a selector or the access log will read it.
-    pub fn wants_identity(&self, access_log: bool) -> bool {
-        access_log
-            || self.config.allowed_peers.is_some()
-            || matches!(self.present_client_cert, PresentClientCert::Peers(_))
-    }
-
-    /// Whether `allowed_peers` lets `who` in.
-    pub fn admits(&self, who: &PeerIdentity) -> bool {
-        self.config
-            .allowed_peers
-            .as_ref()
-            .is_none_or(|s| s.matching(who).is_some())
-    }
-
-    /// Whether `who` is given the client certificate (one is configured and a selector, or
-    /// `true`, says so).
-    pub fn presents_to(&self, who: &PeerIdentity) -> bool {
-        self.tls_cert.is_some()
-            && match &self.present_client_cert {
-                PresentClientCert::Always => true,
-                PresentClientCert::Never => false,
-                PresentClientCert::Peers(s) => s.matching(who).is_some(),
-            }
-    }
-
-    /// The `peer` label of `who` in `peers_total`: the name of the first named selector it
-    /// matches (allowed_peers first), else `known` or `unknown`.
-    pub fn peer_kind<'a>(&'a self, who: &PeerIdentity) -> &'a str {
-        [self.config.allowed_peers.as_ref(), peer_selectors(&self.present_client_cert)]
-            .into_iter()
-            .flatten()
-            .flat_map(|s| s.0.iter())
-            .find(|s| s.name.is_some() && s.matches(who))
-            .and_then(|s| s.name.as_deref())
-            .unwrap_or(if who.is_known() { "known" } else { "unknown" })
-    }
-}
 
 /// Everything a connection reads from the configuration; replaced whole on reload. Each
 /// connection takes the state current at its accept and keeps it for its life.
@@ -109,73 +42,25 @@ pub struct State {
 }
 
 impl State {
-    /// Builds the state for `config`. `host_only` tells, for sockets systemd passed, whether
-    /// each is reachable only from this host (other addresses tell it themselves).
-    pub fn build(
-        config: Config,
-        host_only: &HashMap<ListenerKey, bool>,
-        metrics: &Metrics,
-        resolver: Arc<dyn Resolve>,
-    ) -> Result<State, TrustError> {
-        let tls = TlsContext::for_config(&config)?;
-        Ok(Self::with_tls(config, tls, host_only, metrics, resolver))
-    }
-
-    /// As [`State::build`], with a TLS context the caller has already built (and checked).
+    /// The state for `config`, with its TLS context (built and checked by the caller, which
+    /// reports a trust problem before binding anything); `reach` tells, for each bound socket,
+    /// whether only this host can reach it.
     pub fn with_tls(
         config: Config,
         tls: Option<TlsContext>,
-        host_only: &HashMap<ListenerKey, bool>,
+        reach: &Reach,
         metrics: &Metrics,
         resolver: Arc<dyn Resolve>,
     ) -> State {
-        let mut listeners = HashMap::new();
-        for lc in &config.listeners {
-            // An explicit setting wins; otherwise only listeners no other host can reach
-            // present the agent's certificate.
-            let present_client_cert = lc.present_client_cert.clone().unwrap_or_else(|| {
-                PresentClientCert::by_reach(
-                    host_only
-                        .get(&lc.key())
-                        .copied()
-                        .unwrap_or_else(|| lc.addr.is_local()),
-                )
-            });
-            let may_present = present_client_cert != PresentClientCert::Never;
-            let configs = |present: bool| {
-                let t = tls.as_ref()?;
-                if present && !t.has_client_cert() {
-                    return None;
-                }
-                let cert = Present::client_cert_if(present);
-                let fixed_alpn: Vec<Vec<u8>> = match &lc.alpn {
-                    AlpnPolicy::List(l) => l.clone(),
-                    _ => Vec::new(),
-                };
-                Some(ListenerTls {
-                    h2: t.client_config(&[b"h2".to_vec()], cert, Resume::Shared),
-                    http11: t.client_config(&[b"http/1.1".to_vec()], cert, Resume::Shared),
-                    fixed: t.client_config(&fixed_alpn, cert, Resume::Shared),
-                })
-            };
-            let (ltls, tls_cert) = (configs(false), configs(true).filter(|_| may_present));
-            let names: Vec<&str> = [lc.allowed_peers.as_ref(), peer_selectors(&present_client_cert)]
-                .into_iter()
-                .flatten()
-                .flat_map(|s| s.names())
-                .collect();
-            listeners.insert(
-                lc.key(),
-                Arc::new(ListenerPolicy {
-                    config: lc.clone(),
-                    peers: metrics.peers(&lc.name, &names),
-                    present_client_cert,
-                    tls: ltls,
-                    tls_cert,
-                    metrics: metrics.listener(&lc.name),
-                }),
-            );
-        }
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|lc| {
+                let reach = reach.get(&lc.key()).copied();
+                let policy = ListenerPolicy::build(lc, reach, tls.as_ref(), metrics);
+                (lc.key(), Arc::new(policy))
+            })
+            .collect();
         let upstream = Upstream::for_config(&config, resolver);
         let pool = new_pool(&config, tls.as_ref(), &upstream, &listeners, metrics);
         State {
@@ -234,13 +119,6 @@ impl State {
         if let Some(pool) = &self.pool {
             pool.close();
         }
-    }
-}
-
-fn peer_selectors(p: &PresentClientCert) -> Option<&Selectors> {
-    match p {
-        PresentClientCert::Peers(s) => Some(s),
-        _ => None,
     }
 }
 

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
@@ -24,10 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 use det_tls_proxy::config::{self, Purpose};
-use det_tls_proxy::listen::{ClientStream, Peer};
 use det_tls_proxy::metrics::Metrics;
-use det_tls_proxy::proxy as dataplane;
-use det_tls_proxy::state::{Shared, State};
+use det_tls_proxy::server::{Server, Start};
 use det_tls_proxy::upstream::{Resolve, ResolveFuture};
 
 // === Process probes (/proc of the proxy child) ===
@@ -850,39 +847,19 @@ impl Resolve for Switch {
     }
 }
 
-/// The real per-connection path (`proxy::handle`) behind an accept loop of the test's own,
-/// with the resolver swapped.
+/// The proxy started in this process as `run` starts it (`Server::start`, the real accept
+/// loop and connection path), with the resolver swapped. Its accept loop runs on the test's
+/// runtime; dropping the `Server` handle stops nothing.
 async fn serve_in_process(yaml: &str, resolver: Arc<dyn Resolve>) -> (SocketAddr, Arc<Metrics>) {
     let loaded = config::assemble_str(yaml).expect("config");
     let cfg = config::validate(&loaded, Purpose::Serve).expect("valid config");
-    let metrics = Arc::new(Metrics::new());
-    // The listener's address (127.0.0.1:0) is loopback: it presents the client certificate.
-    let state = State::build(cfg, &HashMap::new(), &metrics, resolver.clone()).expect("state");
-    let shared = Shared::new(state, metrics.clone(), resolver);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, peer)) = listener.accept().await else {
-                continue;
-            };
-            let _ = s.set_nodelay(true);
-            let state = shared.current();
-            let policy = state
-                .listeners
-                .values()
-                .next()
-                .expect("one listener")
-                .clone();
-            tokio::spawn(dataplane::handle(
-                ClientStream::Tcp(s),
-                Peer::Ip(peer),
-                state,
-                policy,
-                shared.clone(),
-            ));
-        }
-    });
+    let start = Start {
+        resolver,
+        ..Start::new(cfg)
+    };
+    let metrics = start.metrics.clone();
+    let server = Server::start(start).expect("server starts");
+    let addr = server.addresses()[0].1.parse().expect("a TCP listener");
     (addr, metrics)
 }
 

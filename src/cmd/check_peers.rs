@@ -24,7 +24,7 @@ pub(super) fn listeners(config: &Config) -> Vec<ListenerReport> {
         .map(|l| ListenerReport {
             name: l.name.clone(),
             listen: l.addr.to_string(),
-            present_client_cert: l.present_client_cert.as_ref().map_or_else(
+            present_client_cert: l.present_client_cert_for(None).map_or_else(
                 || "by the socket's reach (true on loopback and unix sockets)".to_string(),
                 |p| p.to_string(),
             ),

@@ -19,9 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{self, Overrides, Purpose};
-use crate::listen::Inherited;
-use crate::metrics::Metrics;
-use crate::server::Server;
+use crate::server::{Server, Start};
 
 /// The only name the stand-in master's certificate holds.
 pub const DEMO_NAME: &str = "det-master.demo";
@@ -357,13 +355,11 @@ fn start_proxy(
     let vars: Vec<(String, String)> = Vec::new();
     let loaded = config::assemble(&vars, &flags).map_err(|e| e.to_string())?;
     let config = config::validate(&loaded, Purpose::Serve).map_err(|e| e.to_string())?;
-    let server = Server::start(
-        config,
+    let start = Start {
         flags,
-        Inherited::default(),
-        Arc::new(Metrics::new()),
-    )
-    .map_err(|e| e.to_string())?;
+        ..Start::new(config)
+    };
+    let server = Server::start(start).map_err(|e| e.to_string())?;
     let proxy: SocketAddr = server
         .addresses()
         .first()

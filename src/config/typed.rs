@@ -125,12 +125,13 @@ impl ListenAddr {
         ))
     }
 
-    /// Loopback TCP and unix sockets are reachable only from this host.
-    pub fn is_local(&self) -> bool {
+    /// Whether only this host can reach the address (loopback TCP and unix sockets); `None`
+    /// for a socket systemd passes, whose reach only the socket itself tells.
+    pub fn host_only(&self) -> Option<bool> {
         match self {
-            ListenAddr::Tcp(a) => a.ip().is_loopback(),
-            ListenAddr::Unix(_) => true,
-            ListenAddr::Systemd(_) => false,
+            ListenAddr::Tcp(a) => Some(a.ip().is_loopback()),
+            ListenAddr::Unix(_) => Some(true),
+            ListenAddr::Systemd(_) => None,
         }
     }
 }
@@ -152,7 +153,7 @@ pub struct ListenerConfig {
     pub mode: u32,
     pub group: Option<u32>,
     pub alpn: AlpnPolicy,
-    /// `None` for systemd listeners: decided on the inherited socket's address.
+    /// As configured; `None` when unset: `present_client_cert_for` decides by the socket's reach.
     pub present_client_cert: Option<PresentClientCert>,
     pub tls_passthrough: bool,
     /// This listener's own cap inside the global `max_connections`; `None`: only the global one.
@@ -172,9 +173,8 @@ pub enum PresentClientCert {
 
 impl PresentClientCert {
     /// The default when `present_client_cert` is unset: only a socket no other host can reach
-    /// presents the agent's certificate. Validation applies it to a configured address; the
-    /// state, to a socket systemd passed (whose reach only the socket knows).
-    pub fn by_reach(host_only: bool) -> PresentClientCert {
+    /// presents the agent's certificate.
+    fn by_reach(host_only: bool) -> PresentClientCert {
         if host_only {
             PresentClientCert::Always
         } else {
@@ -210,6 +210,19 @@ pub enum ListenerKey {
 }
 
 impl ListenerConfig {
+    /// To whom the agent's certificate is presented: the one place the default is decided.
+    /// The setting wins; unset, only a socket no other host can reach presents it. `reach`
+    /// is what the bound socket says (`Bound::host_only`); without a socket, the address
+    /// tells, except a systemd socket's (`None`: not known before systemd passes it).
+    pub fn present_client_cert_for(&self, reach: Option<bool>) -> Option<PresentClientCert> {
+        match &self.present_client_cert {
+            Some(p) => Some(p.clone()),
+            None => reach
+                .or_else(|| self.addr.host_only())
+                .map(PresentClientCert::by_reach),
+        }
+    }
+
     pub fn key(&self) -> ListenerKey {
         match &self.addr {
             ListenAddr::Tcp(a) if a.port() == 0 => ListenerKey::AnyPort(*a, self.name.clone()),

@@ -1,7 +1,7 @@
 //! The accept loop of one listener: wait for room under the listener's own
 //! `listeners[].max_connections`, take a client, judge it by the policy of the state current at
-//! that moment, wait for room under the global `max_connections`, and hand it to
-//! `proxy::handle` with that state, which it keeps for its life.
+//! that moment, wait for room under the global `max_connections`, and start its
+//! `Connection` with that state, which it keeps for its life.
 
 use std::sync::Arc;
 
@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, ListenerKey};
+use crate::connection::{Accepted, Permits};
 use crate::limit::{Limit, Permit};
 use crate::listen::{self, Backoff, Bound, ClientStream, Peer};
-use crate::proxy;
-use crate::state::{ListenerPolicy, Shared, State};
+use crate::state::Shared;
 
 pub(crate) struct AcceptLoop {
     pub key: ListenerKey,
@@ -42,7 +42,7 @@ impl AcceptLoop {
             let Some((stream, peer, own)) = self.next_client(&mut backoff).await else {
                 return;
             };
-            let Some(admitted) = self.admit(&peer) else {
+            let Some(accepted) = self.judge(stream, peer) else {
                 continue;
             };
             // Beyond the global max_connections this loop stops accepting until there is room,
@@ -50,26 +50,23 @@ impl AcceptLoop {
             // listener waits here. The global place is taken after accept, not before (unlike
             // the listener's own), so an idle listener never holds one that another listener's
             // client needs.
-            let (state, policy, permit) = match self.limit.try_acquire() {
-                Some(permit) => (admitted.0, admitted.1, permit),
+            let (accepted, global) = match self.limit.try_acquire() {
+                Some(permit) => (accepted, permit),
                 None => {
                     let permit = tokio::select! {
                         p = self.limit.acquire() => p,
                         _ = self.stop.cancelled() => return,
                     };
                     // A reload may have come while it waited: judge it by the state current now.
-                    let Some((state, policy)) = self.admit(&peer) else {
+                    let (stream, peer) = accepted.into_client();
+                    let Some(accepted) = self.judge(stream, peer) else {
                         continue;
                     };
-                    (state, policy, permit)
+                    (accepted, permit)
                 }
             };
-            let shared = self.shared.clone();
-            self.tracker.spawn(async move {
-                proxy::handle(stream, peer, state, policy, shared).await;
-                drop(permit);
-                drop(own);
-            });
+            let conn = accepted.open(self.shared.clone(), Permits { global, own });
+            self.tracker.spawn(conn.serve());
         }
     }
 
@@ -125,15 +122,11 @@ impl AcceptLoop {
         }
     }
 
-    /// The live state and this listener's policy in it, if the client may connect. A client
-    /// of a listener the live configuration no longer has (a reload is closing it) is dropped.
-    fn admit(&self, peer: &Peer) -> Option<(Arc<State>, Arc<ListenerPolicy>)> {
+    /// The client, judged by the policy of the live state: `None` when it is refused, or when
+    /// the live configuration no longer has this listener (a reload is closing it).
+    fn judge(&self, stream: ClientStream, peer: Peer) -> Option<Accepted> {
         let state = self.shared.current();
         let policy = state.listeners.get(&self.key)?.clone();
-        if !policy.allows(peer) {
-            proxy::deny(&policy, peer, &self.shared);
-            return None;
-        }
-        Some((state, policy))
+        Accepted::judge(stream, peer, state, policy, &self.shared)
     }
 }

@@ -26,7 +26,7 @@ use crate::exit::{self, StartError};
 use crate::limit::Limit;
 use crate::listen::{self, Bound};
 use crate::metrics::Metrics;
-use crate::state::{Shared, State};
+use crate::state::{Reach, Shared, State};
 use crate::tls::{NameReason, TlsContext};
 
 pub use crate::listen::Inherited;
@@ -58,6 +58,37 @@ struct AdminRunning {
     stop: CancellationToken,
     /// Its accept loop and connections: the drain lets them finish their answers.
     tracker: TaskTracker,
+}
+
+/// What a server starts from. `Start::new` takes the defaults of a process started by hand:
+/// no command-line overrides, no inherited sockets, fresh metrics, the system's resolver.
+pub struct Start {
+    pub config: Config,
+    pub flags: Overrides,
+    pub inherited: Inherited,
+    pub metrics: Arc<Metrics>,
+    /// How the master's name is resolved (a test substitutes its own).
+    pub resolver: Arc<dyn crate::upstream::Resolve>,
+}
+
+impl Start {
+    pub fn new(config: Config) -> Start {
+        Start {
+            config,
+            flags: Overrides::default(),
+            inherited: Inherited::default(),
+            metrics: Arc::new(Metrics::new()),
+            resolver: Arc::new(crate::upstream::SystemResolver),
+        }
+    }
+}
+
+/// Whether only this host can reach each bound socket, for the listeners' policies.
+fn reach<'a>(bound: impl IntoIterator<Item = (&'a ListenerKey, &'a Bound)>) -> Reach {
+    bound
+        .into_iter()
+        .map(|(k, b)| (k.clone(), b.host_only))
+        .collect()
 }
 
 /// The serving process: its listeners, the shared state and the drain machinery.
@@ -160,15 +191,17 @@ fn start_error(e: listen::ListenError) -> StartError {
 }
 
 impl Server {
-    /// Binds every listener of `config` (and the admin endpoint) and builds the first state.
+    /// Binds every listener of the configuration (and the admin endpoint) and builds the
+    /// first state: the one way a server starts, for `run`, `demo` and the tests alike.
     /// Must run inside the tokio runtime.
-    pub fn start(
-        config: Config,
-        flags: Overrides,
-        mut inherited: Inherited,
-        metrics: Arc<Metrics>,
-    ) -> Result<Server, StartError> {
-        let resolver: Arc<dyn crate::upstream::Resolve> = Arc::new(crate::upstream::SystemResolver);
+    pub fn start(start: Start) -> Result<Server, StartError> {
+        let Start {
+            config,
+            flags,
+            mut inherited,
+            metrics,
+            resolver,
+        } = start;
         // Trust problems are configuration problems: report them before binding anything.
         let tls = TlsContext::for_config(&config)
             .map_err(|e| StartError::Config(format!("configuration error: {e}")))?;
@@ -186,13 +219,10 @@ impl Server {
         };
         inherited.close_unclaimed_upgrade();
         log_trust_summary(&config, tls.as_ref());
-        let host_only: HashMap<ListenerKey, bool> = bound
-            .iter()
-            .map(|(a, b)| (a.clone(), b.host_only))
-            .collect();
+        let reach = reach(bound.iter().map(|(k, b)| (k, &**b)));
         let limit = Limit::new(config.max_connections);
         let watched = watch::watch_list(&config);
-        let state = State::with_tls(config, tls, &host_only, &metrics, resolver.clone());
+        let state = State::with_tls(config, tls, &reach, &metrics, resolver.clone());
         let shared = Shared::new(state, metrics, resolver);
         let mut server = Server {
             flags,
@@ -442,8 +472,12 @@ pub fn run(flags: Overrides, inherited: Inherited) -> i32 {
         }
     };
     runtime.block_on(async move {
-        let metrics = Arc::new(Metrics::new());
-        let server = match Server::start(config.clone(), flags, inherited, metrics) {
+        let start = Start {
+            flags,
+            inherited,
+            ..Start::new(config.clone())
+        };
+        let server = match Server::start(start) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");

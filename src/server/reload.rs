@@ -183,12 +183,8 @@ impl Server {
         } = loaded;
         let old = self.shared.current();
         let changed = config::changed_keys(&old.config, &config);
-        let mut host_only: HashMap<ListenerKey, bool> = self
-            .listeners
-            .iter()
-            .map(|(a, r)| (a.clone(), r.bound.host_only))
-            .collect();
-        host_only.extend(p.added.iter().map(|(a, b)| (a.clone(), b.host_only)));
+        let sockets = self.listeners.iter().map(|(k, r)| (k, &*r.bound));
+        let reach = super::reach(sockets.chain(p.added.iter().map(|(k, b)| (k, &**b))));
         log_trust_summary(&config, tls.as_ref());
         let new_listeners: Vec<ListenerConfig> = config.listeners.clone();
         let max = config.max_connections;
@@ -196,7 +192,7 @@ impl Server {
         let state = State::with_tls(
             config,
             tls,
-            &host_only,
+            &reach,
             &self.shared.metrics,
             self.shared.resolver.clone(),
         );

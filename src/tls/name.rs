@@ -54,9 +54,13 @@ pub struct NameChoice {
 
 impl NameChoice {
     pub fn sni(&self) -> Option<String> {
+        Some(self.sni_str()).filter(|s| !s.is_empty()).map(str::to_string)
+    }
+    /// The name sent as SNI, or "" when none is (an IP address).
+    pub fn sni_str(&self) -> &str {
         match &self.server_name {
-            ServerName::DnsName(d) => Some(d.as_ref().to_string()),
-            _ => None,
+            ServerName::DnsName(d) => d.as_ref(),
+            _ => "",
         }
     }
     pub fn name(&self) -> String {

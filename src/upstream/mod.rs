@@ -252,6 +252,9 @@ pub struct Upstream {
     pub egress: Egress,
 }
 
+/// A verified TLS session with the master, over its socket as rustls sees it.
+pub type MasterTls = TlsStream<Sniffed<TcpStream>>;
+
 /// A TCP connection to the master (direct, or a tunnel through the proxy) and what it took
 /// to get there.
 pub struct Dialed {
@@ -416,7 +419,7 @@ impl Upstream {
         &self,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
-    ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
+    ) -> Result<MasterTls, UpstreamError> {
         Ok(self.dial_tls_peer(config, name).await?.0)
     }
 
@@ -425,7 +428,7 @@ impl Upstream {
         &self,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
-    ) -> Result<(TlsStream<Sniffed<TcpStream>>, String), UpstreamError> {
+    ) -> Result<(MasterTls, String), UpstreamError> {
         let dialed = self.connect().await?;
         let peer = self.peer(&dialed);
         Ok((self.handshake(dialed, config, name).await?, peer))
@@ -439,7 +442,7 @@ impl Upstream {
         dialed: Dialed,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
-    ) -> Result<TlsStream<Sniffed<TcpStream>>, UpstreamError> {
+    ) -> Result<MasterTls, UpstreamError> {
         let peer = self.peer(&dialed);
         let mut io = Sniffed::new(dialed.stream);
         io.hold_fin = dialed.via.is_some();

@@ -83,7 +83,7 @@ fn listener(c: &mut Check, key: &str, rl: &RawListener, source: &str) -> Option<
         }
     }
     let present_client_cert =
-        super::peers::present_client_cert(c, key, rl.present_client_cert.as_ref(), &addr, source);
+        super::peers::present_client_cert(c, key, rl.present_client_cert.as_ref(), source);
     let allowed_peers = super::peers::allowed_peers(c, key, rl.allowed_peers.as_ref(), source);
     Some(ListenerConfig {
         mode: mode(c, key, rl.mode.as_deref(), &addr, source),
@@ -288,7 +288,7 @@ mod tests {
     fn present_client_cert_defaults_by_reach() {
         let c = valid("master_host: det\nlisteners: [{name: a, listen: \"127.0.0.1:1\"}, {name: b, listen: \"0.0.0.0:2\", allowed_clients: [10.0.0.0/8]}, {name: c, listen: \"systemd:agent\"}]\n");
         let present: Vec<Option<PresentClientCert>> =
-            c.listeners.iter().map(|l| l.present_client_cert.clone()).collect();
+            c.listeners.iter().map(|l| l.present_client_cert_for(None)).collect();
         assert_eq!(present, [Some(PresentClientCert::Always), Some(PresentClientCert::Never), None]);
         assert_eq!(c.listeners[2].addr, ListenAddr::Systemd("agent".into()));
     }

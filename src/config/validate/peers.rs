@@ -42,19 +42,15 @@ pub(super) fn allowed_peers(
     Some(s)
 }
 
-/// `None` when unset on a systemd socket: decided by the inherited socket's reach.
+/// `None` when unset: the default is the socket's reach (`ListenerConfig::present_client_cert_for`).
 pub(super) fn present_client_cert(
     c: &mut Check,
     key: &str,
     raw: Option<&Value>,
-    addr: &ListenAddr,
     source: &str,
 ) -> Option<PresentClientCert> {
     let key = format!("{key}.present_client_cert");
-    let default = || match addr {
-        ListenAddr::Systemd(_) => None,
-        a => Some(PresentClientCert::by_reach(a.is_local())),
-    };
+    let default = || None;
     match raw {
         None => default(),
         Some(Value::Bool(true)) => Some(PresentClientCert::Always),
@@ -95,7 +91,7 @@ pub fn shared_client_cert_warnings(config: &Config) -> Vec<String> {
 }
 
 fn presents_to_everyone(l: &ListenerConfig) -> bool {
-    matches!(l.present_client_cert, Some(PresentClientCert::Always))
+    matches!(l.present_client_cert_for(None), Some(PresentClientCert::Always))
         && matches!(l.addr, ListenAddr::Tcp(_) | ListenAddr::Systemd(_))
 }
 
