@@ -7,6 +7,7 @@ mod check_report;
 mod check_trust;
 pub mod config;
 pub mod demo;
+mod staged;
 pub mod status;
 pub mod trust;
 

@@ -15,6 +15,7 @@ use crate::exit;
 
 use super::check::{dial_and_report, fetch_chain};
 use super::check_report::{print_chain, ChainEntry};
+use super::staged::{stage, Like};
 
 #[derive(Debug, Clone, Default)]
 pub struct TrustOptions {
@@ -151,22 +152,6 @@ fn from_cli_store(path: &Path, config: &Config) -> Result<(String, String), Trus
             crate::untrusted::escape(&map.keys().cloned().collect::<Vec<_>>().join(", "))
         ))),
     }
-}
-
-/// A temporary file beside `path` holding `contents` (mode 0644, synced), ready to be renamed
-/// over it.
-fn stage(path: &Path, contents: &str) -> std::io::Result<tempfile::NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(contents.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    Ok(tmp)
 }
 
 /// `det-tls-proxy trust`: fetch (or import), show, confirm, prove, write (or pin).
@@ -353,7 +338,7 @@ async fn write_verified(
     let staged = if unchanged {
         None
     } else {
-        Some(stage(target, pem).map_err(|e| {
+        Some(stage(target, pem, Like::Mode(0o644)).map_err(|e| {
             TrustCmdError::Failed(format!("cannot write beside {}: {e}", target.display()))
         })?)
     };

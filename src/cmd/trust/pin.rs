@@ -4,7 +4,6 @@
 //! file beside it, and only then renamed into place with the file's mode.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::edit::{add_to_list, by_hand, list_at};
@@ -12,6 +11,7 @@ use crate::config::{self, Config, Overrides, Purpose, KEYS};
 use crate::diagnose::parse_fingerprint;
 
 use super::TrustCmdError;
+use crate::cmd::staged::{stage, Like};
 
 const KEY: &str = "security.tls.master_cert_sha256";
 const PATH: &[&str] = &["security", "tls", "master_cert_sha256"];
@@ -66,7 +66,7 @@ pub(super) fn write_pin(
             by_hand(PATH, &all).trim_end()
         ))
     })?;
-    let tmp = stage_like(&real, &edited)
+    let tmp = stage(&real, &edited, Like::Existing)
         .map_err(|e| failed(format!("cannot write beside {}: {e}", file.display())))?;
     let source = validate_staged(flags, tmp.path(), file, fp)?;
     tmp.persist(&real)
@@ -80,27 +80,6 @@ pub(super) fn write_pin(
         file.display()
     );
     Ok(())
-}
-
-/// `contents` in a temporary file beside `path` with `path`'s mode (and owner, where this
-/// process may set it), synced, ready to be renamed over it.
-fn stage_like(path: &Path, contents: &str) -> std::io::Result<tempfile::NamedTempFile> {
-    let meta = std::fs::metadata(path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(contents.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    let file = tmp.as_file();
-    file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    if file.metadata()?.uid() != meta.uid() || file.metadata()?.gid() != meta.gid() {
-        std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid())).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot give the new file the old one's owner {}:{} ({e}); run as that user or root", meta.uid(), meta.gid()),
-            )
-        })?;
-    }
-    Ok(tmp)
 }
 
 /// The staged file loaded as `run` loads the configuration (same environment, same flags,
