@@ -19,8 +19,8 @@ use crate::listen::Peer;
 use crate::relay::LiveBytes;
 
 /// `/connections?limit=` when none is given, and the most it may ask for.
-pub const DEFAULT_LIMIT: usize = 1000;
-pub const MAX_LIMIT: usize = 10_000;
+pub(crate) const DEFAULT_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 10_000;
 
 /// The master session a connection relays over, once it has one: made once and shared by the
 /// connection's row here and its access line.
@@ -141,7 +141,7 @@ pub struct Connections {
 }
 
 /// A connection's place in [`Connections`]; dropping it takes the connection off the list.
-pub struct Registered<'a> {
+pub(crate) struct Registered<'a> {
     registry: &'a Connections,
     live: Arc<Live>,
 }
@@ -163,7 +163,7 @@ impl Drop for Registered<'_> {
 }
 
 impl Connections {
-    pub fn register(&self, listener: Arc<str>, peer: &Peer) -> Registered<'_> {
+    pub(crate) fn register(&self, listener: Arc<str>, peer: &Peer) -> Registered<'_> {
         let live = Arc::new(Live {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             listener,
@@ -185,7 +185,7 @@ impl Connections {
     }
 
     /// Notes a failure to reach or verify the master, by its metric kind.
-    pub fn note_error(&self, kind: UpstreamErrorKind, detail: &str) {
+    pub(crate) fn note_error(&self, kind: UpstreamErrorKind, detail: &str) {
         let kind = kind.label();
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         let note = errors.entry(kind).or_insert(ErrorNote {
@@ -200,7 +200,7 @@ impl Connections {
 
     /// The newest `limit` open connections (newest first), how many there are in all, and
     /// the failures by kind.
-    pub fn snapshot(&self, limit: usize) -> Value {
+    pub(crate) fn snapshot(&self, limit: usize) -> Value {
         let mut open: Vec<Arc<Live>> = self
             .open
             .lock()
@@ -233,7 +233,7 @@ impl Connections {
 }
 
 /// The `limit` query parameter: absent is [`DEFAULT_LIMIT`]; else 1 to [`MAX_LIMIT`].
-pub fn parse_limit(query: Option<&str>) -> Result<usize, String> {
+pub(crate) fn parse_limit(query: Option<&str>) -> Result<usize, String> {
     let given = query
         .into_iter()
         .flat_map(|q| q.split('&'))

@@ -32,7 +32,7 @@ impl DeniedLog {
     /// Whether the access line of a client `listener` just denied is written. When it is not,
     /// it is counted and reported at the end of the period. `summary` writes the summary line
     /// with the count of lines not written.
-    pub fn admit(&self, listener: &str, summary: fn(&str, u64)) -> bool {
+    pub(crate) fn admit(&self, listener: &str, summary: fn(&str, u64)) -> bool {
         self.admit_at(listener, Instant::now(), summary)
     }
 

@@ -13,7 +13,7 @@ use crate::untrusted::Untrusted;
 
 /// A master certificate closer than this to its expiry is warned about (`run`: once a day;
 /// `check`: in its report).
-pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+pub(crate) const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
 
 /// What an operator needs to know about one certificate. Its names are whatever the master
 /// sent, so they are [`Untrusted`]: escaped wherever they are shown.
@@ -22,7 +22,7 @@ pub struct CertSummary {
     pub subject: Untrusted,
     pub issuer: Untrusted,
     pub dns_names: Vec<Untrusted>,
-    pub ip_addresses: Vec<IpAddr>,
+    pub(crate) ip_addresses: Vec<IpAddr>,
     /// Seconds since the Unix epoch.
     pub not_before: i64,
     pub not_after: i64,
@@ -77,7 +77,7 @@ impl CertSummary {
         now_secs() > self.not_after
     }
 
-    pub fn not_yet_valid(&self) -> bool {
+    pub(crate) fn not_yet_valid(&self) -> bool {
         now_secs() < self.not_before
     }
 
@@ -120,7 +120,7 @@ impl fmt::Display for CertSummary {
     }
 }
 
-pub fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -157,7 +157,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 }
 
 /// Standard base64 with padding (for writing PEM).
-pub fn base64(data: &[u8]) -> String {
+pub(crate) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {

@@ -19,7 +19,7 @@ pub struct ProxyUrl {
     /// User and password, percent-decoded, for `Proxy-Authorization: Basic`.
     pub auth: Option<(String, String)>,
     /// The `upstream_proxy_credentials` file `auth` was read from, if it was.
-    pub auth_file: Option<std::path::PathBuf>,
+    pub(crate) auth_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Display for ProxyUrl {
@@ -44,7 +44,7 @@ impl fmt::Debug for ProxyUrl {
 
 /// `text` with the password of any `scheme://user:password@` in it replaced by `***`, for
 /// messages that quote what an operator wrote.
-pub fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return text.to_string();
     };
@@ -186,7 +186,7 @@ impl NoProxy {
     }
 
     /// Whether `host:port` is reached directly.
-    pub fn bypasses(&self, host: &str, port: u16) -> bool {
+    pub(crate) fn bypasses(&self, host: &str, port: u16) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let ip = crate::host::parse_host_ip(&host);
         if host == "localhost" || ip.is_some_and(|ip| ip.is_loopback()) {
@@ -341,7 +341,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// Asks the proxy on `stream` for a tunnel to `host:port` and reads its answer up to the end
 /// of the head and not a byte further, so what follows is the master's.
-pub async fn open_tunnel(
+pub(crate) async fn open_tunnel(
     stream: &mut TcpStream,
     proxy: &ProxyUrl,
     host: &str,

@@ -35,7 +35,7 @@ pub enum UpstreamErrorKind {
 
 impl UpstreamErrorKind {
     /// Every kind, in [`UpstreamErrorKind::index`] order: each label value is registered at start.
-    pub const ALL: [UpstreamErrorKind; 25] = [
+    pub(crate) const ALL: [UpstreamErrorKind; 25] = [
         UpstreamErrorKind::Resolve,
         UpstreamErrorKind::ConnectRefused,
         UpstreamErrorKind::ConnectTimeout,

@@ -1,7 +1,7 @@
 //! Exit status: 0 fine, 1 runtime failure, 2 configuration or usage error.
 
 pub const OK: i32 = 0;
-pub const RUNTIME: i32 = 1;
+pub(crate) const RUNTIME: i32 = 1;
 pub const CONFIG: i32 = 2;
 
 /// Why `run` could not start serving, and the exit status that says so.
@@ -16,7 +16,7 @@ pub enum StartError {
 }
 
 impl StartError {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             StartError::Config(_) => CONFIG,
             StartError::Runtime(_) => RUNTIME,

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 /// An IP literal, with or without the brackets of a v6 URL host.
-pub fn parse_host_ip(host: &str) -> Option<IpAddr> {
+pub(crate) fn parse_host_ip(host: &str) -> Option<IpAddr> {
     let h = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))

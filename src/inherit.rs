@@ -11,12 +11,12 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use crate::config::{ListenAddr, ListenerKey};
 
 /// The upgrade's sockets: lines of `FD=KEY`.
-pub const UPGRADE_FDS_ENV: &str = "DET_TLS_PROXY_UPGRADE_FDS";
+pub(crate) const UPGRADE_FDS_ENV: &str = "DET_TLS_PROXY_UPGRADE_FDS";
 /// The write end of the pipe the new process says "ready" on.
-pub const UPGRADE_READY_ENV: &str = "DET_TLS_PROXY_UPGRADE_READY_FD";
+pub(crate) const UPGRADE_READY_ENV: &str = "DET_TLS_PROXY_UPGRADE_READY_FD";
 
 /// What a passed socket is for, as both processes spell it.
-pub fn listener_key(key: &ListenerKey) -> String {
+pub(crate) fn listener_key(key: &ListenerKey) -> String {
     match key {
         ListenerKey::Addr(ListenAddr::Tcp(a)) => format!("tcp:{a}"),
         ListenerKey::Addr(ListenAddr::Unix(p)) => format!("unix:{}", p.display()),
@@ -25,11 +25,11 @@ pub fn listener_key(key: &ListenerKey) -> String {
     }
 }
 
-pub fn systemd_key(name: &str) -> String {
+pub(crate) fn systemd_key(name: &str) -> String {
     format!("systemd:{name}")
 }
 
-pub fn admin_key(addr: std::net::SocketAddr) -> String {
+pub(crate) fn admin_key(addr: std::net::SocketAddr) -> String {
     format!("admin:{addr}")
 }
 
@@ -97,7 +97,7 @@ impl Inherited {
     }
 
     /// Whether this process was started by an upgrade.
-    pub fn is_upgrade(&self) -> bool {
+    pub(crate) fn is_upgrade(&self) -> bool {
         self.ready.is_some()
     }
 

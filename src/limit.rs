@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 #[derive(Debug)]
-pub struct Limit {
+pub(crate) struct Limit {
     max: AtomicUsize,
     active: AtomicUsize,
     /// Accept loops waiting for room; releases notify only when someone waits.
@@ -21,7 +21,7 @@ pub struct Limit {
 
 /// One connection's place under the limit, given back on drop.
 #[derive(Debug)]
-pub struct Permit(Arc<Limit>);
+pub(crate) struct Permit(Arc<Limit>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -55,13 +55,13 @@ impl Limit {
     }
 
     /// Sets a new limit; connections already admitted are never cut.
-    pub fn resize(&self, max: usize) {
+    pub(crate) fn resize(&self, max: usize) {
         self.max.store(max, Ordering::SeqCst);
         self.room.notify_waiters();
     }
 
     /// A permit if the count is below the limit now.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         let mut cur = self.active.load(Ordering::SeqCst);
         loop {
             if cur >= self.max.load(Ordering::SeqCst) {

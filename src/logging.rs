@@ -125,7 +125,7 @@ pub fn apply(cfg: &LogConfig) {
 
 /// Prints configuration errors before logging is set up: as JSON lines when the (otherwise
 /// broken) configuration asks for JSON, so a log pipeline never sees a stray text line.
-pub fn config_errors(flags: &Overrides, errors: &ConfigErrors) {
+pub(crate) fn config_errors(flags: &Overrides, errors: &ConfigErrors) {
     let vars = crate::config::env_vars();
     let json = crate::config::log_format_hint(&vars, flags).is_some_and(|f| f.trim() == "json");
     if !json {

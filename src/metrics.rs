@@ -37,7 +37,7 @@ pub struct PeerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     pub kind: UpstreamErrorKind,
 }
 
@@ -48,7 +48,7 @@ impl EncodeLabelValue for UpstreamErrorKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
+pub(crate) struct ResultLabel {
     pub result: String,
 }
 
@@ -66,12 +66,12 @@ pub struct Metrics {
     pub connections: Family<ConnLabels, Counter>,
     pub active: Family<ListenerLabel, Gauge>,
     pub bytes: Family<BytesLabels, Counter>,
-    pub connect_seconds: Histogram,
-    pub handshake_seconds: Histogram,
-    pub upstream_errors: Family<KindLabel, Counter>,
-    pub tls_resumed: Counter,
-    pub master_cert_expiry: Gauge<f64, AtomicU64>,
-    pub config_reloads: Family<ResultLabel, Counter>,
+    pub(crate) connect_seconds: Histogram,
+    pub(crate) handshake_seconds: Histogram,
+    pub(crate) upstream_errors: Family<KindLabel, Counter>,
+    pub(crate) tls_resumed: Counter,
+    pub(crate) master_cert_expiry: Gauge<f64, AtomicU64>,
+    pub(crate) config_reloads: Family<ResultLabel, Counter>,
     pub skip_verify: Gauge,
     /// Readiness, the connection cap, the last reload's result.
     pub health: HealthGauges,
@@ -128,7 +128,7 @@ pub struct HealthGauges {
     /// The global `max_connections`, so utilisation needs no copy of the configuration.
     pub max_connections: Gauge,
     /// 0 from a refused reload until the next one succeeds (Prometheus' own convention).
-    pub reload_ok: Gauge,
+    pub(crate) reload_ok: Gauge,
     /// `listeners[].max_connections`, for the listeners that have one.
     listener_max: Family<ListenerLabel, Gauge>,
 }
@@ -164,7 +164,7 @@ impl HealthGauges {
 impl HealthGauges {
     /// The caps of the configuration going live: the global one, and each listener's own
     /// (a listener whose cap was removed, or that is gone, loses its sample).
-    pub fn caps(&self, global: usize, listeners: &[(&str, Option<usize>)]) {
+    pub(crate) fn caps(&self, global: usize, listeners: &[(&str, Option<usize>)]) {
         self.max_connections.set(global as i64);
         self.listener_max.clear();
         for (name, cap) in listeners {

@@ -22,7 +22,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub(crate) const ALL: [Outcome; 8] = [
         Outcome::Ok,
         Outcome::IdleTimeout,
         Outcome::CloseTimeout,

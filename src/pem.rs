@@ -83,7 +83,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
 
 /// The revocation lists in a file: PEM (one or more `X509 CRL` blocks) or one DER CRL. Each
 /// is parsed here, so a file that is not a CRL is refused when the configuration is read.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
+pub(crate) fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, PemError> {
     let bytes = read_pem(path)?;
     let no_crl = |detail: String| PemError::NoCrl {
         path: path.to_path_buf(),

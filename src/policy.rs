@@ -15,12 +15,12 @@ use crate::metrics::{ListenerMetrics, Metrics, PeerMetrics};
 use crate::tls::{Present, Resume, TlsContext};
 
 /// Whether only this host can reach each bound socket (`Bound::host_only`), by listener.
-pub type Reach = HashMap<ListenerKey, bool>;
+pub(crate) type Reach = HashMap<ListenerKey, bool>;
 
 /// The client configs a listener uses, all sharing one session store.
 pub struct ListenerTls {
     pub h2: Arc<ClientConfig>,
-    pub http11: Arc<ClientConfig>,
+    pub(crate) http11: Arc<ClientConfig>,
     pub fixed: Arc<ClientConfig>,
 }
 
@@ -34,7 +34,7 @@ pub struct ListenerPolicy {
     /// The client configs for peers that are not given the client certificate.
     pub tls: Option<ListenerTls>,
     /// ... and for those that are: only when one is configured and someone may get it.
-    pub tls_cert: Option<ListenerTls>,
+    pub(crate) tls_cert: Option<ListenerTls>,
     pub metrics: ListenerMetrics,
     pub peers: PeerMetrics,
 }
@@ -76,7 +76,7 @@ impl ListenerPolicy {
     }
 
     /// Whether a client is identified: when a selector or the access log will read it.
-    pub fn wants_identity(&self, access_log: bool) -> bool {
+    pub(crate) fn wants_identity(&self, access_log: bool) -> bool {
         access_log
             || self.config.allowed_peers.is_some()
             || matches!(self.present_client_cert, PresentClientCert::Peers(_))
@@ -92,7 +92,7 @@ impl ListenerPolicy {
 
     /// Whether `who` is given the client certificate (one is configured and a selector, or
     /// `true`, says so).
-    pub fn presents_to(&self, who: &PeerIdentity) -> bool {
+    pub(crate) fn presents_to(&self, who: &PeerIdentity) -> bool {
         self.tls_cert.is_some()
             && match &self.present_client_cert {
                 PresentClientCert::Always => true,
@@ -103,7 +103,7 @@ impl ListenerPolicy {
 
     /// The `peer` label of `who` in `peers_total`: the name of the first named selector it
     /// matches (allowed_peers first), else `known` or `unknown`.
-    pub fn peer_kind<'a>(&'a self, who: &PeerIdentity) -> &'a str {
+    pub(crate) fn peer_kind<'a>(&'a self, who: &PeerIdentity) -> &'a str {
         [self.config.allowed_peers.as_ref(), peer_selectors(&self.present_client_cert)]
             .into_iter()
             .flatten()

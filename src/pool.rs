@@ -36,10 +36,10 @@ use crate::upstream::{MasterTls, Upstream};
 
 
 /// The first wait after a failed refill; it doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A choice no client has used for this long is forgotten: its sessions are closed.
-pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// How long closing a session waits to get its close_notify out.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 

@@ -25,7 +25,7 @@ use crate::outcome::Outcome;
 pub const CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayTimeouts {
+pub(crate) struct RelayTimeouts {
     pub idle: Duration,
     pub close: Duration,
 }
@@ -41,7 +41,7 @@ pub struct LiveBytes {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayResult {
+pub(crate) struct RelayResult {
     /// Bytes from the client to the master.
     pub up: u64,
     /// Bytes from the master to the client.
@@ -208,7 +208,7 @@ fn is_disconnect(e: &io::Error) -> bool {
 /// Copies `client` ⇄ `server` until both directions end, a timeout passes, or a peer fails.
 /// A client's EOF becomes a write shutdown toward the server (close_notify + FIN for TLS) and
 /// the other direction goes on until it ends or `timeouts.close` passes.
-pub struct Relay<'l, A, B> {
+pub(crate) struct Relay<'l, A, B> {
     client: A,
     server: B,
     up: Half,

@@ -23,10 +23,10 @@ use crate::pool::{ChoiceKey, Pool};
 use crate::tls::{Present, Resume, TlsContext};
 use crate::upstream::{Resolve, Upstream};
 
-pub use crate::policy::{ListenerPolicy, Reach};
+pub(crate) use crate::policy::{ListenerPolicy, Reach};
 
 /// A repeated failure is logged at most once per this period.
-pub const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Everything a connection reads from the configuration; replaced whole on reload. Each
 /// connection takes the state current at its accept and keeps it for its life.
@@ -166,7 +166,7 @@ pub struct Shared {
     state: RwLock<Arc<State>>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when `timeouts.shutdown` has passed: cut what is still relaying.
-    pub force_close: CancellationToken,
+    pub(crate) force_close: CancellationToken,
     /// Set at the first SIGTERM/SIGINT: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     access_log: AtomicBool,
@@ -247,7 +247,7 @@ impl Shared {
     }
 
     /// Records the leaf the master sent in `conn`'s handshake (when it sent one).
-    pub fn saw_master(&self, conn: &rustls::ClientConnection) {
+    pub(crate) fn saw_master(&self, conn: &rustls::ClientConnection) {
         if let Some(leaf) = conn
             .peer_certificates()
             .and_then(|c| c.first())
@@ -282,13 +282,13 @@ impl Shared {
     }
 
     /// Whether `log.access` is on in the live configuration.
-    pub fn access_log_on(&self) -> bool {
+    pub(crate) fn access_log_on(&self) -> bool {
         self.access_log.load(Ordering::Relaxed)
     }
 
     /// Logs a failure unless the same cause was logged within the last minute; repeats are
     /// counted and reported with the next line.
-    pub fn log_failure(&self, key: &str, log: impl FnOnce(u64)) {
+    pub(crate) fn log_failure(&self, key: &str, log: impl FnOnce(u64)) {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         match map.get_mut(key) {

@@ -22,7 +22,7 @@ impl<T> Untrusted<T> {
         &self.0
     }
 
-    pub fn into_raw(self) -> T {
+    pub(crate) fn into_raw(self) -> T {
         self.0
     }
 }
@@ -66,7 +66,7 @@ impl<T: AsRef<[u8]>> serde::Serialize for Untrusted<T> {
 /// text can pass for an escape. Text without either is returned unchanged. In bytes that need
 /// not be UTF-8 (`Untrusted<Vec<u8>>`), a byte that is not part of a character becomes `\xNN`
 /// (always 80 to ff, so never mistaken for an escaped control character).
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     Untrusted::new(text).to_string()
 }
 

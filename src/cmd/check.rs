@@ -40,7 +40,7 @@ async fn settle_and_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
 
 /// Fetches the master's chain without verifying it (for `trust`, and to show a chain that
 /// failed verification).
-pub async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) async fn fetch_chain(config: &Config) -> Result<Vec<CertificateDer<'static>>, String> {
     // The same TLS context as `run`, verifying nothing; a master_cert that does not exist yet
     // (`trust` is about to write it) simply offers no name to substitute.
     let mut tls = config.tls.clone();

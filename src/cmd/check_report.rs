@@ -58,21 +58,21 @@ pub struct CrlReport {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
     pub master: String,
-    pub master_port_source: String,
+    pub(crate) master_port_source: String,
     /// Direct, or through which HTTP proxy.
     pub route: String,
     pub tls_enabled: bool,
     pub name: Option<String>,
-    pub name_reason: Option<String>,
+    pub(crate) name_reason: Option<String>,
     pub sni: Option<String>,
     pub trust: String,
-    pub client_certificate: bool,
+    pub(crate) client_certificate: bool,
     pub attempts: Vec<AttemptReport>,
     pub tls_version: Option<String>,
     pub cipher_suite: Option<String>,
-    pub key_exchange: Option<String>,
+    pub(crate) key_exchange: Option<String>,
     pub alpn: Option<Untrusted<Vec<u8>>>,
-    pub handshake_ms: Option<f64>,
+    pub(crate) handshake_ms: Option<f64>,
     pub resumed_on_second_dial: Option<bool>,
     pub chain: Vec<ChainEntry>,
     pub verified: bool,
@@ -91,7 +91,7 @@ pub struct Report {
     pub listeners: Vec<super::check_peers::ListenerReport>,
     /// The configuration could not even be turned into a TLS context (exit 2).
     #[serde(skip)]
-    pub config_error: bool,
+    pub(crate) config_error: bool,
 }
 
 pub(super) fn print_chain(out: &mut String, chain: &[ChainEntry]) {
@@ -137,7 +137,7 @@ pub(super) fn print_chain(out: &mut String, chain: &[ChainEntry]) {
 }
 
 impl Report {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match (self.ok, self.config_error) {
             (true, _) => exit::OK,
             (false, true) => exit::CONFIG,

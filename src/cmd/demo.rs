@@ -22,7 +22,7 @@ use crate::config::{self, Overrides, Purpose};
 use crate::server::{Server, Start};
 
 /// The only name the stand-in master's certificate holds.
-pub const DEMO_NAME: &str = "det-master.demo";
+pub(crate) const DEMO_NAME: &str = "det-master.demo";
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 type DemoResult<T> = Result<T, String>;

@@ -80,7 +80,7 @@ fn json_rows(prefix: &str, v: &serde_json::Value, rows: &mut BTreeMap<String, St
 }
 
 /// The keys whose merged value differs between two loads (a key present in only one counts).
-pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let mut keys: Vec<String> = old
         .keys
         .iter()

@@ -40,7 +40,7 @@ pub struct KeyDecl {
 }
 
 /// The variable naming the proxy's own file (not a key: it says which file is a layer).
-pub const CONFIG_ENV: &str = "DET_TLS_PROXY_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "DET_TLS_PROXY_CONFIG";
 
 /// Who reads a key besides the file: the agent too (it reads the same variable and flag, and
 /// an imported agent.yaml supplies the key), or only the proxy.
@@ -117,21 +117,21 @@ pub const KEYS: &[KeyDecl] = &[
 /// The conventional variables other programs on the host read too. They form a layer below
 /// the proxy's file, so the file, the `DET_*` variables and the flags override them.
 /// `DET_MASTER` is the URL tasks and the CLI are given (`https://host:port`).
-pub const DET_MASTER_ENV: &str = "DET_MASTER";
+pub(crate) const DET_MASTER_ENV: &str = "DET_MASTER";
 /// The proxy variables, in the order the agent's Go HTTP client reads them (upper case
 /// first): `HTTPS_PROXY` for a TLS master, `HTTP_PROXY` for a plaintext one.
-pub const HTTPS_PROXY_ENV: [&str; 2] = ["HTTPS_PROXY", "https_proxy"];
-pub const HTTP_PROXY_ENV: [&str; 2] = ["HTTP_PROXY", "http_proxy"];
-pub const NO_PROXY_ENV: [&str; 2] = ["NO_PROXY", "no_proxy"];
+pub(crate) const HTTPS_PROXY_ENV: [&str; 2] = ["HTTPS_PROXY", "https_proxy"];
+pub(crate) const HTTP_PROXY_ENV: [&str; 2] = ["HTTP_PROXY", "http_proxy"];
+pub(crate) const NO_PROXY_ENV: [&str; 2] = ["NO_PROXY", "no_proxy"];
 /// Where systemd puts the files of `LoadCredential=`.
-pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+pub(crate) const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
 
 /// The row for a key, if it has one.
-pub fn decl(key: &str) -> Option<&'static KeyDecl> {
+pub(crate) fn decl(key: &str) -> Option<&'static KeyDecl> {
     KEYS.iter().find(|d| d.key == key)
 }
 
-pub fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),

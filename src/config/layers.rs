@@ -116,7 +116,7 @@ pub struct Loaded {
 
 impl Loaded {
     /// The name of the layer that set `key`: a file path, a variable, a flag, or `default`.
-    pub fn source_of(&self, key: &str) -> String {
+    pub(crate) fn source_of(&self, key: &str) -> String {
         match self.figment.find_metadata(key) {
             Some(md) => describe_metadata(md),
             None => DEFAULT_SOURCE.to_string(),
@@ -172,7 +172,7 @@ fn figment_errors(e: figment::Error) -> ConfigErrors {
 }
 
 /// Assembles every layer from the given environment and flags.
-pub fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigErrors> {
+pub(crate) fn assemble(vars: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigErrors> {
     assemble_inner(vars, flags, None)
 }
 
@@ -305,7 +305,7 @@ fn agent_config_path(file: &Figment, env: &[Named]) -> Result<Option<PathBuf>, C
 
 /// The `log.format` the layers ask for, read even when the configuration is otherwise broken,
 /// so its errors can be printed in the format the operator's log pipeline expects.
-pub fn log_format_hint(vars: &[(String, String)], flags: &Overrides) -> Option<String> {
+pub(crate) fn log_format_hint(vars: &[(String, String)], flags: &Overrides) -> Option<String> {
     let env = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if let Some(f) = decl("log.format").and_then(|d| d.env).and_then(env) {
         return Some(f);
@@ -322,7 +322,7 @@ pub fn log_format_hint(vars: &[(String, String)], flags: &Overrides) -> Option<S
 
 /// This process's environment, as the layers read it (variables that are not UTF-8 are
 /// skipped).
-pub fn env_vars() -> Vec<(String, String)> {
+pub(crate) fn env_vars() -> Vec<(String, String)> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()

@@ -5,9 +5,9 @@
 use std::fmt;
 
 /// Used when neither `--config` nor `DET_TLS_PROXY_CONFIG` names a file and this one exists.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/determined/tls-proxy.yaml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/determined/tls-proxy.yaml";
 /// The listener used when no layer names one.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_SOURCE: &str = "default";
 /// Built-in values, used by the default layer and by validation when a layer sets a key to null.
 mod agent;
@@ -22,16 +22,20 @@ mod typed;
 mod validate;
 
 pub(crate) use describe::key_values;
-pub use describe::{changed_keys, describe};
+pub use describe::describe;
+pub(crate) use describe::changed_keys;
 #[cfg(any(test, feature = "test-util"))]
 pub use describe::schema_keys;
-pub use keys::{parse_bool, ValueKind, KEYS};
+pub use keys::KEYS;
+pub(crate) use keys::{parse_bool, ValueKind};
 #[cfg(any(test, feature = "test-util"))]
 pub use layers::assemble_str;
-pub use layers::{assemble, env_vars, load, log_format_hint, Loaded, Overrides, Purpose};
+pub use layers::{load, Loaded, Overrides, Purpose};
+pub(crate) use layers::{assemble, env_vars, log_format_hint};
 pub use typed::*;
 pub(crate) use validate::is_master_address;
-pub use validate::{shared_client_cert_warnings, validate};
+pub use validate::validate;
+pub(crate) use validate::shared_client_cert_warnings;
 
 // === Errors ===
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use crate::identity::selector::Selectors;
+pub(crate) use crate::identity::selector::Selectors;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,13 +38,13 @@ pub struct MasterConfig {
     pub host: String,
     pub port: u16,
     /// Where `port` came from, for messages.
-    pub port_source: String,
+    pub(crate) port_source: String,
 }
 
 impl MasterConfig {
     /// The master's own port when none is given: 8443 with TLS, 8080 without (what `DET_MASTER`
     /// without a port and an unset `master_port` both mean).
-    pub fn default_port(tls: bool) -> u16 {
+    pub(crate) fn default_port(tls: bool) -> u16 {
         if tls {
             8443
         } else {
@@ -127,7 +127,7 @@ impl ListenAddr {
 
     /// Whether only this host can reach the address (loopback TCP and unix sockets); `None`
     /// for a socket systemd passes, whose reach only the socket itself tells.
-    pub fn host_only(&self) -> Option<bool> {
+    pub(crate) fn host_only(&self) -> Option<bool> {
         match self {
             ListenAddr::Tcp(a) => Some(a.ip().is_loopback()),
             ListenAddr::Unix(_) => Some(true),
@@ -186,7 +186,7 @@ impl PresentClientCert {
 /// The one rule for who reaches a TCP socket: one other hosts can reach needs a non-empty
 /// `allowed_clients`. Validation applies it to the configured addresses (listeners and admin),
 /// `listen.rs` to a socket systemd passed (whose address only the socket knows).
-pub fn needs_allowed_clients(addr: SocketAddr, allowed_clients: Option<&[IpNet]>) -> bool {
+pub(crate) fn needs_allowed_clients(addr: SocketAddr, allowed_clients: Option<&[IpNet]>) -> bool {
     !addr.ip().is_loopback() && allowed_clients.is_none_or(<[IpNet]>::is_empty)
 }
 
@@ -214,7 +214,7 @@ impl ListenerConfig {
     /// The setting wins; unset, only a socket no other host can reach presents it. `reach`
     /// is what the bound socket says (`Bound::host_only`); without a socket, the address
     /// tells, except a systemd socket's (`None`: not known before systemd passes it).
-    pub fn present_client_cert_for(&self, reach: Option<bool>) -> Option<PresentClientCert> {
+    pub(crate) fn present_client_cert_for(&self, reach: Option<bool>) -> Option<PresentClientCert> {
         match &self.present_client_cert {
             Some(p) => Some(p.clone()),
             None => reach

@@ -18,7 +18,7 @@ const MISSING_MAX: usize = 4096;
 /// The cgroup v2 mount point in `/proc/self/mountinfo`: `/sys/fs/cgroup` on a unified host,
 /// `/sys/fs/cgroup/unified` on a hybrid one. Only a mount of the hierarchy's root (field 4 is
 /// `/`) maps ids to the paths processes see.
-pub fn find_mount(mountinfo: &str) -> Option<PathBuf> {
+pub(crate) fn find_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (before, after) = line.split_once(" - ")?;
         if after.split_whitespace().next()? != "cgroup2" {
@@ -50,7 +50,7 @@ fn unescape_mount(s: &str) -> String {
 }
 
 /// The cgroup v2 path in a `/proc/<pid>/cgroup` file: its `0::` line.
-pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
+pub(crate) fn v2_path(proc_cgroup: &str) -> Option<&str> {
     proc_cgroup
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -59,7 +59,7 @@ pub fn v2_path(proc_cgroup: &str) -> Option<&str> {
 }
 
 /// The systemd unit a cgroup path belongs to: its last `.service` or `.scope` component.
-pub fn unit_of(path: &str) -> Option<&str> {
+pub(crate) fn unit_of(path: &str) -> Option<&str> {
     path.rsplit('/')
         .find(|c| c.len() > 8 && (c.ends_with(".service") || c.ends_with(".scope")))
 }
@@ -68,7 +68,7 @@ pub fn unit_of(path: &str) -> Option<&str> {
 /// one, as the runtimes name them — `docker-<id>.scope`, `libpod-<id>.scope`,
 /// `cri-containerd-<id>.scope`, `crio-<id>.scope` (systemd driver), or `<id>` alone under
 /// `/docker/`, `/kubepods/…` (cgroupfs driver). Conmon's own scopes are not the container.
-pub fn container_id_of(path: &str) -> Option<&str> {
+pub(crate) fn container_id_of(path: &str) -> Option<&str> {
     path.rsplit('/').find_map(|c| {
         let c = c.strip_suffix(".scope").unwrap_or(c);
         let id = match c.rfind('-') {
@@ -165,7 +165,7 @@ impl Shared {
 
 impl Index {
     /// The index of this host's cgroup v2 mount (none when there is no v2 hierarchy).
-    pub fn of_this_host() -> Index {
+    pub(crate) fn of_this_host() -> Index {
         let mount = std::fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|m| find_mount(&m));
@@ -180,7 +180,7 @@ impl Index {
     }
 
     /// The path of cgroup `id`, for a socket that existed at `since` (so did its cgroup).
-    pub async fn path_of(&self, id: u64, since: Instant) -> Result<Arc<str>, String> {
+    pub(crate) async fn path_of(&self, id: u64, since: Instant) -> Result<Arc<str>, String> {
         let not_found = || format!("cgroup id {id} is not under the cgroup2 mount");
         let Some(mount) = self.mount.clone() else {
             return Err("no cgroup2 hierarchy is mounted".into());

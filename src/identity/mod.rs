@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// socket-table lookup never waits (the kernel answers within the `send()`); what may take
 /// time is a refresh of the cgroup index (a walk of the hierarchy when a new cgroup is seen)
 /// and the container runtime's answer, on a loaded host.
-pub const DEADLINE: Duration = Duration::from_millis(50);
+pub(crate) const DEADLINE: Duration = Duration::from_millis(50);
 
 /// What is known about a client. Every field is `None` when the kernel could not say; `note`
 /// then says why.
@@ -114,13 +114,13 @@ impl PeerIdentity {
     }
 
     /// Whether anything at all is known.
-    pub fn is_known(&self) -> bool {
+    pub(crate) fn is_known(&self) -> bool {
         self.uid.is_some() || self.container.is_some()
     }
 
     /// Sets the cgroup path and what it says: the unit and, in a runtime's layout, the
     /// container id.
-    pub fn set_cgroup(&mut self, path: String) {
+    pub(crate) fn set_cgroup(&mut self, path: String) {
         self.unit = cgroup::unit_of(&path).map(str::to_string);
         if self.container.is_none() {
             self.container = cgroup::container_id_of(&path).map(|id| ContainerRef {
@@ -175,14 +175,14 @@ impl ContainerRef {
 // === The container runtime seam ===
 
 /// The future a [`ContainerSource`] answers with.
-pub type ContainerLookup<'a> =
+pub(crate) type ContainerLookup<'a> =
     Pin<Box<dyn Future<Output = Result<Option<ContainerRef>, String>> + Send + 'a>>;
 
 /// A directory of containers by address (the container runtime's API): asked about TCP clients
 /// the socket tables do not have, i.e. containers in network namespaces of their own. The
 /// runtime's `ContainerDirectory` implements it, answering with a
 /// [`ContainerRef`]; `Identifier::set_containers` plugs it in (and out, on reload).
-pub trait ContainerSource: Send + Sync {
+pub(crate) trait ContainerSource: Send + Sync {
     fn lookup(&self, ip: IpAddr) -> ContainerLookup<'_>;
 }
 
@@ -211,7 +211,7 @@ impl Identifier {
     }
 
     /// Sets (or with `None` removes) the directory asked about clients of other namespaces.
-    pub fn set_containers(&self, source: Option<Arc<dyn ContainerSource>>) {
+    pub(crate) fn set_containers(&self, source: Option<Arc<dyn ContainerSource>>) {
         *self.containers.write().unwrap_or_else(|p| p.into_inner()) = source;
     }
 

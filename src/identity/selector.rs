@@ -198,10 +198,10 @@ fn component_matches(pattern: &str, text: &str) -> bool {
 // === Parsing ===
 
 /// A mistake in a selector list: where (`[1].uid`, appended to the key) and what.
-pub type Mistake = (String, String);
+pub(crate) type Mistake = (String, String);
 
 /// Parses a list of selectors; every mistake is reported, each with its place in the list.
-pub fn parse_list(value: &Value) -> Result<Selectors, Vec<Mistake>> {
+pub(crate) fn parse_list(value: &Value) -> Result<Selectors, Vec<Mistake>> {
     let Value::Array(items) = value else {
         return Err(vec![(
             String::new(),

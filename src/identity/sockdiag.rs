@@ -36,15 +36,15 @@ const POOL_MAX: usize = 1;
 
 /// What the socket tables say about a client's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SockInfo {
+pub(crate) struct SockInfo {
     pub uid: u32,
-    pub inode: u32,
+    pub(crate) inode: u32,
     /// `None` before Linux 5.7.
-    pub cgroup_id: Option<u64>,
+    pub(crate) cgroup_id: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DiagError {
+pub(crate) enum DiagError {
     /// No such socket here: the client is in another network namespace (or another host).
     #[error("no such socket in this network namespace")]
     NotFound,
@@ -59,7 +59,7 @@ pub enum DiagError {
 
 /// The pool of netlink sockets and the request sequence.
 #[derive(Default)]
-pub struct Diag {
+pub(crate) struct Diag {
     idle: Mutex<Vec<Socket>>,
     seq: AtomicU32,
 }

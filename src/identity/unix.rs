@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use super::{cgroup, PeerIdentity, Unknown};
 
 /// The peer of a unix-socket client.
-pub fn identify(stream: &UnixStream) -> PeerIdentity {
+pub(crate) fn identify(stream: &UnixStream) -> PeerIdentity {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => return PeerIdentity::unknown(Unknown::Credentials(e.to_string())),

@@ -30,7 +30,6 @@ use crate::state::{Reach, Shared, State};
 use crate::tls::{NameReason, TlsContext};
 
 pub use crate::listen::Inherited;
-pub use watch::WATCH_PERIOD;
 
 // === systemd notification ===
 
@@ -117,7 +116,7 @@ enum End {
 }
 
 /// Start-up lines an operator should see once: what is verified, and what is not.
-pub fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
+pub(crate) fn log_trust_summary(config: &Config, tls: Option<&TlsContext>) {
     match tls {
         None => tracing::warn!(
             master = %format!("{}:{}", config.master.host, config.master.port),

@@ -36,7 +36,7 @@ fn inheritable(fd: RawFd) -> std::io::Result<OwnedFd> {
 
 /// The binary to start: the path this process was started from, read at start (after a
 /// package replaced the file, `/proc/self/exe` names the deleted old one).
-pub fn own_path() -> Option<PathBuf> {
+pub(crate) fn own_path() -> Option<PathBuf> {
     std::env::current_exe().ok()
 }
 

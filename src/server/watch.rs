@@ -11,15 +11,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 
 /// How often certificate and config files are checked for changes.
-pub const WATCH_PERIOD: Duration = Duration::from_secs(2);
+pub(crate) const WATCH_PERIOD: Duration = Duration::from_secs(2);
 
 type Stamp = Option<(u64, u64, Option<SystemTime>)>;
 
 /// The files a configuration names, with their state when it was loaded.
-pub type Watched = Vec<(PathBuf, Stamp)>;
+pub(crate) type Watched = Vec<(PathBuf, Stamp)>;
 
 /// The files `c` names and their state now. Blocking (stat calls).
-pub fn watch_list(c: &Config) -> Watched {
+pub(crate) fn watch_list(c: &Config) -> Watched {
     let mut files: Vec<PathBuf> = Vec::new();
     files.extend(c.config_file.clone());
     files.extend(c.agent_config.clone());

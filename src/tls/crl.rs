@@ -20,7 +20,6 @@ pub struct LoadedCrl {
     issuer_raw: Vec<u8>,
     pub issuer: Untrusted,
     /// Seconds since the Unix epoch.
-    pub this_update: i64,
     pub next_update: Option<i64>,
     revoked: Vec<(BigUint, i64)>,
 }
@@ -33,7 +32,7 @@ impl LoadedCrl {
 }
 
 /// Every CRL of every file, in the order configured.
-pub fn load_all(paths: &[PathBuf]) -> Result<Vec<LoadedCrl>, PemError> {
+pub(crate) fn load_all(paths: &[PathBuf]) -> Result<Vec<LoadedCrl>, PemError> {
     let mut out = Vec::new();
     for path in paths {
         for der in load_crls(path)? {
@@ -57,7 +56,6 @@ fn parse(path: &Path, der: CertificateRevocationListDer<'static>) -> Result<Load
         path: path.to_path_buf(),
         issuer_raw: crl.issuer().as_raw().to_vec(),
         issuer: Untrusted::new(crl.issuer().to_string()),
-        this_update: crl.last_update().timestamp(),
         next_update: crl.next_update().map(|t| t.timestamp()),
         revoked,
         der,
@@ -124,7 +122,7 @@ pub struct Revocation {
 }
 
 /// The first certificate of `chain` (leaf first) that a configured CRL revokes.
-pub fn find_revoked(crls: &[LoadedCrl], chain: &[CertificateDer<'_>]) -> Option<Revocation> {
+pub(crate) fn find_revoked(crls: &[LoadedCrl], chain: &[CertificateDer<'_>]) -> Option<Revocation> {
     if crls.is_empty() {
         return None;
     }

@@ -44,13 +44,13 @@ impl FailureKind {
 
 /// A certificate the master presented that did not verify, with what it holds.
 #[derive(Debug)]
-pub struct CertFailure {
+pub(crate) struct CertFailure {
     pub kind: FailureKind,
     pub cause: CertificateError,
     pub expected: String,
     pub leaf: Option<CertSummary>,
     /// The last certificate the master sent (where its chain ends).
-    pub chain_end: Option<CertSummary>,
+    pub(crate) chain_end: Option<CertSummary>,
     /// For [`FailureKind::PinMismatch`]: what was sent and what is pinned.
     pub pins: Option<PinMismatch>,
     /// For [`FailureKind::Revoked`]: which certificate, by which CRL (when it was found).
@@ -59,7 +59,7 @@ pub struct CertFailure {
 
 /// The fingerprints of the chain the master sent, and the pins none of them matched.
 #[derive(Debug, Clone)]
-pub struct PinMismatch {
+pub(crate) struct PinMismatch {
     /// (subject, SHA-256) of each certificate sent, leaf first.
     pub sent: Vec<(Untrusted, String)>,
     pub pins: Vec<String>,
@@ -255,7 +255,7 @@ pub(crate) fn classify(e: &CertificateError) -> FailureKind {
 }
 
 /// Finds the [`CertFailure`] inside an error returned by a handshake, if there is one.
-pub fn cert_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CertFailure> {
+pub(crate) fn cert_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CertFailure> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(f) = err.downcast_ref::<CertFailure>() {

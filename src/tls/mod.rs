@@ -10,12 +10,15 @@ mod pin;
 mod session;
 mod verify;
 
-pub use crl::*;
-pub use failure::*;
-pub use name::*;
-pub use pin::*;
-pub use session::*;
-pub use verify::*;
+pub use crl::{status, LoadedCrl, Revocation};
+pub(crate) use crl::{find_revoked, load_all};
+pub use failure::FailureKind;
+pub(crate) use failure::cert_failure;
+pub use name::{NameChoice, NameReason};
+pub(crate) use name::choose_name;
+pub use pin::Pins;
+pub(crate) use session::SessionStore;
+pub(crate) use verify::{webpki, Checks, Diagnosing, NoVerify, PinAnchored};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -116,7 +119,7 @@ impl TlsContext {
     }
 
     /// The context `run` serves with: `None` when `security.tls.enabled` is false.
-    pub fn for_config(config: &Config) -> Result<Option<TlsContext>, TrustError> {
+    pub(crate) fn for_config(config: &Config) -> Result<Option<TlsContext>, TrustError> {
         config.tls.enabled.then(|| Self::new(config)).transpose()
     }
 
@@ -166,11 +169,11 @@ impl TlsContext {
     }
 
     /// The configured CRLs past their nextUpdate at `now`: still applied, but stale.
-    pub fn expired_crls(&self, now: i64) -> impl Iterator<Item = &LoadedCrl> {
+    pub(crate) fn expired_crls(&self, now: i64) -> impl Iterator<Item = &LoadedCrl> {
         self.crls.iter().filter(move |c| c.expired(now))
     }
 
-    pub fn has_client_cert(&self) -> bool {
+    pub(crate) fn has_client_cert(&self) -> bool {
         self.authenticated.is_some()
     }
 
@@ -201,7 +204,7 @@ pub enum Present {
 
 impl Present {
     /// `ClientCert` when `present` holds.
-    pub fn client_cert_if(present: bool) -> Present {
+    pub(crate) fn client_cert_if(present: bool) -> Present {
         if present {
             Present::ClientCert
         } else {

@@ -57,7 +57,7 @@ impl NameChoice {
         Some(self.sni_str()).filter(|s| !s.is_empty()).map(str::to_string)
     }
     /// The name sent as SNI, or "" when none is (an IP address).
-    pub fn sni_str(&self) -> &str {
+    pub(crate) fn sni_str(&self) -> &str {
         match &self.server_name {
             ServerName::DnsName(d) => d.as_ref(),
             _ => "",
@@ -96,7 +96,7 @@ pub(crate) fn bundle_leaf(certs: &[CertificateDer<'static>]) -> Option<CertSumma
         .cloned()
 }
 
-pub fn choose_name(
+pub(crate) fn choose_name(
     master: &MasterConfig,
     tls: &TlsSettings,
     bundle: Option<&[CertificateDer<'static>]>,

@@ -33,7 +33,7 @@ impl Pins {
     }
 
     /// The pin `der` matches, if any.
-    pub fn pin_of(&self, der: &[u8]) -> Option<&str> {
+    pub(crate) fn pin_of(&self, der: &[u8]) -> Option<&str> {
         let fp = fingerprint(der);
         self.0.iter().find(|p| **p == fp).map(|p| p.as_str())
     }

@@ -16,7 +16,7 @@ const TICKETS_PER_SERVER: usize = 256;
 /// The one session store behind every listener and ALPN choice: rustls' memory cache for kx
 /// hints and TLS 1.2 sessions, and a deeper queue of single-use TLS 1.3 tickets.
 #[derive(Debug)]
-pub struct SessionStore {
+pub(crate) struct SessionStore {
     inner: ClientSessionMemoryCache,
     tickets: std::sync::Mutex<
         std::collections::HashMap<

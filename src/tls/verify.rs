@@ -363,7 +363,7 @@ impl ServerCertVerifier for PinAnchored {
 /// certificate of the chain must be pinned and the leaf within its dates; the name is not
 /// checked.
 #[derive(Debug)]
-pub struct NoVerify {
+pub(crate) struct NoVerify {
     provider: Arc<CryptoProvider>,
     checks: Checks,
 }

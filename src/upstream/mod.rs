@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 mod sniffed;
 
-pub use sniffed::*;
+pub use sniffed::Sniffed;
 
 use crate::host::parse_host_ip;
 use crate::egress::{authority, open_tunnel, Egress, ProxyUrl};
@@ -38,7 +38,7 @@ pub trait Resolve: Send + Sync + 'static {
 
 /// The system resolver (getaddrinfo), asked again for every connection.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemResolver;
+pub(crate) struct SystemResolver;
 
 impl Resolve for SystemResolver {
     fn resolve(&self, host: &str, port: u16) -> ResolveFuture {
@@ -120,7 +120,7 @@ impl HandshakeFailure {
         }
     }
 
-    pub fn is_cert(self) -> bool {
+    pub(crate) fn is_cert(self) -> bool {
         matches!(self, HandshakeFailure::Cert(_))
     }
 }
@@ -253,7 +253,7 @@ pub struct Upstream {
 }
 
 /// A verified TLS session with the master, over its socket as rustls sees it.
-pub type MasterTls = TlsStream<Sniffed<TcpStream>>;
+pub(crate) type MasterTls = TlsStream<Sniffed<TcpStream>>;
 
 /// A TCP connection to the master (direct, or a tunnel through the proxy) and what it took
 /// to get there.
@@ -264,7 +264,7 @@ pub struct Dialed {
     /// The proxy tunnelled through (its URL without the password).
     pub via: Option<String>,
     pub attempts: Vec<Attempt>,
-    pub connect_time: Duration,
+    pub(crate) connect_time: Duration,
 }
 
 impl Dialed {
@@ -279,7 +279,7 @@ impl Dialed {
 
 impl Upstream {
     /// The master of `config`, reached through `resolver`.
-    pub fn for_config(config: &crate::config::Config, resolver: Arc<dyn Resolve>) -> Upstream {
+    pub(crate) fn for_config(config: &crate::config::Config, resolver: Arc<dyn Resolve>) -> Upstream {
         Upstream {
             host: config.master.host.clone(),
             port: config.master.port,
@@ -415,7 +415,7 @@ impl Upstream {
 
     /// Connects and runs the TLS handshake, as the data path does (the admin probe, `check`
     /// and `trust` dial this way).
-    pub async fn dial_tls(
+    pub(crate) async fn dial_tls(
         &self,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
@@ -424,7 +424,7 @@ impl Upstream {
     }
 
     /// As [`Upstream::dial_tls`], with the master as logs name it (the preconnect pool).
-    pub async fn dial_tls_peer(
+    pub(crate) async fn dial_tls_peer(
         &self,
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
@@ -465,7 +465,7 @@ impl Upstream {
 
 /// TCP_NODELAY (each TLS record goes out at once) and keepalive (a dead master is noticed on
 /// long-idle agent connections).
-pub fn tune(stream: &TcpStream) {
+pub(crate) fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let ka = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
@@ -475,7 +475,7 @@ pub fn tune(stream: &TcpStream) {
 }
 
 /// `TLSv1.3` / `TLSv1.2`, as operators search for them.
-pub fn version_name(v: Option<rustls::ProtocolVersion>) -> &'static str {
+pub(crate) fn version_name(v: Option<rustls::ProtocolVersion>) -> &'static str {
     match v {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// each of which wakes the master's sender) and spends 4–8 % less proxy CPU per GiB. A stalled
 /// download can hold up to this much unread here besides the relay's own pending bytes
 /// (tests/faults.rs bounds both).
-pub const READ_AHEAD: usize = crate::relay::CHUNK;
+pub(crate) const READ_AHEAD: usize = crate::relay::CHUNK;
 
 /// The master's socket as rustls sees it:
 /// - it keeps the first bytes the master sent, so a failed handshake can tell plaintext HTTP
@@ -29,7 +29,7 @@ pub struct Sniffed<IO> {
     /// The last read filled the read-ahead: data is streaming, read a whole chunk next.
     burst: bool,
     /// A shutdown flushes but sends no FIN (the stream is a tunnel through an egress proxy).
-    pub hold_fin: bool,
+    pub(crate) hold_fin: bool,
 }
 
 impl<IO> Sniffed<IO> {

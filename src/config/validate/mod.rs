@@ -24,7 +24,7 @@ pub(crate) use cross::is_master_address;
 use super::layers::{Loaded, Purpose};
 use super::{err, Config, ConfigError, ConfigErrors};
 
-pub use peers::shared_client_cert_warnings;
+pub(crate) use peers::shared_client_cert_warnings;
 
 /// The layers being validated and the mistakes found so far.
 struct Check<'a> {

@@ -73,7 +73,7 @@ pub(super) fn present_client_cert(
 
 /// One line per TCP listener that would present the agent's client certificate to every
 /// process that connects (a unix socket's file mode chooses its clients; a TCP port does not).
-pub fn shared_client_cert_warnings(config: &Config) -> Vec<String> {
+pub(crate) fn shared_client_cert_warnings(config: &Config) -> Vec<String> {
     if config.tls.client_cert.is_none() || !config.tls.enabled {
         return Vec::new();
     }

@@ -25,7 +25,7 @@ const MAX_EVENT_LINE: usize = 256 << 10;
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("no socket at {0} (is the container runtime running? identity.container_api names it)")]
     Missing(PathBuf),
     #[error("permission denied on {0}: the proxy's user may not use the container runtime's socket (give it access, or point identity.container_api at a read-only socket proxy)")]
