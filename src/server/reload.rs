@@ -122,7 +122,7 @@ impl Server {
             (None, Some(_)) => AdminChange::Stop,
             (Some(addr), _) => AdminChange::Start(
                 addr,
-                crate::admin::bind(addr)
+                listen::tcp_listener(addr)
                     .map_err(|e| format!("admin.listen: cannot bind {addr}: {e}"))?,
             ),
             (None, None) => AdminChange::Keep,
