@@ -1,7 +1,6 @@
 //! The admin endpoint: `/healthz` (the process is up), `/readyz` (listeners bound and the last
 //! probe of the master succeeded) and `/metrics` (Prometheus text).
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,22 +16,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limit::Limit;
-use crate::listen::Backoff;
+use crate::listen::{self, Backoff};
 use crate::state::{Shared, State};
 use crate::tls::{Present, Resume};
 use crate::upstream::UpstreamError;
 
 /// A probe result is reused for this long, so scrapes cannot hammer the master.
-pub const PROBE_PERIOD: Duration = Duration::from_secs(10);
+pub(crate) const PROBE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Scrapers served at once; more wait in the admin socket's backlog. A few scrapers and health
 /// checkers need a handful; the cap keeps a flood from taking the data path's descriptors.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// A request head must arrive within this, and the next one on a kept-alive connection too.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection's whole life, every request and answer on it included: long enough for a
 /// `/readyz` probe under the default `timeouts.connect` and `timeouts.handshake`.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Probe {
@@ -41,7 +40,7 @@ struct Probe {
 
 /// Dials the master once through the data path's code with a full handshake (no
 /// resumption), so the result and the expiry gauge reflect the master's current certificate.
-pub async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
+pub(crate) async fn probe(state: &State, shared: &Shared) -> Result<(), String> {
     let Some(tls) = &state.tls else {
         state.upstream.connect().await.map_err(|e| e.to_string())?;
         return Ok(());
@@ -140,7 +139,7 @@ fn connections_page(query: Option<&str>, shared: &Shared) -> Response<Full<Bytes
 /// Rewrites OpenMetrics text as the classic Prometheus format (0.0.4) for scrapers that did
 /// not ask for OpenMetrics: counters are named with their `_total` suffix in HELP/TYPE, and
 /// the `# EOF` and `# UNIT` lines go.
-pub fn classic_exposition(openmetrics: &str) -> String {
+pub(crate) fn classic_exposition(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -251,28 +250,10 @@ async fn route(
     })
 }
 
-/// Binds the admin endpoint's socket (a reload binds the new address before it commits).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        // "[::]:9090" serves IPv4 scrapers too (their addresses are judged as IPv4).
-        let _ = socket.set_only_v6(false);
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    TcpListener::from_std(socket.into())
-}
-
 /// Serves the admin endpoint on `listener` until `stop`. `admin.allowed_clients` is read from
 /// the live state at each accept, so a reload that narrows it applies to the next scrape.
 /// Returns the tracker of its tasks (the accept loop and every connection).
-pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) -> TaskTracker {
+pub(crate) fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) -> TaskTracker {
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -291,29 +272,16 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken
                 p = limit.acquire() => p,
                 _ = stop.cancelled() => break,
             };
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = stop.cancelled() => break,
+            let accepted = listen::accept_or_back_off(
+                &listener,
+                &local,
+                &mut backoff,
+                |key, log| shared.log_failure(key, log),
+                &stop,
+            );
+            let Some((stream, peer)) = accepted.await else {
+                break;
             };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) if crate::listen::is_resource_exhaustion(&e) => {
-                    let delay = backoff.next_delay();
-                    shared.log_failure(&format!("accept:{local}:{e}"), |n| {
-                        tracing::warn!(addr = %local, error = %e, repeated = n, retry_in_ms = delay.as_millis() as u64, "cannot accept: out of resources; backing off");
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => break,
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(addr = %local, error = %e, "admin accept failed");
-                    continue;
-                }
-            };
-            backoff.reset();
             if !admitted(&shared, peer) {
                 continue;
             }
@@ -344,7 +312,7 @@ fn admitted(shared: &Shared, peer: SocketAddr) -> bool {
         .as_ref()
         .and_then(|a| a.allowed_clients.as_deref());
     match allowed {
-        Some(nets) if !crate::listen::client_allowed(nets, peer.ip()) => {
+        Some(nets) if !listen::client_allowed(nets, peer.ip()) => {
             tracing::debug!(client = %peer, "admin client not in admin.allowed_clients: closed");
             false
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -105,6 +105,25 @@ fn ipv6_loopback_listener() {
     let access = proxy.access_line(local);
     assert_eq!(access["listener"], "v6");
     assert!(field(&access, "client").starts_with("[::1]:"), "{access}");
+}
+
+#[test]
+fn ipv6_wildcard_listener_takes_ipv4_clients_judged_as_ipv4() {
+    let dir = tempdir();
+    let master = Master::start(dir.path(), Behavior::Echo);
+    let proxy = master
+        .cfg()
+        .listeners(&[r#"{name: any, listen: "[::]:0", allowed_clients: ["127.0.0.0/8"]}"#])
+        .start(dir.path());
+    // Dual-stack, as the admin endpoint's socket and systemd's: an IPv4 client arrives as
+    // ::ffff:127.0.0.1 and allowed_clients judges it as 127.0.0.1.
+    let port = proxy.tcp_addr("any").port();
+    let mut c = connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    let local = c.local_addr().unwrap();
+    assert_eq!(roundtrip(&mut c, b"v4"), b"v4");
+    finish(&mut c);
+    let mapped = SocketAddr::from((Ipv4Addr::LOCALHOST.to_ipv6_mapped(), local.port()));
+    assert_eq!(proxy.access_line(mapped)["listener"], "any");
 }
 
 #[test]

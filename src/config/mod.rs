@@ -13,6 +13,7 @@ const DEFAULT_SOURCE: &str = "default";
 mod agent;
 mod conventional;
 mod describe;
+mod duplicates;
 pub(crate) mod edit;
 mod keys;
 mod layers;

@@ -4,6 +4,7 @@
 use figment::value::{Dict, Map, Value};
 use figment::{Metadata, Profile, Provider};
 
+use super::duplicates::first_duplicate;
 use super::{err, ConfigError};
 
 /// A provider holding one source's values under its own name (an environment variable, a
@@ -70,24 +71,35 @@ pub(super) fn insert_dotted(data: &mut Dict, path: &[&str], value: Value) {
 }
 
 /// YAML lets a key appear twice and figment keeps the last one whole, which can silently drop
-/// a `listeners:` or `security:` block; refuse it instead.
+/// a `listeners:` or `security:` block; refuse it instead, naming the key by its dotted path.
 pub(super) fn refuse_duplicate_keys(text: &str, source: &str) -> Result<(), ConfigError> {
-    match serde_yaml::from_str::<serde_yaml::Value>(text) {
-        Err(e) if e.to_string().contains("duplicate entry") => {
-            let msg = e.to_string();
-            let key = msg
-                .split("with key ")
-                .nth(1)
-                .and_then(|k| k.split_whitespace().next())
-                .map(|k| k.trim_matches('"').to_string())
-                .unwrap_or_else(|| "config".to_string());
-            Err(err(
-                &key,
-                format!("{msg}: a key may appear only once; merge the two entries"),
-                Some(source.to_string()),
-            ))
-        }
-        _ => Ok(()),
-    }
+    let Some(dup) = first_duplicate(text) else {
+        return Ok(());
+    };
+    let at = dup
+        .at
+        .map(|(line, column)| format!(", given again at line {line} column {column}"))
+        .unwrap_or_default();
+    Err(err(
+        &dup.path,
+        format!("duplicate key{at}: a key may appear only once; merge the two entries"),
+        Some(source.to_string()),
+    ))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_key_is_refused_by_its_path_and_place() {
+        let text = "security:\n  tls: {ca_cert: /a.pem}\n  tls: {ca_cert: /b.pem}\n";
+        let e = refuse_duplicate_keys(text, "/etc/x.yaml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "security.tls: duplicate key, given again at line 3 column 3: a key may appear only \
+             once; merge the two entries (from /etc/x.yaml)"
+        );
+        assert!(refuse_duplicate_keys("security: {tls: {}}\n", "x").is_ok());
+    }
+}

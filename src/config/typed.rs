@@ -185,7 +185,7 @@ impl PresentClientCert {
 
 /// The one rule for who reaches a TCP socket: one other hosts can reach needs a non-empty
 /// `allowed_clients`. Validation applies it to the configured addresses (listeners and admin),
-/// `listen.rs` to a socket systemd passed (whose address only the socket knows).
+/// `listen/` to a socket systemd passed (whose address only the socket knows).
 pub(crate) fn needs_allowed_clients(addr: SocketAddr, allowed_clients: Option<&[IpNet]>) -> bool {
     !addr.ip().is_loopback() && allowed_clients.is_none_or(<[IpNet]>::is_empty)
 }

@@ -23,7 +23,7 @@ pub(crate) struct AcceptLoop {
     /// This listener's own `max_connections`; unbounded when it has none.
     pub own: Arc<Limit>,
     pub stop: CancellationToken,
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// The size of a listener's own limit: its `max_connections`, or no cap of its own.
@@ -78,48 +78,30 @@ impl AcceptLoop {
     /// place, and no other listener notices. The one place an idle loop holds while it waits in
     /// accept is one its own next client would take anyway.
     async fn next_client(&self, backoff: &mut Backoff) -> Option<(ClientStream, Peer, Permit)> {
-        loop {
-            let own = tokio::select! {
-                p = self.own.acquire() => p,
-                _ = self.stop.cancelled() => return None,
-            };
-            let accepted = tokio::select! {
-                r = self.bound.accept() => r,
-                _ = self.stop.cancelled() => return None,
-            };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) if listen::is_resource_exhaustion(&e) => {
-                    drop(own);
-                    let delay = backoff.next_delay();
-                    let local = self.bound.local.clone();
-                    self.shared.log_failure(&format!("accept:{local}:{e}"), |n| {
-                        tracing::warn!(addr = %local, error = %e, repeated = n, retry_in_ms = delay.as_millis() as u64, "cannot accept: out of resources; backing off");
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.stop.cancelled() => return None,
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(addr = %self.bound.local, error = %e, "accept failed");
-                    continue;
-                }
-            };
-            backoff.reset();
-            if !self.own.over() {
-                return Some((stream, peer, own));
-            }
-            // A reload lowered the cap while this place waited in accept: the client waits for
-            // room under the new cap, as one accepted beyond the global cap does.
-            drop(own);
-            let own = tokio::select! {
-                p = self.own.acquire() => p,
-                _ = self.stop.cancelled() => return None,
-            };
+        let own = tokio::select! {
+            p = self.own.acquire() => p,
+            _ = self.stop.cancelled() => return None,
+        };
+        let shared = &self.shared;
+        let (stream, peer) = listen::accept_or_back_off(
+            &*self.bound,
+            &self.bound.local,
+            backoff,
+            |key, log| shared.log_failure(key, log),
+            &self.stop,
+        )
+        .await?;
+        if !self.own.over() {
             return Some((stream, peer, own));
         }
+        // A reload lowered the cap while this place waited in accept: the client waits for
+        // room under the new cap, as one accepted beyond the global cap does.
+        drop(own);
+        let own = tokio::select! {
+            p = self.own.acquire() => p,
+            _ = self.stop.cancelled() => return None,
+        };
+        Some((stream, peer, own))
     }
 
     /// The client, judged by the policy of the live state: `None` when it is refused, or when

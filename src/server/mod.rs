@@ -400,7 +400,7 @@ fn bind_admin(
             l.set_nonblocking(true).map_err(cannot)?;
             tokio::net::TcpListener::from_std(l).map_err(cannot)
         }
-        None => crate::admin::bind(listen).map_err(cannot),
+        None => crate::listen::tcp_listener(listen).map_err(cannot),
     }
 }
 

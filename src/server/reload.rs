@@ -4,15 +4,52 @@
 //! untouched, and says why; one that succeeds says which keys changed.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{self, Config, ListenerConfig, ListenerKey, Purpose};
-use crate::listen::{self, Bound};
+use crate::config::{self, Config, ConfigErrors, ListenerConfig, ListenerKey, Purpose};
+use crate::listen::{self, Bound, ListenError};
 use crate::state::State;
-use crate::tls::TlsContext;
+use crate::tls::{TlsContext, TrustError};
 
 use super::{log_trust_summary, notify, watch, Server};
+
+/// Why a reload was refused. Each says it as the log line always has: operators and their
+/// alerts match on it.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    /// The configuration on disk is invalid: every mistake, on one line.
+    #[error("{}", .0.to_string().replace('\n', "; "))]
+    Config(ConfigErrors),
+    /// A certificate, key, CA bundle or CRL cannot be used.
+    #[error("{0}")]
+    Trust(TrustError),
+    #[error("the reload task failed: {0}")]
+    Task(tokio::task::JoinError),
+    /// A new listener cannot be bound or adopted, or a listener cannot take its new policy.
+    #[error("{0}")]
+    Listener(#[from] ListenError),
+    /// `master_host` is one of this proxy's own systemd sockets (the message names it).
+    #[error("{0}")]
+    MasterIsOwnListener(String),
+    #[error("admin.listen: cannot bind {addr}: {source}")]
+    AdminBind { addr: SocketAddr, source: io::Error },
+}
+
+/// The keys whose value a reload changed, as the `configuration reloaded` line lists them.
+struct ChangedKeys(Vec<String>);
+
+impl fmt::Display for ChangedKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("no key (files re-read)")
+        } else {
+            f.write_str(&self.0.join(", "))
+        }
+    }
+}
 
 /// What a reload read and built off the runtime (blocking file and group look-ups).
 struct Loaded {
@@ -45,27 +82,21 @@ impl Server {
         match self.try_reload().await {
             Ok(changed) => {
                 self.shared.metrics.reload(true);
-                let changed = if changed.is_empty() {
-                    "no key (files re-read)".to_string()
-                } else {
-                    changed.join(", ")
-                };
                 tracing::info!(trigger = why, changed = %changed, "configuration reloaded");
             }
-            Err(msg) => {
+            Err(e) => {
                 self.shared.metrics.reload(false);
-                tracing::error!(trigger = why, error = %msg, "reload refused; keeping the previous configuration");
+                tracing::error!(trigger = why, error = %e, "reload refused; keeping the previous configuration");
             }
         }
         notify(&[sd_notify::NotifyState::Ready]);
     }
 
-    async fn try_reload(&mut self) -> Result<Vec<String>, String> {
+    async fn try_reload(&mut self) -> Result<ChangedKeys, ReloadError> {
         let flags = self.flags.clone();
-        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, String> {
-            let config = config::load(&flags, Purpose::Serve)
-                .map_err(|e| e.to_string().replace('\n', "; "))?;
-            let tls = TlsContext::for_config(&config).map_err(|e| e.to_string())?;
+        let loaded = tokio::task::spawn_blocking(move || -> Result<Loaded, ReloadError> {
+            let config = config::load(&flags, Purpose::Serve).map_err(ReloadError::Config)?;
+            let tls = TlsContext::for_config(&config).map_err(ReloadError::Trust)?;
             let watched = watch::watch_list(&config);
             Ok(Loaded {
                 config,
@@ -74,7 +105,7 @@ impl Server {
             })
         })
         .await
-        .map_err(|e| format!("the reload task failed: {e}"))??;
+        .map_err(ReloadError::Task)??;
         let prepared = self.prepare(&loaded.config)?;
         Ok(self.commit(loaded, prepared))
     }
@@ -82,7 +113,7 @@ impl Server {
     /// Everything that can fail, done before anything changes: new listeners and a new admin
     /// address are bound, kept sockets are checked against their new policy, unix socket
     /// modes and groups are set. On failure whatever was done is undone.
-    fn prepare(&mut self, config: &Config) -> Result<Prepared, String> {
+    fn prepare(&mut self, config: &Config) -> Result<Prepared, ReloadError> {
         let mut p = Prepared::default();
         let result = self.prepare_into(config, &mut p);
         if let Err(e) = result {
@@ -92,19 +123,17 @@ impl Server {
         Ok(p)
     }
 
-    fn prepare_into(&mut self, config: &Config, p: &mut Prepared) -> Result<(), String> {
+    fn prepare_into(&mut self, config: &Config, p: &mut Prepared) -> Result<(), ReloadError> {
         for lc in &config.listeners {
             match self.listeners.get(&lc.key()) {
-                Some(r) => r.bound.check_policy(lc).map_err(|e| e.to_string())?,
+                Some(r) => r.bound.check_policy(lc)?,
                 None => {
                     let b = match self.retired.remove(&lc.key()) {
                         Some(b) => b,
-                        None => Arc::new(
-                            listen::bind(lc, &mut self.inherited).map_err(|e| e.to_string())?,
-                        ),
+                        None => Arc::new(listen::bind(lc, &mut self.inherited)?),
                     };
                     p.added.push((lc.key(), b.clone()));
-                    b.check_policy(lc).map_err(|e| e.to_string())?;
+                    b.check_policy(lc)?;
                 }
             }
         }
@@ -114,7 +143,8 @@ impl Server {
             .map(|(k, r)| (k.clone(), r.bound.clone()))
             .chain(p.added.iter().cloned())
             .collect();
-        super::adopted::master_is_not_a_systemd_listener(config, &sockets)?;
+        super::adopted::master_is_not_a_systemd_listener(config, &sockets)
+            .map_err(ReloadError::MasterIsOwnListener)?;
         let want = config.admin.as_ref().map(|a| a.listen);
         let have = self.admin.as_ref().map(|a| a.listen);
         p.admin = match (want, have) {
@@ -122,8 +152,8 @@ impl Server {
             (None, Some(_)) => AdminChange::Stop,
             (Some(addr), _) => AdminChange::Start(
                 addr,
-                crate::admin::bind(addr)
-                    .map_err(|e| format!("admin.listen: cannot bind {addr}: {e}"))?,
+                listen::tcp_listener(addr)
+                    .map_err(|source| ReloadError::AdminBind { addr, source })?,
             ),
             (None, None) => AdminChange::Keep,
         };
@@ -137,9 +167,7 @@ impl Server {
                 continue;
             }
             if let Some((mode, gid)) = r.bound.unix_permissions_now() {
-                r.bound
-                    .set_unix_permissions(lc)
-                    .map_err(|e| e.to_string())?;
+                r.bound.set_unix_permissions(lc)?;
                 p.chmodded.push((r.bound.clone(), mode, gid));
             }
         }
@@ -175,14 +203,14 @@ impl Server {
     }
 
     /// Swaps the new state in and starts/stops what it says. Cannot fail.
-    fn commit(&mut self, loaded: Loaded, p: Prepared) -> Vec<String> {
+    fn commit(&mut self, loaded: Loaded, p: Prepared) -> ChangedKeys {
         let Loaded {
             config,
             tls,
             watched,
         } = loaded;
         let old = self.shared.current();
-        let changed = config::changed_keys(&old.config, &config);
+        let changed = ChangedKeys(config::changed_keys(&old.config, &config));
         let sockets = self.listeners.iter().map(|(k, r)| (k, &*r.bound));
         let reach = super::reach(sockets.chain(p.added.iter().map(|(k, b)| (k, &**b))));
         log_trust_summary(&config, tls.as_ref());
@@ -249,5 +277,36 @@ impl Server {
         }
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = watched;
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+
+    #[test]
+    fn refusals_and_changes_read_as_the_log_lines_always_have() {
+        let mistake = |key: &str| ConfigError {
+            key: key.into(),
+            message: "bad".into(),
+            source: Some("/etc/x.yaml".into()),
+        };
+        let config = ReloadError::Config(ConfigErrors(vec![mistake("a"), mistake("b")]));
+        assert_eq!(
+            config.to_string(),
+            "configuration error: a: bad (from /etc/x.yaml); configuration error: b: bad (from /etc/x.yaml)"
+        );
+        let admin = ReloadError::AdminBind {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(
+            admin.to_string(),
+            "admin.listen: cannot bind 127.0.0.1:9090: address in use"
+        );
+        assert_eq!(ChangedKeys(vec![]).to_string(), "no key (files re-read)");
+        let keys = ChangedKeys(vec!["log.level".into(), "max_connections".into()]);
+        assert_eq!(keys.to_string(), "log.level, max_connections");
     }
 }

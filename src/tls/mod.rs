@@ -12,9 +12,9 @@ mod verify;
 
 pub use crl::{status, LoadedCrl, Revocation};
 pub(crate) use crl::{find_revoked, load_all};
-pub use failure::FailureKind;
+pub(crate) use failure::FailureKind;
 pub(crate) use failure::cert_failure;
-pub use name::{NameChoice, NameReason};
+pub(crate) use name::{NameChoice, NameReason};
 pub(crate) use name::choose_name;
 pub use pin::Pins;
 pub(crate) use session::SessionStore;

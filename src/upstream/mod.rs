@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 mod sniffed;
 
-pub use sniffed::Sniffed;
+pub(crate) use sniffed::Sniffed;
 
 use crate::host::parse_host_ip;
 use crate::egress::{authority, open_tunnel, Egress, ProxyUrl};

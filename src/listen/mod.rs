@@ -1,28 +1,34 @@
-//! Listeners: TCP (v4/v6, IP_FREEBIND), unix sockets and sockets inherited from systemd, bound
-//! with socket2; the client-address check and the accept back-off the accept loop
-//! (`server::accept`) uses.
+//! Listening sockets: TCP (v4/v6, IP_FREEBIND) for the listeners and the admin endpoint alike,
+//! unix sockets and sockets inherited from systemd, each a [`Bound`]; the client-address check.
+//! `accept` holds the accept step both accept loops run, `stream` what they hand on.
+
+mod accept;
+mod stream;
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::AtomicBool;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use ipnet::IpNet;
 use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::{needs_allowed_clients, ListenAddr, ListenerConfig};
 
+pub(crate) use accept::{accept_or_back_off, Accept, Backoff};
+pub(crate) use stream::{ClientStream, Peer};
+
+/// Clients the kernel queues on a listening socket before we accept them (capped by
+/// `net.core.somaxconn`). Every limit here (`max_connections`, a listener's own, the admin
+/// endpoint's) makes clients wait in this queue rather than be refused, so it is the same
+/// generous size for every socket, the admin endpoint's included.
 const BACKLOG: i32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ListenError {
+pub(crate) enum ListenError {
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -51,7 +57,7 @@ pub enum ListenError {
 
 impl ListenError {
     /// Configuration mistakes exit 2; a busy port or missing permission exits 1.
-    pub fn is_config(&self) -> bool {
+    pub(crate) fn is_config(&self) -> bool {
         matches!(
             self,
             ListenError::NoSystemdSocket { .. } | ListenError::SystemdNeedsAllowedClients { .. }
@@ -59,86 +65,10 @@ impl ListenError {
     }
 }
 
-// === Client streams ===
-
-/// A client connection, TCP or unix.
-#[derive(Debug)]
-pub enum ClientStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Who connected: an IP client, or a local process on a unix socket.
-#[derive(Debug, Clone)]
-pub enum Peer {
-    Ip(SocketAddr),
-    Unix,
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Peer::Ip(a) => write!(f, "{a}"),
-            Peer::Unix => write!(f, "unix"),
-        }
-    }
-}
-
 // === Bound listeners ===
 
 #[derive(Debug)]
-pub enum Socketish {
+pub(crate) enum Socketish {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
@@ -147,46 +77,85 @@ pub enum Socketish {
 /// reload may change (allowed_clients, alpn, present_client_cert, …) is read from the live
 /// state at each accept (`state::ListenerPolicy`), never copied here.
 #[derive(Debug)]
-pub struct Bound {
-    pub socket: Socketish,
+pub(crate) struct Bound {
+    pub(crate) socket: Socketish,
     /// The address actually bound, as logged ("127.0.0.1:41234", "unix:/run/x.sock").
-    pub local: String,
+    pub(crate) local: String,
     /// Reachable only from this host (loopback TCP or a unix socket): the default for
     /// `present_client_cert`, and no `allowed_clients` needed.
-    pub host_only: bool,
+    pub(crate) host_only: bool,
     /// A unix socket file we created and remove at exit.
-    pub unix_path: Option<PathBuf>,
-    pub inherited: bool,
+    pub(crate) unix_path: Option<PathBuf>,
+    pub(crate) inherited: bool,
     /// Passed to the process that replaced this one: its socket file is that process's now.
-    pub handed_over: AtomicBool,
+    pub(crate) handed_over: AtomicBool,
+}
+
+/// Where a listening socket came from, which decides how it is named in logs and who owns its
+/// file: ours (bound here, or passed on by the process this one replaced) or systemd's.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    Ours,
+    Systemd(&'a str),
 }
 
 impl Bound {
+    /// A TCP listener on `addr`, reachable from this host only when that is loopback.
+    fn tcp(listener: TcpListener, addr: SocketAddr, origin: Origin<'_>) -> Bound {
+        let local = match origin {
+            Origin::Ours => addr.to_string(),
+            Origin::Systemd(name) => format!("systemd:{name} ({addr})"),
+        };
+        Bound::new(
+            Socketish::Tcp(listener),
+            local,
+            addr.ip().is_loopback(),
+            None,
+            origin,
+        )
+    }
+
+    /// A unix listener on `path` (`None`: an unnamed socket). The file of one of ours is
+    /// removed at exit; systemd's belongs to its socket unit.
+    fn unix(listener: UnixListener, path: Option<PathBuf>, origin: Origin<'_>) -> Bound {
+        let shown = path
+            .as_ref()
+            .map_or_else(|| "unnamed".into(), |p| p.display().to_string());
+        let (local, unix_path) = match origin {
+            Origin::Ours => (format!("unix:{shown}"), path),
+            Origin::Systemd(name) => (format!("systemd:{name} (unix:{shown})"), None),
+        };
+        Bound::new(Socketish::Unix(listener), local, true, unix_path, origin)
+    }
+
+    fn new(
+        socket: Socketish,
+        local: String,
+        host_only: bool,
+        unix_path: Option<PathBuf>,
+        origin: Origin<'_>,
+    ) -> Bound {
+        Bound {
+            socket,
+            local,
+            host_only,
+            unix_path,
+            inherited: matches!(origin, Origin::Systemd(_)),
+            handed_over: AtomicBool::new(false),
+        }
+    }
+
     /// The listening socket's descriptor (to pass it on in an upgrade).
-    pub fn raw_fd(&self) -> RawFd {
+    pub(crate) fn raw_fd(&self) -> RawFd {
         match &self.socket {
             Socketish::Tcp(l) => l.as_raw_fd(),
             Socketish::Unix(l) => l.as_raw_fd(),
         }
     }
 
-    pub async fn accept(&self) -> io::Result<(ClientStream, Peer)> {
-        match &self.socket {
-            Socketish::Tcp(l) => {
-                let (s, a) = l.accept().await?;
-                let _ = s.set_nodelay(true);
-                Ok((ClientStream::Tcp(s), Peer::Ip(a)))
-            }
-            Socketish::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((ClientStream::Unix(s), Peer::Unix))
-            }
-        }
-    }
-
     /// Applies a unix listener's `mode` and `group` to the socket file we created (a reload
     /// that keeps the path). Sockets systemd passed keep the unit's SocketMode/SocketGroup.
-    pub fn set_unix_permissions(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
+    pub(crate) fn set_unix_permissions(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
         let Some(path) = &self.unix_path else {
             return Ok(());
         };
@@ -194,7 +163,7 @@ impl Bound {
     }
 
     /// The mode and group the socket file has now (to undo a reload that fails later).
-    pub fn unix_permissions_now(&self) -> Option<(u32, u32)> {
+    pub(crate) fn unix_permissions_now(&self) -> Option<(u32, u32)> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(self.unix_path.as_ref()?).ok()?;
         Some((m.mode() & 0o7777, m.gid()))
@@ -202,7 +171,7 @@ impl Bound {
 
     /// Refuses a policy this socket cannot take: an inherited socket reachable from other
     /// hosts needs `allowed_clients` (the rule validation applies to configured addresses).
-    pub fn check_policy(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
+    pub(crate) fn check_policy(&self, lc: &ListenerConfig) -> Result<(), ListenError> {
         if let (Socketish::Tcp(l), ListenAddr::Systemd(socket)) = (&self.socket, &lc.addr) {
             let addr = l
                 .local_addr()
@@ -221,7 +190,7 @@ impl Bound {
 
 /// Whether `peer` may use a listener with these `allowed_clients`. Unix sockets are guarded by
 /// their file mode; `None` means no restriction (only accepted for host-only addresses).
-pub fn peer_allowed(allowed: Option<&[IpNet]>, peer: &Peer) -> bool {
+pub(crate) fn peer_allowed(allowed: Option<&[IpNet]>, peer: &Peer) -> bool {
     match (peer, allowed) {
         (Peer::Unix, _) | (_, None) => true,
         (Peer::Ip(a), Some(nets)) => client_allowed(nets, a.ip()),
@@ -230,7 +199,7 @@ pub fn peer_allowed(allowed: Option<&[IpNet]>, peer: &Peer) -> bool {
 
 /// Whether a client address is in `allowed_clients`. An IPv4 client of a dual-stack socket
 /// arrives as an IPv4-mapped IPv6 address and is judged as the IPv4 address it is.
-pub fn client_allowed(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+pub(crate) fn client_allowed(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
     let ip = match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,
@@ -259,40 +228,34 @@ fn bind_err(lc: &ListenerConfig, source: io::Error) -> ListenError {
     }
 }
 
-fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let socket = Socket::new(domain, Type::STREAM, None).map_err(|e| bind_err(lc, e))?;
-    socket
-        .set_reuse_address(true)
-        .map_err(|e| bind_err(lc, e))?;
+/// Binds a listening TCP socket: every one is made here, the listeners' and the admin
+/// endpoint's, with the same options.
+/// - SO_REUSEADDR: a restarted proxy binds while its predecessor's connections linger.
+/// - IPv6 sockets are dual-stack (IPV6_V6ONLY off): `[::]` takes IPv4 clients too, as
+///   IPv4-mapped addresses that [`client_allowed`] judges as the IPv4 addresses they are. A
+///   socket systemd passes is dual-stack by default as well, so bound and adopted sockets
+///   behave alike. For any other IPv6 address the option changes nothing.
+/// - IP_FREEBIND (best effort): the address may appear later (a bridge created after we start).
+/// - Non-blocking, for tokio, with [`BACKLOG`]. Must run inside the tokio runtime.
+pub(crate) fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(|e| bind_err(lc, e))?;
-        // The address may appear later (a bridge created after we start).
+        socket.set_only_v6(false)?;
         let _ = socket.set_freebind_v6(true);
     } else {
         let _ = socket.set_freebind_v4(true);
     }
-    socket.set_nonblocking(true).map_err(|e| bind_err(lc, e))?;
-    socket.bind(&addr.into()).map_err(|e| bind_err(lc, e))?;
-    socket.listen(BACKLOG).map_err(|e| bind_err(lc, e))?;
-    let std_listener: std::net::TcpListener = socket.into();
-    let listener = TcpListener::from_std(std_listener).map_err(|e| bind_err(lc, e))?;
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| addr.to_string());
-    Ok(Bound {
-        socket: Socketish::Tcp(listener),
-        local,
-        host_only: addr.ip().is_loopback(),
-        unix_path: None,
-        inherited: false,
-        handed_over: AtomicBool::new(false),
-    })
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn bind_tcp(lc: &ListenerConfig, addr: SocketAddr) -> Result<Bound, ListenError> {
+    let listener = tcp_listener(addr).map_err(|e| bind_err(lc, e))?;
+    let local = listener.local_addr().unwrap_or(addr);
+    Ok(Bound::tcp(listener, local, Origin::Ours))
 }
 
 fn unix_err(lc: &ListenerConfig, path: &Path, detail: impl Into<String>) -> ListenError {
@@ -321,14 +284,7 @@ fn bind_unix(lc: &ListenerConfig, path: &Path) -> Result<Bound, ListenError> {
             .map_err(|e| unix_err(lc, path, format!("cannot remove the stale socket: {e}")))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| bind_err(lc, e))?;
-    let bound = Bound {
-        socket: Socketish::Unix(listener),
-        local: format!("unix:{}", path.display()),
-        host_only: true,
-        unix_path: Some(path.to_path_buf()),
-        inherited: false,
-        handed_over: AtomicBool::new(false),
-    };
+    let bound = Bound::unix(listener, Some(path.to_path_buf()), Origin::Ours);
     // On failure `bound` is dropped, which removes the socket file again.
     unix_permissions(lc, path)?;
     Ok(bound)
@@ -381,26 +337,10 @@ fn adopt_systemd(
             socket: socket_name.to_string(),
             available: inherited.names(),
         })?;
+    let origin = Origin::Systemd(socket_name);
     let bound = match adopt(lc, owned)? {
-        Adopted::Tcp(listener, addr) => Bound {
-            socket: Socketish::Tcp(listener),
-            local: format!("systemd:{socket_name} ({addr})"),
-            host_only: addr.ip().is_loopback(),
-            unix_path: None,
-            inherited: true,
-            handed_over: AtomicBool::new(false),
-        },
-        Adopted::Unix(listener, path) => Bound {
-            socket: Socketish::Unix(listener),
-            local: format!(
-                "systemd:{socket_name} (unix:{})",
-                path.map_or_else(|| "unnamed".into(), |p| p.display().to_string())
-            ),
-            host_only: true,
-            unix_path: None,
-            inherited: true,
-            handed_over: AtomicBool::new(false),
-        },
+        Adopted::Tcp(listener, addr) => Bound::tcp(listener, addr, origin),
+        Adopted::Unix(listener, path) => Bound::unix(listener, path, origin),
     };
     bound.check_policy(lc)?;
     Ok(bound)
@@ -411,25 +351,12 @@ fn adopt_systemd(
 /// to remove at exit) from now on.
 fn adopt_upgraded(lc: &ListenerConfig, owned: OwnedFd) -> Result<Bound, ListenError> {
     match adopt(lc, owned)? {
-        Adopted::Tcp(listener, addr) => Ok(Bound {
-            socket: Socketish::Tcp(listener),
-            local: addr.to_string(),
-            host_only: addr.ip().is_loopback(),
-            unix_path: None,
-            inherited: false,
-            handed_over: AtomicBool::new(false),
-        }),
+        Adopted::Tcp(listener, addr) => Ok(Bound::tcp(listener, addr, Origin::Ours)),
         Adopted::Unix(listener, path) => {
             let path =
                 path.ok_or_else(|| unix_err(lc, Path::new(""), "the passed socket has no path"))?;
-            let bound = Bound {
-                socket: Socketish::Unix(listener),
-                local: format!("unix:{}", path.display()),
-                host_only: true,
-                unix_path: Some(path.clone()),
-                inherited: false,
-                handed_over: AtomicBool::new(false),
-            };
+            // On failure `bound` is dropped, which removes the socket file, as for one we bind.
+            let bound = Bound::unix(listener, Some(path.clone()), Origin::Ours);
             unix_permissions(lc, &path)?;
             Ok(bound)
         }
@@ -437,7 +364,7 @@ fn adopt_upgraded(lc: &ListenerConfig, owned: OwnedFd) -> Result<Bound, ListenEr
 }
 
 /// Binds (or adopts) one listener. Must run inside the tokio runtime.
-pub fn bind(lc: &ListenerConfig, inherited: &mut Inherited) -> Result<Bound, ListenError> {
+pub(crate) fn bind(lc: &ListenerConfig, inherited: &mut Inherited) -> Result<Bound, ListenError> {
     if !matches!(lc.addr, ListenAddr::Systemd(_)) {
         if let Some(fd) = inherited.take_upgraded(&crate::inherit::listener_key(&lc.key())) {
             return adopt_upgraded(lc, fd);
@@ -450,38 +377,20 @@ pub fn bind(lc: &ListenerConfig, inherited: &mut Inherited) -> Result<Bound, Lis
     }
 }
 
-/// Errors that mean "out of something": wait before accepting again instead of spinning.
-pub fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(nix::libc::EMFILE)
-            | Some(nix::libc::ENFILE)
-            | Some(nix::libc::ENOBUFS)
-            | Some(nix::libc::ENOMEM)
-    )
-}
+impl Accept for Bound {
+    type Client = (ClientStream, Peer);
 
-/// Back-off after an accept error: 10 ms doubling to 1 s, reset on success.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(10),
+    async fn accept(&self) -> io::Result<(ClientStream, Peer)> {
+        match &self.socket {
+            Socketish::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((ClientStream::Tcp(s), Peer::Ip(a)))
+            }
+            Socketish::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((ClientStream::Unix(s), Peer::Unix))
+            }
         }
-    }
-}
-
-impl Backoff {
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(10);
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(1));
-        d
     }
 }
