@@ -183,6 +183,16 @@ impl PresentClientCert {
     }
 }
 
+/// Whether two TCP listening sockets would take the same clients, so the second cannot bind:
+/// the same port (not 0) and the same address, or one a wildcard covering the other. `[::]` is
+/// bound dual-stack (`listen::tcp_listener`), so it covers every IPv4 address too.
+pub(crate) fn tcp_overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: SocketAddr, x: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || x.is_ipv4())
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 /// The one rule for who reaches a TCP socket: one other hosts can reach needs a non-empty
 /// `allowed_clients`. Validation applies it to the configured addresses (listeners and admin),
 /// `listen/` to a socket systemd passed (whose address only the socket knows).

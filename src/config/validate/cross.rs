@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::Check;
 use crate::host::parse_host_ip;
-use crate::config::{AdminConfig, ListenAddr, ListenerConfig, MasterConfig};
+use crate::config::{tcp_overlaps, AdminConfig, ListenAddr, ListenerConfig, MasterConfig};
 
 /// A master address that is one of our own listeners would make the proxy dial itself.
 pub(super) fn master_is_not_a_listener(
@@ -55,14 +55,19 @@ pub(super) fn admin_is_not_a_listener(
     listeners: &[ListenerConfig],
 ) {
     let sa = a.listen;
-    if listeners
-        .iter()
-        .any(|l| l.addr == ListenAddr::Tcp(sa) && sa.port() != 0)
-    {
+    let taken = listeners.iter().find(|l| match l.addr {
+        ListenAddr::Tcp(b) => tcp_overlaps(sa, b),
+        _ => false,
+    });
+    if let Some(l) = taken {
         let source = c.src("admin.listen");
+        let how = match l.addr == ListenAddr::Tcp(sa) {
+            true => String::new(),
+            false => format!(" (it overlaps {}: [::] takes IPv4 clients too)", l.addr),
+        };
         c.fail(
             "admin.listen",
-            format!("{sa} is also a proxy listener"),
+            format!("{sa} is also a proxy listener, {:?}{how}", l.name),
             Some(source),
         );
     }
@@ -84,5 +89,22 @@ mod tests {
     fn the_admin_endpoint_may_not_take_a_listeners_address() {
         let m = mistakes("master_host: det\nlisteners: [{listen: \"127.0.0.1:9090\"}]\nadmin: {listen: \"127.0.0.1:9090\"}\n");
         assert!(has(&m, "admin.listen", "also a proxy listener"), "{m:?}");
+        let m = mistakes("master_host: det\nlisteners: [{listen: \"0.0.0.0:9090\", allowed_clients: [10.0.0.0/8]}]\nadmin: {listen: \"127.0.0.1:9090\"}\n");
+        assert!(has(&m, "admin.listen", "overlaps 0.0.0.0:9090"), "{m:?}");
+    }
+
+    #[test]
+    fn a_dual_stack_wildcard_overlaps_every_address_on_its_port() {
+        use crate::config::tcp_overlaps;
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(tcp_overlaps(a("[::]:80"), a("0.0.0.0:80")));
+        assert!(tcp_overlaps(a("127.0.0.1:80"), a("[::]:80")));
+        assert!(tcp_overlaps(a("0.0.0.0:80"), a("10.1.2.3:80")));
+        assert!(!tcp_overlaps(a("0.0.0.0:80"), a("[::1]:80")));
+        assert!(!tcp_overlaps(a("[::]:80"), a("[::]:81")));
+        assert!(!tcp_overlaps(a("[::]:0"), a("0.0.0.0:0")));
+        assert!(!tcp_overlaps(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        let m = mistakes("master_host: det\nlisteners: [{name: v4, listen: \"0.0.0.0:8080\", allowed_clients: [10.0.0.0/8]}, {name: v6, listen: \"[::]:8080\", allowed_clients: [\"fd00::/8\"]}]\n");
+        assert!(has(&m, "listeners[1].listen", "overlaps 0.0.0.0:8080 of listener \"v4\""), "{m:?}");
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::Check;
 use crate::config::raw::{RawAlpn, RawListener, StringOrNumber};
-use crate::config::{needs_allowed_clients, AlpnPolicy, ListenAddr, ListenerConfig};
+use crate::config::{needs_allowed_clients, tcp_overlaps, AlpnPolicy, ListenAddr, ListenerConfig};
 
 /// Default mode of a unix listener's socket file.
 const UNIX_MODE: u32 = 0o660;
@@ -43,6 +43,19 @@ pub(super) fn listeners(c: &mut Check, raw: &[RawListener]) -> Vec<ListenerConfi
                 c.fail(
                     &format!("{key}.listen"),
                     format!("{k} is already the address of listener {prev:?}; two listeners cannot share one address"),
+                    Some(source.clone()),
+                );
+            }
+        }
+        if let ListenAddr::Tcp(a) = lc.addr {
+            let overlapping = out.iter().find(|o: &&ListenerConfig| match o.addr {
+                ListenAddr::Tcp(b) => b != a && tcp_overlaps(a, b),
+                _ => false,
+            });
+            if let Some(o) = overlapping {
+                c.fail(
+                    &format!("{key}.listen"),
+                    format!("{a} overlaps {} of listener {:?}: one of them would take the other's clients, so it cannot be bound ([::] takes IPv4 clients too); drop one, or give them different ports", o.addr, o.name),
                     Some(source.clone()),
                 );
             }
