@@ -88,34 +88,43 @@ impl Drop for ActiveGuard {
 
 impl Connection {
     /// Serves the client to its end: the stages, cut short by a drain's deadline, then
-    /// `finish`.
-    pub(crate) async fn serve(mut self) {
-        let shared = self.shared.clone();
-        let policy = self.policy.clone();
-        policy.metrics.active.inc();
-        let _active = ActiveGuard(policy.metrics.active.clone());
-        let listed = shared.connections.register(policy.name.clone(), &self.peer);
-        self.rec.live = Some(listed.live());
-        let outcome = tokio::select! {
-            r = self.stages() => r.unwrap_or_else(|early| early),
-            _ = shared.force_close.cancelled() => Outcome::Shutdown,
-        };
-        let account = finish::Account {
-            shared: &shared,
-            state: &self.state,
-            policy: &policy,
-            client: &self.peer,
-        };
-        finish::finish(account, &self.rec, self.started.elapsed(), outcome);
+    /// `finish`. Not an `async fn`: one taking `self` by value would keep the connection
+    /// twice in its future (the argument, and the local it is moved to), for the
+    /// connection's whole life.
+    pub(crate) fn serve(self) -> impl std::future::Future<Output = ()> + Send {
+        let mut conn = self;
+        async move {
+            let shared = conn.shared.clone();
+            let policy = conn.policy.clone();
+            policy.metrics.active.inc();
+            let _active = ActiveGuard(policy.metrics.active.clone());
+            let listed = shared.connections.register(policy.name.clone(), &conn.peer);
+            conn.rec.live = Some(listed.live());
+            let outcome = tokio::select! {
+                r = conn.stages() => r.unwrap_or_else(|early| early),
+                _ = shared.force_close.cancelled() => Outcome::Shutdown,
+            };
+            let account = finish::Account {
+                shared: &shared,
+                state: &conn.state,
+                policy: &policy,
+                client: &conn.peer,
+            };
+            finish::finish(account, &conn.rec, conn.started.elapsed(), outcome);
+        }
     }
 
     /// admit → sniff → route → relay; an early end is the `Err`.
     async fn stages(&mut self) -> Result<Outcome, Outcome> {
         let admitted = self.admit().await?;
         let sniffed = self.sniff(admitted).await?;
-        match self.route(&sniffed).await? {
-            Master::Tls(stream) => Ok(self.relay(stream, sniffed.first.bytes()).await),
-            Master::Plain(stream) => Ok(self.relay(stream, sniffed.first.bytes()).await),
+        // The master's stream stays here and the relay borrows it: moved into the relay's
+        // future, it would be kept twice for the connection's life.
+        let mut master = self.route(&sniffed).await?;
+        let first = sniffed.first.bytes();
+        match &mut master {
+            Master::Tls(stream) => Ok(self.relay(stream, first).await),
+            Master::Plain(stream) => Ok(self.relay(stream, first).await),
         }
     }
 
@@ -139,7 +148,7 @@ impl Connection {
     }
 
     /// Sends the bytes already read, then relays both ways until the connection ends.
-    async fn relay<S>(&mut self, mut master: S, first: &[u8]) -> Outcome
+    async fn relay<S>(&mut self, master: &mut S, first: &[u8]) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -152,7 +161,7 @@ impl Connection {
             close: self.state.config.timeouts.close,
         };
         let RelayResult { up, down, outcome } =
-            Relay::new(&mut self.client, &mut master, timeouts)
+            Relay::new(&mut self.client, master, timeouts)
                 .counting(live.as_deref().map(|l| &l.bytes))
                 .await;
         self.rec.up = up + first.len() as u64;
