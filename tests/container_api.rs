@@ -250,7 +250,8 @@ fn a_miss_lists_again_once_for_every_lookup_waiting() {
     let relists = || api.count("/containers/json") - before;
     let ok = eventually(SETTLE, || relists() >= 2);
     assert!(ok, "the misses' follow-up re-list never came");
-    // Nothing is waiting any more: no third re-list may start.
+    // Nothing is waiting any more: no third re-list may start. Time is the behaviour here: a
+    // re-list nothing asked for would start within the window, and no event marks its absence.
     let settled = rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(700)).await;
         relists()
