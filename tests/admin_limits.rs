@@ -29,16 +29,10 @@ fn start(dir: &std::path::Path, master: &Master) -> Proxy {
 /// The proxy's descriptor count once it holds still for 300 ms (a relay just finished may
 /// still be closing its upstream).
 fn settled_fd_count(pid: i32) -> usize {
-    let mut last = fd_count(pid);
-    let mut since = Instant::now();
-    while since.elapsed() < Duration::from_millis(300) {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = fd_count(pid);
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-    }
-    last
+    steady(Duration::from_secs(10), Duration::from_millis(300), || {
+        fd_count(pid)
+    })
+    .unwrap_or_else(|n| panic!("the proxy's descriptor count still changing after 10 s: {n}"))
 }
 
 /// When the proxy closed `c`, measured from `since`; panics if it has not within `within`.
@@ -149,6 +143,7 @@ fn a_connection_lives_at_most_the_connection_timeout_however_busy() {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break opened.elapsed(),
             Err(e) => panic!("read: {e}"),
         }
+        // Time is the behaviour here: a request every 2 s keeps it busy, never idle.
         std::thread::sleep(Duration::from_secs(2));
     };
     assert!(

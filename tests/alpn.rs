@@ -67,7 +67,8 @@ fn auto_alpn_with_h2_preface_split_across_writes() {
     let mut c = connect(proxy.tcp_addr("main"));
     // The preface arrives in two segments; the proxy must not decide on the first alone.
     c.write_all(&H2_START[..6]).unwrap();
-    std::thread::sleep(Duration::from_millis(50)); // two TCP segments, not synchronisation
+    // Time is the behaviour here: two TCP segments, not one.
+    std::thread::sleep(Duration::from_millis(50));
     c.write_all(&H2_START[6..]).unwrap();
     let mut back = vec![0u8; H2_START.len()];
     std::io::Read::read_exact(&mut c, &mut back).unwrap();

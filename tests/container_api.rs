@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::docker_api::DockerApi;
 use common::podman::{Podman, IMAGE};
-use common::{eventually, tempdir};
+use common::{eventually, tempdir, wait_until};
 use det_tls_proxy::identity::container_api::{
     ContainerDirectory, ContainerInfo, LookupError, LOOKUP_BUDGET,
 };
@@ -234,23 +234,30 @@ fn a_miss_lists_again_once_for_every_lookup_waiting() {
     assert_eq!(r.unwrap().expect("found by the re-list").name, "fresh");
     assert!(took <= BUDGET_AND_SCHEDULING, "took {took:?}");
     // Sixteen misses while one re-list is under way (a slow API keeps it so): they share the
-    // one that follows it, so two in all, however many lookups wait.
+    // one that follows it, so two in all, however many lookups wait. The re-list under way is
+    // a first miss's, seen arriving at the API before the sixteen come (the task may still be
+    // finishing the re-list above, and a miss then would share the sixteen's).
     api.set_list_delay(Duration::from_millis(300));
     let before = api.count("/containers/json");
+    let relists = || api.count("/containers/json") - before;
     let unknown: IpAddr = "172.17.0.77".parse().unwrap();
-    let waiting: Vec<_> = (0..16)
-        .map(|_| {
-            let d = d.clone();
-            tokio::spawn(async move { d.lookup(unknown).await })
-        })
-        .collect();
+    let miss = || {
+        let d = d.clone();
+        tokio::spawn(async move { d.lookup(unknown).await })
+    };
+    let mut waiting = vec![miss()];
+    wait_until("the first miss's re-list to reach the API", SETTLE, || {
+        let n = relists();
+        (n >= 1).then_some(()).ok_or(format!("{n} re-lists"))
+    });
+    waiting.extend((0..16).map(|_| miss()));
     for w in waiting {
         assert_eq!(rt.block_on(w).unwrap(), Ok(None));
     }
-    let relists = || api.count("/containers/json") - before;
     let ok = eventually(SETTLE, || relists() >= 2);
     assert!(ok, "the misses' follow-up re-list never came");
-    // Nothing is waiting any more: no third re-list may start.
+    // Nothing is waiting any more: no third re-list may start. Time is the behaviour here: a
+    // re-list nothing asked for would start within the window, and no event marks its absence.
     let settled = rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(700)).await;
         relists()

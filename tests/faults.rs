@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::server::{provider, BlackHole};
@@ -87,11 +87,10 @@ struct Seen {
     streamed: u64,
 }
 
-type Events = Arc<(Mutex<Seen>, Condvar)>;
+type Events = Arc<Mutex<Seen>>;
 
 fn note(ev: &Events, f: impl FnOnce(&mut Seen)) {
-    f(&mut ev.0.lock().unwrap());
-    ev.1.notify_all();
+    f(&mut ev.lock().unwrap());
 }
 
 struct Scripted {
@@ -174,22 +173,16 @@ impl Scripted {
     }
 
     fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
-        f(&self.events.0.lock().unwrap())
+        f(&self.events.lock().unwrap())
     }
 
     fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&Seen) -> bool) {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.events.0.lock().unwrap();
-        while !pred(&st) {
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "scripted master: no {what} within {timeout:?}; saw {:?}",
-                    *st
-                );
-            }
-            st = self.events.1.wait_timeout(st, deadline - now).unwrap().0;
-        }
+        wait_until(&format!("the scripted master's {what}"), timeout, || {
+            let st = self.events.lock().unwrap();
+            pred(&st)
+                .then_some(())
+                .ok_or_else(|| format!("saw {:?}", *st))
+        })
     }
 
     /// A crash: every socket closes at once, no close_notify.
@@ -949,15 +942,12 @@ fn client_resets_mid_transfer_1000_times_leak_nothing() {
     relays(addr, b"warm up");
     master.server.finished(1);
     let _ = scrape_text(&admin);
-    // Settle: the admin connection and the warm-up are over.
-    let mut fds_before = fd_count(pid);
-    eventually(Duration::from_secs(2), || {
-        let now = fd_count(pid);
-        let settled = now == fds_before;
-        fds_before = now;
-        std::thread::sleep(Duration::from_millis(100));
-        settled
-    });
+    // Settle: the admin connection and the warm-up are over (no event marks the moment
+    // their descriptors are closed).
+    let fds_before = steady(Duration::from_secs(5), Duration::from_millis(100), || {
+        fd_count(pid)
+    })
+    .unwrap_or_else(|n| panic!("the idle proxy's descriptor count still changing: {n}"));
     let rss_before = rss_kib(pid);
 
     let started = Instant::now();
@@ -1027,7 +1017,11 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
     let pid = proxy.pid().as_raw();
     relays(addr, b"warm up");
     master.server.finished(1);
-    std::thread::sleep(Duration::from_millis(200));
+    // The warm-up's descriptors closed (no event marks the moment).
+    steady(Duration::from_secs(5), Duration::from_millis(200), || {
+        fd_count(pid)
+    })
+    .unwrap_or_else(|n| panic!("the idle proxy's descriptor count still changing: {n}"));
 
     // Lower the running proxy's RLIMIT_NOFILE so that HELD relayed connections (two fds
     // each) use every descriptor left.
@@ -1065,6 +1059,7 @@ fn fd_exhaustion_backs_off_without_spinning_and_recovers() {
     });
     let cpu0 = cpu_ticks(pid);
     let t0 = Instant::now();
+    // Time is the behaviour here: the CPU used over a window while no descriptor is free.
     std::thread::sleep(Duration::from_secs(3));
     let cpu = cpu_ticks(pid) - cpu0;
     let window = t0.elapsed();
@@ -1118,13 +1113,14 @@ fn slow_client_and_slow_master_keep_memory_bounded() {
     let pid = proxy.pid().as_raw();
 
     // Warm up the TLS path so one-off allocations are not counted.
-    {
+    let warm_up = {
         let mut c = connect(addr);
         c.write_all(b"D").unwrap();
         let mut buf = vec![0u8; 1 << 20];
         c.read_exact(&mut buf).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(300));
+        c.local_addr().unwrap()
+    };
+    proxy.access_line(warm_up);
     let rss_before = rss_kib(pid);
 
     // Slow clients: the master streams as fast as it can, the clients never read.
@@ -1162,14 +1158,7 @@ fn slow_client_and_slow_master_keep_memory_bounded() {
                 .map(|(_, w, _)| w.load(Ordering::Relaxed))
                 .sum::<u64>()
     };
-    let mut last = progress();
-    let stalled = eventually(Duration::from_secs(20), || {
-        std::thread::sleep(Duration::from_millis(1000));
-        let now = progress();
-        let still = now == last;
-        last = now;
-        still
-    });
+    let stalled = steady(Duration::from_secs(20), Duration::from_secs(1), progress).is_ok();
     assert!(stalled, "data kept flowing to peers that do not read");
     let rss_stalled = rss_kib(pid);
     let streamed = master.seen(|s| s.streamed);

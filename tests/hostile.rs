@@ -419,17 +419,9 @@ fn master_certificate_dated_before_1970_is_refused_without_panic() {
         if !got.is_empty() {
             problems.push(format!("{what}: run: relayed {got:?}"));
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let access = loop {
-            let found = proxy
-                .json_lines()
-                .into_iter()
-                .find(|v| is_access(v) && v["client"] == local.as_str());
-            if found.is_some() || Instant::now() > deadline {
-                break found;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let access = try_wait_until(Duration::from_secs(5), || {
+            proxy.find(|v| is_access(v) && v["client"] == local.as_str())
+        });
         match access {
             Some(a) if a["outcome"] == "upstream_error" => {}
             Some(a) => problems.push(format!("{what}: run: access line {a}")),

@@ -323,8 +323,11 @@ fn churn_of_short_connections_returns_fds_and_memory() {
 
     // Warm up: the session cache, the allocator's arenas and the runtime reach their size.
     churn(addr, warmup, 8);
-    std::thread::sleep(Duration::from_millis(300));
-    let fds_start = fd_count(pid);
+    // The warm-up's last descriptors closed (no event marks the moment).
+    let fds_start = steady(Duration::from_secs(10), Duration::from_millis(300), || {
+        fd_count(pid)
+    })
+    .unwrap_or_else(|n| panic!("the idle proxy's descriptor count still changing: {n}"));
     let rss_start = rss_kib(pid);
     let cpu_start = cpu_secs(pid);
 
@@ -337,8 +340,11 @@ fn churn_of_short_connections_returns_fds_and_memory() {
         settled,
         "proxy fds: {fds_start} before, {fds_end} after {n} connections"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let rss_end = rss_kib(pid);
+    // Memory freed with the last connections is returned (no event marks the moment).
+    let rss_end = steady(Duration::from_secs(10), Duration::from_millis(300), || {
+        rss_kib(pid)
+    })
+    .unwrap_or_else(|kib| panic!("the idle proxy's RSS still changing: {kib} KiB"));
     // The allocator may keep a little; a leak of even 1 KiB per connection would be 20 MiB.
     assert!(
         rss_end <= rss_start + 8 * 1024,

@@ -30,6 +30,12 @@ fn handshakes(m: &Master) -> usize {
     m.server.state().handshakes.len()
 }
 
+/// The debug line of the pool learning an ALPN choice: logged by the client's own task, so
+/// before that client's access line.
+fn learned(v: &serde_json::Value) -> bool {
+    v["message"] == "preconnect: new ALPN choice, filling its pool"
+}
+
 /// Waits until the master has seen exactly `n` handshakes, and that they stay `n` for a
 /// moment (no more are made without a client).
 fn settles_at(m: &Master, n: usize) {
@@ -37,6 +43,8 @@ fn settles_at(m: &Master, n: usize) {
         .wait(&format!("{n} handshakes"), Duration::from_secs(10), |st| {
             (st.handshakes.len() >= n).then_some(())
         });
+    // Time is the behaviour here: a pool that overfills dials again at once, and nothing marks
+    // that it did not (the proxy has no gauge of its pool).
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(handshakes(m), n, "more handshakes than the pool's size");
 }
@@ -230,7 +238,13 @@ fn passthrough_clients_never_use_the_pool() {
         tls.conn.send_close_notify();
         let _ = tls.flush();
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both connections are over, and the pool learned no choice from them (it would have
+    // said so before their access lines): nothing will be dialled ahead.
+    proxy.nth_access_line("main", 2);
+    assert!(
+        proxy.find(learned).is_none(),
+        "a passthrough client taught the pool"
+    );
     let st = m.server.state();
     assert_eq!(
         st.tcp_accepts, 2,
@@ -278,7 +292,11 @@ fn with_tls_off_nothing_is_preconnected() {
         .start(dir.path());
     relays(proxy.tcp_addr("main"), b"plain");
     relays(proxy.tcp_addr("main"), b"plain");
-    std::thread::sleep(Duration::from_millis(1000));
+    proxy.nth_access_line("main", 2);
+    assert!(
+        proxy.find(learned).is_none(),
+        "a plaintext client taught the pool"
+    );
     assert_eq!(
         accepts.load(Ordering::SeqCst),
         2,
@@ -400,6 +418,7 @@ fn a_pooled_session_the_master_closes_is_dropped_and_the_next_client_works() {
     );
     // Clients keep working, whenever they come relative to the master's closes.
     for i in 0..4 {
+        // Time is the behaviour here: clients spread over the master's 700 ms close cycle.
         std::thread::sleep(Duration::from_millis(300));
         relays(proxy.tcp_addr("main"), format!("client {i}").as_bytes());
     }
@@ -429,6 +448,7 @@ fn a_master_that_is_down_is_not_hammered() {
     let _ = c.write_all(b"learn");
     let _ = read_until_closed(&mut c, Duration::from_secs(10));
     let from = accepts.load(Ordering::SeqCst);
+    // Time is the behaviour here: the number of tries in a window.
     std::thread::sleep(Duration::from_millis(3500));
     // Backing off 1 s, 2 s, ...: a handful of tries in 3.5 s, not hundreds.
     let tries = accepts.load(Ordering::SeqCst) - from;
@@ -472,7 +492,13 @@ fn a_listener_without_the_client_certificate_never_gets_an_authenticated_session
         let hs = |path: &str| st.handshakes[connection_of(&m, path)].client_cert;
         assert!(!hs(&path_b), "a bridge client got the agent's identity");
         assert!(hs(&path_a), "an agent client lost its certificate");
-        std::thread::sleep(Duration::from_millis(300)); // refilled
+        // Both choices refill the session their client took.
+        let refilled = 4 + 2 * (round + 1);
+        m.server.wait(
+            &format!("{refilled} handshakes"),
+            Duration::from_secs(10),
+            |st| (st.handshakes.len() >= refilled).then_some(()),
+        );
     }
 }
 
@@ -492,6 +518,7 @@ fn a_drain_closes_the_pooled_sessions_and_makes_no_more() {
     proxy.signal(nix::sys::signal::Signal::SIGTERM);
     // The two ready sessions are closed at once; nothing refills them.
     m.server.finished(3);
+    // Time is the behaviour here: a refill would dial at once, and nothing marks that none did.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         handshakes(&m),

@@ -12,11 +12,11 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::certs::leaf_expiring_in;
 use common::prometheus::get;
-use common::{tempdir, Behavior, Master, ServerBuilder};
+use common::{tempdir, wait_until, Behavior, Later, Master, ServerBuilder};
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 
@@ -71,7 +71,9 @@ impl Prometheus {
         let p = Prometheus { child, addr, log };
         p.wait("Prometheus to be ready", Duration::from_secs(30), || {
             let up = std::net::TcpStream::connect(addr).is_ok();
-            (up && get(addr, "/-/ready", None).status == 200).then_some(())
+            (up && get(addr, "/-/ready", None).status == 200)
+                .then_some(())
+                .ok_or_else(|| format!("listening: {up}"))
         });
         p
     }
@@ -101,22 +103,24 @@ impl Prometheus {
             if seen.last() != Some(&now) {
                 seen.push(now.clone());
             }
-            (now == state).then_some(rule)
+            (now == state)
+                .then_some(rule)
+                .ok_or_else(|| format!("states seen: {seen:?}"))
         })
     }
 
-    fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(t) = f() {
-                return t;
-            }
-            if Instant::now() >= deadline {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("timed out after {timeout:?} waiting for {what}; prometheus log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// Waits until `f` returns `Ok`; panics after `timeout` with the last `Err` and
+    /// Prometheus's log.
+    fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let log = || std::fs::read_to_string(&self.log).unwrap_or_default();
+        wait_until(what, timeout, || {
+            f().map_err(|seen| Later(move || format!("{seen}; prometheus log:\n{}", log())))
+        })
     }
 }
 
@@ -171,8 +175,11 @@ fn readiness_and_expiry_alerts_follow_the_master() {
             "/api/v1/query?query=det_tls_proxy_ready%20%3D%3D%201",
             None,
         );
-        let v: Value = serde_json::from_str(&r.body).ok()?;
-        (v["data"]["result"].as_array()?.len() == 1).then_some(())
+        let v: Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))?;
+        let found = v["data"]["result"].as_array().map_or(0, Vec::len);
+        (found == 1)
+            .then_some(())
+            .ok_or_else(|| format!("the query found {found} series: {v}"))
     });
     for name in [
         "DetTlsProxyDown",

@@ -174,8 +174,7 @@ fn idle_timeout_is_rolling() {
     let proxy = master.cfg().extra("timeouts: {idle: 2s}").start(dir.path());
     let mut c = connect(proxy.tcp_addr("main"));
     let local = c.local_addr().unwrap();
-    // Traffic every 250 ms for twice the idle timeout. The sleeps pace the traffic;
-    // they synchronise nothing.
+    // Time is the behaviour here: traffic every 250 ms for twice the idle timeout.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
         assert_eq!(roundtrip(&mut c, b"tick"), b"tick", "closed while active");

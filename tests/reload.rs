@@ -1178,7 +1178,8 @@ fn case_idle_timeout(case: &Case, t: Trigger) {
     let live = Live::start(dir.path(), &with("1h"), t);
     let mut c = connect(live.main());
     assert_eq!(roundtrip(&mut c, b"ping"), b"ping");
-    std::thread::sleep(Duration::from_millis(1500)); // idle longer than the new limit
+    // Time is the behaviour here: idle longer than the new limit, under the old one.
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(roundtrip(&mut c, b"still"), b"still");
     live.change(case, &with("1s"));
     let mut c = connect(live.main());
@@ -1433,11 +1434,12 @@ fn case_log_format(case: &Case, t: Trigger) {
 fn case_log_level(case: &Case, t: Trigger) {
     let dir = tempdir();
     let m = Master::start(dir.path(), Behavior::Echo);
-    let port = free_port();
+    let (port, admin) = (free_port(), format!("127.0.0.1:{}", free_port()));
     let with = |l: &str| {
         format!(
-            "log: {{format: json, level: {l}}}\n{}listeners: [{{name: main, listen: \"127.0.0.1:{port}\"}}]\n",
-            master_lines(&m)
+            "log: {{format: json, level: {l}}}\n{}listeners: [{{name: main, listen: \"127.0.0.1:{port}\"}}]\nadmin: {{listen: {}}}\n",
+            master_lines(&m),
+            q(&admin)
         )
     };
     let live = Live::start_quiet(dir.path(), &with("warn"), t);
@@ -1445,15 +1447,13 @@ fn case_log_level(case: &Case, t: Trigger) {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(eventually(READY, || std::net::TcpStream::connect(addr).is_ok()));
     relays(addr, b"ping");
-    // Nor is the access line (info).
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        live.access_lines().is_empty(),
-        "info lines at log.level warn"
-    );
+    // The proxy is done with it (at warn) before the level changes.
+    wait_connections_over(&admin, "main", 1.0, Duration::from_secs(10));
     live.change(case, &with("info"));
     let c = relays(addr, b"ping");
     live.proxy.access_line(c);
+    // Nor was the first connection's access line (info) written: it would be before this one.
+    assert_eq!(live.access_lines().len(), 1, "info lines at log.level warn");
 }
 
 fn case_log_access(case: &Case, t: Trigger) {
@@ -1477,10 +1477,14 @@ fn case_log_access(case: &Case, t: Trigger) {
         "det_tls_proxy_connections_total",
         &[("listener", "main"), ("result", "ok")]
     ) >= 2.0));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_connections_over(&admin, "main", 2.0, Duration::from_secs(5));
+    // Access lines again: one for the third client, and none for the second before it.
+    live.change(case, &with(true));
+    let c = relays(live.main(), b"ping");
+    live.proxy.access_line(c);
     assert_eq!(
         live.access_lines().len(),
-        1,
+        2,
         "an access line with log.access false"
     );
 }
@@ -1669,17 +1673,29 @@ fn case_preconnect(case: &Case, t: Trigger) {
     };
     let handshakes = || m.server.state().handshakes.len();
     let live = Live::start(dir.path(), &with(0), t);
-    relays(live.main(), b"ping");
-    std::thread::sleep(Duration::from_millis(500));
+    let c = relays(live.main(), b"ping");
+    // The pool would have learned the client's choice before its access line.
+    live.proxy.access_line(c);
+    assert!(
+        live.proxy.find(preconnect_learned).is_none(),
+        "a pool learned a choice with preconnect 0"
+    );
     assert_eq!(handshakes(), 1, "sessions made ahead with preconnect 0");
     live.change(case, &with(2));
     // This client teaches the pool its ALPN choice; two sessions are then made for the next.
     relays(live.main(), b"ping");
     m.server.handshake(4);
+    // Time is the behaviour here: a pool that overfills dials again at once, and nothing marks
+    // that it did not (the proxy has no gauge of its pool).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(handshakes(), 4, "two clients and two sessions ahead");
     let local = relays(live.main(), b"pong");
     assert_eq!(live.proxy.access_line(local)["preconnected"], true);
+}
+
+/// The pool's debug line when it learns a client's ALPN choice.
+fn preconnect_learned(v: &Value) -> bool {
+    v["message"] == "preconnect: new ALPN choice, filling its pool"
 }
 
 fn case_preconnect_max_idle(case: &Case, t: Trigger) {
@@ -1694,6 +1710,7 @@ fn case_preconnect_max_idle(case: &Case, t: Trigger) {
     let live = Live::start(dir.path(), &with("1h"), t);
     relays(live.main(), b"ping");
     m.server.handshake(2);
+    // Time is the behaviour here: not replaced within 1.5 s, where `1s` replaces it after 1 s.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         m.server.state().handshakes.len(),

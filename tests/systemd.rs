@@ -60,43 +60,46 @@ fn recv_until_match(
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            panic!(
-                "no {what} on NOTIFY_SOCKET within {timeout:?}; got {got:?}\nstderr:\n{}",
-                proxy.stderr()
-            );
-        }
-        sock.set_read_timeout(Some(left)).unwrap();
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                let notice = Notice {
-                    at: Instant::now(),
-                    lines: text
-                        .lines()
-                        .map(str::to_string)
-                        .filter(|l| !l.is_empty())
-                        .collect(),
-                };
-                let done = pred(&notice);
-                got.push(notice);
-                if done {
-                    return got;
+    common::wait_until(&format!("{what} on NOTIFY_SOCKET"), timeout, || {
+        // A look receives what arrives until a recv stays dry for a step, so each datagram's
+        // time of arrival is its `at`.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("got {got:?}\nstderr:\n{}", proxy.stderr()));
+            }
+            sock.set_read_timeout(Some(left.min(common::READ_STEP)))
+                .unwrap();
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let notice = Notice {
+                        at: Instant::now(),
+                        lines: text
+                            .lines()
+                            .map(str::to_string)
+                            .filter(|l| !l.is_empty())
+                            .collect(),
+                    };
+                    let done = pred(&notice);
+                    got.push(notice);
+                    if done {
+                        return Ok(());
+                    }
                 }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(format!("got {got:?}\nstderr:\n{}", proxy.stderr()))
+                }
+                Err(e) => panic!("recv on NOTIFY_SOCKET: {e}"),
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => panic!("recv on NOTIFY_SOCKET: {e}"),
         }
-    }
+    });
+    got
 }
 
 fn connect(addr: &str) -> TcpStream {

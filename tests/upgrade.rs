@@ -80,6 +80,8 @@ impl Drop for Reap {
 struct Tally {
     ok: AtomicUsize,
     failed: AtomicUsize,
+    /// Streams whose connection is open (or was): the load is under way once all are.
+    opened: AtomicUsize,
     streams: AtomicUsize,
 }
 
@@ -137,7 +139,7 @@ fn streams(
         let mut seed = 1000u64;
         while !stop.load(Ordering::SeqCst) {
             seed += 1;
-            match one_stream(tcp, life, seed) {
+            match one_stream(tcp, life, seed, &t.opened) {
                 Ok(()) => t.streams.fetch_add(1, Ordering::SeqCst),
                 Err(e) => {
                     errors.push(format!("stream {seed}: {e}"));
@@ -149,8 +151,14 @@ fn streams(
     })
 }
 
-fn one_stream(tcp: std::net::SocketAddr, life: Duration, seed: u64) -> std::io::Result<()> {
+fn one_stream(
+    tcp: std::net::SocketAddr,
+    life: Duration,
+    seed: u64,
+    opened: &AtomicUsize,
+) -> std::io::Result<()> {
     let mut s = std::net::TcpStream::connect(tcp)?;
+    opened.fetch_add(1, Ordering::SeqCst);
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     let started = Instant::now();
     let mut pattern = Pattern::new(seed);
@@ -163,6 +171,7 @@ fn one_stream(tcp: std::net::SocketAddr, life: Duration, seed: u64) -> std::io::
         let mut back = vec![0u8; chunk.len()];
         s.read_exact(&mut back)?;
         got.extend_from_slice(&back);
+        // Time is the behaviour here: a stream that lives across upgrades, paced.
         std::thread::sleep(Duration::from_millis(20));
     }
     s.shutdown(std::net::Shutdown::Write)?;
@@ -175,6 +184,21 @@ fn one_stream(tcp: std::net::SocketAddr, life: Duration, seed: u64) -> std::io::
         )));
     }
     Ok(())
+}
+
+/// Waits until the load's tally satisfies `enough`.
+fn load_reaches(tally: &Tally, what: &str, enough: impl Fn(&Tally) -> bool) {
+    wait_until(what, Duration::from_secs(60), || {
+        enough(tally).then_some(()).ok_or_else(|| {
+            format!(
+                "{} connections, {} failed, {} streams opened, {} done",
+                tally.ok.load(Ordering::SeqCst),
+                tally.failed.load(Ordering::SeqCst),
+                tally.opened.load(Ordering::SeqCst),
+                tally.streams.load(Ordering::SeqCst)
+            )
+        })
+    })
 }
 
 #[test]
@@ -212,7 +236,9 @@ fn ten_upgrades_under_load_refuse_nothing_and_cut_nothing() {
             tally.clone(),
         ));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    load_reaches(&tally, "every stream open and the churn under way", |t| {
+        t.opened.load(Ordering::SeqCst) >= 3 && t.ok.load(Ordering::SeqCst) >= 10
+    });
 
     let mut pids = vec![first];
     let mut reap = Vec::new();
@@ -221,9 +247,14 @@ fn ten_upgrades_under_load_refuse_nothing_and_cut_nothing() {
         assert!(!pids.contains(&new), "upgrade {n} reused pid {new}");
         reap.push(Reap(new));
         pids.push(new);
-        std::thread::sleep(Duration::from_millis(400));
+        let served = tally.ok.load(Ordering::SeqCst);
+        load_reaches(&tally, "20 more connections after the upgrade", |t| {
+            t.ok.load(Ordering::SeqCst) >= served + 20
+        });
     }
-    std::thread::sleep(Duration::from_millis(500));
+    load_reaches(&tally, "enough load to prove something", |t| {
+        t.ok.load(Ordering::SeqCst) > 100 && t.streams.load(Ordering::SeqCst) > 10
+    });
     stop.store(true, Ordering::SeqCst);
     let errors: Vec<String> = load.into_iter().flat_map(|h| h.join().unwrap()).collect();
     assert!(

@@ -145,6 +145,7 @@ fn serve(mut conn: UnixStream, state: &Mutex<State>) {
         return;
     }
     if path == "/containers/json" {
+        // Time is the behaviour here: a slow API (`set_list_delay`).
         std::thread::sleep(delay);
         let s = state.lock().unwrap_or_else(|e| e.into_inner());
         let ids: Vec<String> = s

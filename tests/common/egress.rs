@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::probes::wait_until;
 
 /// A name only the egress proxies resolve (to 127.0.0.1); the test masters' certificates
 /// hold it.
@@ -120,19 +122,16 @@ impl EgressProxy {
     }
 
     fn ready(mut child: Child, port: u16, log: PathBuf, dir: PathBuf) -> Self {
-        let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        let what = format!("the egress proxy in {} to listen on {port}", dir.display());
+        wait_until(&what, Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("the egress proxy in {} exited: {status}", dir.display());
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the egress proxy in {} did not listen on {port}",
-                dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .map(drop)
+                .map_err(|e| format!("connect: {e}"))
+        });
         EgressProxy {
             child,
             port,
@@ -156,19 +155,15 @@ impl EgressProxy {
 
     /// Waits until its log holds `needle` (squid writes its access log after a tunnel ends).
     pub fn wait_log(&self, needle: &str, within: Duration) -> String {
-        let started = Instant::now();
-        loop {
+        let what = format!("{} to log {needle:?}", self.dir.display());
+        wait_until(&what, within, || {
             let text = self.log_text();
             if text.contains(needle) {
-                return text;
+                Ok(text)
+            } else {
+                Err(format!("it has:\n{text}"))
             }
-            assert!(
-                started.elapsed() < within,
-                "{} never logged {needle:?}; it has:\n{text}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 pub use certs::{fingerprint, leaf_valid, Ca, Leaf};
 pub use probes::{
     cpu_secs, cpu_ticks, eventually, fd_count, figure, metric, rss_kib, scrape_text, status_kib,
+    steady, try_wait_until, wait_connections_over, wait_refused, wait_until, Later,
 };
 pub use proxy::{
     check, check_json, command, q, qp, run_to_exit, Cfg, Proxy, Refusal, ADMIN, CHECK_TIMEOUT,
@@ -129,26 +130,33 @@ pub fn read_until_closed(s: &mut impl ReadTimeout, within: Duration) -> Vec<u8> 
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
     let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            panic!(
-                "connection still open after {within:?} ({} bytes received)",
-                got.len()
-            );
-        }
-        s.set_deadline(left);
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                continue
+    wait_until("the connection to close", within, || {
+        // A look reads whatever arrives until a read stays dry for `READ_STEP`: the close is
+        // seen the moment it comes, and a stream still sending keeps being drained.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let still_open = || format!("still open, {} bytes received", got.len());
+            if left.is_zero() {
+                return Err(still_open());
             }
-            Err(e) => panic!("read error while waiting for close: {e}"),
+            s.set_deadline(left.min(READ_STEP));
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                    return Err(still_open())
+                }
+                Err(e) => panic!("read error while waiting for close: {e}"),
+            }
         }
-    }
+    });
+    got
 }
+
+/// How long one look of a blocking wait (a read, a recv) blocks before the wait loop looks
+/// at its deadline again.
+pub const READ_STEP: Duration = Duration::from_millis(50);
 
 /// A readable stream whose read deadline can be set.
 pub trait ReadTimeout: Read {

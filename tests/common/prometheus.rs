@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use super::probes::{wait_until, Later};
 use super::{connect, read_until_closed, IO_TIMEOUT};
 
 // === A minimal HTTP/1.1 client ===
@@ -224,15 +225,12 @@ pub fn scrape_until(
     timeout: Duration,
     pred: impl Fn(&Scrape) -> bool,
 ) -> Scrape {
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait_until(what, timeout, || {
         let s = scrape(admin);
         if pred(&s) {
-            return s;
+            Ok(s)
+        } else {
+            Err(Later(move || format!("last scrape: {s:#?}")))
         }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last scrape: {s:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }

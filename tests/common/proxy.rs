@@ -6,10 +6,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use super::probes::{try_wait_until, wait_until};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_det-tls-proxy");
 
@@ -99,18 +101,11 @@ pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> Exited {
         let _ = err.read_to_end(&mut s);
         String::from_utf8_lossy(&s).into_owned()
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = t_err.join().unwrap();
-            panic!("det-tls-proxy still running after {timeout:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = try_wait_until(timeout, || child.try_wait().unwrap()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = t_err.join().unwrap();
+        panic!("det-tls-proxy still running after {timeout:?}; stderr:\n{stderr}");
     };
     Exited {
         status,
@@ -133,7 +128,7 @@ struct LogState {
     closed: bool,
 }
 
-type Log = Arc<(Mutex<LogState>, Condvar)>;
+type Log = Arc<Mutex<LogState>>;
 
 /// A running proxy. Killed on drop; its stderr is printed if the test is failing.
 pub struct Proxy {
@@ -147,7 +142,7 @@ impl Proxy {
     pub fn spawn(mut cmd: Command) -> Proxy {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn det-tls-proxy");
-        let log: Log = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
+        let log: Log = Arc::default();
         let err = child.stderr.take().unwrap();
         let out = child.stdout.take().unwrap();
         let l = log.clone();
@@ -160,19 +155,17 @@ impl Proxy {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        l.0.lock().unwrap().lines.push(line);
-                        l.1.notify_all();
+                        l.lock().unwrap().lines.push(line);
                     }
                 }
             }
-            l.0.lock().unwrap().closed = true;
-            l.1.notify_all();
+            l.lock().unwrap().closed = true;
         });
         let l = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 match line {
-                    Ok(line) => l.0.lock().unwrap().stdout.push(line),
+                    Ok(line) => l.lock().unwrap().stdout.push(line),
                     Err(_) => break,
                 }
             }
@@ -214,7 +207,7 @@ impl Proxy {
 
     /// Every stderr line so far.
     pub fn lines(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().lines.clone()
+        self.log.lock().unwrap().lines.clone()
     }
 
     pub fn stderr(&self) -> String {
@@ -223,11 +216,7 @@ impl Proxy {
 
     /// Every stderr line that is a JSON object.
     pub fn json_lines(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v.is_object())
-            .collect()
+        self.lines().iter().filter_map(|l| json_object(l)).collect()
     }
 
     /// The first JSON line matching `pred`, if any yet.
@@ -235,34 +224,38 @@ impl Proxy {
         self.json_lines().into_iter().find(|v| pred(v))
     }
 
+    /// Looks at the stderr lines after the first `from`: the first for which `pred` gives
+    /// `Some`, else `Err` (and `from` moved past them) — or `Ok(None)` when stderr has closed,
+    /// as nothing more will come.
+    fn look<T>(
+        &self,
+        from: &mut usize,
+        mut pred: impl FnMut(&str) -> Option<T>,
+    ) -> Result<Option<T>, StderrSoFar<'_>> {
+        let st = self.log.lock().unwrap();
+        if let Some(t) = st.lines[*from..].iter().find_map(|l| pred(l)) {
+            return Ok(Some(t));
+        }
+        *from = st.lines.len();
+        if st.closed {
+            return Ok(None);
+        }
+        Err(StderrSoFar(self))
+    }
+
     /// Waits for a JSON line matching `pred`; panics with the whole log on timeout or if
     /// the proxy's stderr closes first.
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        let mut st = self.log.0.lock().unwrap();
-        loop {
-            for line in &st.lines[seen..] {
-                if let Ok(v) = serde_json::from_str::<Value>(line) {
-                    if v.is_object() && pred(&v) {
-                        return v;
-                    }
-                }
-            }
-            seen = st.lines.len();
-            if st.closed {
-                let log = st.lines.join("\n");
-                drop(st);
-                panic!("proxy exited before logging {what}; stderr:\n{log}");
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let log = st.lines.join("\n");
-                drop(st);
-                panic!("timed out after {timeout:?} waiting for {what}; stderr:\n{log}");
-            }
-            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
-        }
+        let mut from = 0;
+        wait_until(what, timeout, || {
+            self.look(&mut from, |l| json_object(l).filter(|v| pred(v)))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "proxy exited before logging {what}; stderr:\n{}",
+                self.stderr()
+            )
+        })
     }
 
     /// Waits until `n` JSON lines match `pred` and returns the `n`-th.
@@ -273,26 +266,20 @@ impl Proxy {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.log.0.lock().unwrap();
-        loop {
-            let found: Vec<Value> = st
-                .lines
-                .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v.is_object() && pred(v))
-                .collect();
-            if let Some(v) = found.into_iter().nth(n - 1) {
-                return v;
-            }
-            let now = Instant::now();
-            if st.closed || now >= deadline {
-                let log = st.lines.join("\n");
-                drop(st);
-                panic!("no {what} #{n} within {timeout:?}; stderr:\n{log}");
-            }
-            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
-        }
+        let (mut from, mut found) = (0, 0);
+        wait_until(&format!("{what} #{n}"), timeout, || {
+            self.look(&mut from, |l| {
+                let v = json_object(l).filter(|v| pred(v))?;
+                found += 1;
+                (found == n).then_some(v)
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {what} #{n} before the proxy exited; stderr:\n{}",
+                self.stderr()
+            )
+        })
     }
 
     /// Waits for a raw stderr line for which `pred` gives `Some`; `None` on timeout or when
@@ -302,40 +289,24 @@ impl Proxy {
         timeout: Duration,
         pred: impl Fn(&str) -> Option<T>,
     ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = 0;
-        let mut st = self.log.0.lock().unwrap();
-        loop {
-            for line in &st.lines[seen..] {
-                if let Some(t) = pred(line) {
-                    return Some(t);
-                }
-            }
-            seen = st.lines.len();
-            let now = Instant::now();
-            if st.closed || now >= deadline {
-                return None;
-            }
-            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
-        }
+        let mut from = 0;
+        try_wait_until(timeout, || self.look(&mut from, &pred).ok()).flatten()
     }
 
     /// Waits for a raw stderr line containing `needle` (for text-format logs).
     pub fn wait_for_text(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.log.0.lock().unwrap();
-        loop {
-            if let Some(l) = st.lines.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let now = Instant::now();
-            if st.closed || now >= deadline {
-                let log = st.lines.join("\n");
-                drop(st);
-                panic!("no stderr line containing {needle:?}; stderr:\n{log}");
-            }
-            st = self.log.1.wait_timeout(st, deadline - now).unwrap().0;
-        }
+        let mut from = 0;
+        wait_until(
+            &format!("a stderr line containing {needle:?}"),
+            timeout,
+            || self.look(&mut from, |l| l.contains(needle).then(|| l.to_string())),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no stderr line containing {needle:?}; stderr:\n{}",
+                self.stderr()
+            )
+        })
     }
 
     /// The address a listener logged in its "listening" line, as logged.
@@ -397,24 +368,29 @@ impl Proxy {
 
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.try_exit() {
-                // Let the reader thread drain what is left of stderr.
-                let st2 = self.log.0.lock().unwrap();
-                let _ = self
-                    .log
-                    .1
-                    .wait_timeout_while(st2, Duration::from_secs(5), |s| !s.closed)
-                    .unwrap();
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = try_wait_until(timeout, || self.try_exit())?;
+        // Let the reader thread drain what is left of stderr.
+        try_wait_until(Duration::from_secs(5), || {
+            self.log.lock().unwrap().closed.then_some(())
+        });
+        Some(status)
     }
+}
+
+/// What a wait on a proxy's stderr saw: all of it, written out only if the wait fails.
+struct StderrSoFar<'a>(&'a Proxy);
+
+impl std::fmt::Display for StderrSoFar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stderr:\n{}", self.0.stderr())
+    }
+}
+
+/// `line` parsed, when it is a JSON object.
+fn json_object(line: &str) -> Option<Value> {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .filter(|v| v.is_object())
 }
 
 pub fn is_access(v: &Value) -> bool {
@@ -428,7 +404,8 @@ impl Drop for Proxy {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            let st = self.log.0.lock().unwrap();
+            // A predicate that panicked while looking may have poisoned the lock.
+            let st = self.log.lock().unwrap_or_else(|p| p.into_inner());
             eprintln!(
                 "--- det-tls-proxy stderr ({} lines) ---\n{}",
                 st.lines.len(),

@@ -3,8 +3,8 @@
 //! presented: SNI, ALPN, client certificate, TLS version, resumption.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::http;
+use super::probes::{wait_until, Later};
 use super::Pattern;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -170,7 +171,7 @@ pub struct ServerState {
     pub requests: Vec<HttpRequest>,
 }
 
-type Shared = Arc<(Mutex<ServerState>, Condvar)>;
+type Shared = Arc<Mutex<ServerState>>;
 
 pub struct ServerBuilder {
     chain: Vec<CertificateDer<'static>>,
@@ -261,21 +262,19 @@ impl ServerBuilder {
             .enable_all()
             .build()
             .expect("runtime");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let std_listener = loop {
-            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
-                Ok(l) => break l,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+        // A master restarted on its old port: the port may still be held for a moment.
+        let std_listener = wait_until(
+            &format!("port {} to be free for the server", self.port),
+            Duration::from_secs(5),
+            || match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => Ok(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
                 Err(e) => panic!("bind server on port {}: {e}", self.port),
-            }
-        };
+            },
+        );
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
-        let shared: Shared = Arc::new((Mutex::new(ServerState::default()), Condvar::new()));
+        let shared: Shared = Arc::default();
         let behavior = self.behavior;
         let s = shared.clone();
         rt.spawn(async move {
@@ -338,9 +337,7 @@ impl ServerBuilder {
 }
 
 fn update(s: &Shared, f: impl FnOnce(&mut ServerState)) {
-    let mut st = s.0.lock().unwrap();
-    f(&mut st);
-    s.1.notify_all();
+    f(&mut s.lock().unwrap());
 }
 
 /// Reads until EOF, waits `delay`, writes `answer` and closes.
@@ -356,6 +353,7 @@ async fn answer_after_eof<S>(
         fin.error = Some(e.to_string());
         return;
     }
+    // Time is the behaviour here: a master still working after the client has finished.
     tokio::time::sleep(delay).await;
     if let Err(e) = tls.write_all(answer).await {
         fin.error = Some(e.to_string());
@@ -615,7 +613,7 @@ impl TlsServer {
     }
 
     pub fn state(&self) -> ServerState {
-        self.shared.0.lock().unwrap().clone()
+        self.shared.lock().unwrap().clone()
     }
 
     /// Waits until `f` returns Some, or panics after `timeout` with the state seen.
@@ -625,21 +623,11 @@ impl TlsServer {
         timeout: Duration,
         mut f: impl FnMut(&ServerState) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.0.lock().unwrap();
-        loop {
-            if let Some(t) = f(&st) {
-                return t;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "test server: timed out waiting for {what}; state: {:#?}",
-                    *st
-                );
-            }
-            st = self.shared.1.wait_timeout(st, deadline - now).unwrap().0;
-        }
+        wait_until(&format!("the test server's {what}"), timeout, || {
+            f(&self.shared.lock().unwrap()).ok_or(Later(|| {
+                format!("state: {:#?}", *self.shared.lock().unwrap())
+            }))
+        })
     }
 
     /// Waits for the `n`-th (1-based) successful handshake and returns it.
@@ -721,28 +709,27 @@ impl BlackHole {
 /// never answers the TLS handshake). Counts accepts.
 pub struct SilentServer {
     pub addr: SocketAddr,
-    accepts: Arc<(Mutex<usize>, Condvar)>,
+    accepts: Arc<Mutex<usize>>,
 }
 
 impl SilentServer {
     pub fn new() -> SilentServer {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let accepts = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let accepts = Arc::new(Mutex::new(0usize));
         let a = accepts.clone();
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for s in l.incoming().flatten() {
                 held.push(s);
-                *a.0.lock().unwrap() += 1;
-                a.1.notify_all();
+                *a.lock().unwrap() += 1;
             }
         });
         SilentServer { addr, accepts }
     }
 
     pub fn accepts(&self) -> usize {
-        *self.accepts.0.lock().unwrap()
+        *self.accepts.lock().unwrap()
     }
 }
 
