@@ -119,13 +119,11 @@ impl Connection {
         let admitted = self.admit().await?;
         let sniffed = self.sniff(admitted).await?;
         // The master's stream stays here and the relay borrows it: moved into the relay's
-        // future, it would be kept twice for the connection's life.
-        let mut master = self.route(&sniffed).await?;
-        let first = sniffed.first.bytes();
-        match &mut master {
-            Master::Tls(stream) => Ok(self.relay(stream, first).await),
-            Master::Plain(stream) => Ok(self.relay(stream, first).await),
-        }
+        // future, it would be kept twice for the connection's life. Routing (the dial and the
+        // handshake) runs boxed, so its larger state is given back once the session is up
+        // instead of sizing every connection's future for good.
+        let mut master = Box::pin(self.route(&sniffed)).await?;
+        Ok(self.relay(&mut master, sniffed.first.bytes()).await)
     }
 
     /// Reads the client's first bytes: enough to see a TLS ClientHello (with passthrough on)
@@ -147,8 +145,18 @@ impl Connection {
         }
     }
 
+    /// Relays over the master's stream, TLS or not. One await in `stages` (not one per kind),
+    /// so the stream is live at one suspension point there and shares its place in the
+    /// future with the earlier stages' state.
+    async fn relay(&mut self, master: &mut Master, first: &[u8]) -> Outcome {
+        match master {
+            Master::Tls(stream) => self.relay_on(stream, first).await,
+            Master::Plain(stream) => self.relay_on(stream, first).await,
+        }
+    }
+
     /// Sends the bytes already read, then relays both ways until the connection ends.
-    async fn relay<S>(&mut self, master: &mut S, first: &[u8]) -> Outcome
+    async fn relay_on<S>(&mut self, master: &mut S, first: &[u8]) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
