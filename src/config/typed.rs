@@ -224,7 +224,7 @@ impl ListenerConfig {
     /// The setting wins; unset, only a socket no other host can reach presents it. `reach`
     /// is what the bound socket says (`Bound::host_only`); without a socket, the address
     /// tells, except a systemd socket's (`None`: not known before systemd passes it).
-    pub(crate) fn present_client_cert_for(&self, reach: Option<bool>) -> Option<PresentClientCert> {
+    pub fn present_client_cert_for(&self, reach: Option<bool>) -> Option<PresentClientCert> {
         match &self.present_client_cert {
             Some(p) => Some(p.clone()),
             None => reach
