@@ -134,7 +134,10 @@ fn defaults_listen_on_loopback_only_with_admin_off() {
     let l = &c.listeners[0];
     assert_eq!(l.addr, ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap()));
     assert_eq!(l.allowed_clients, None);
-    assert_eq!(l.present_client_cert_for(None), Some(PresentClientCert::Always));
+    assert_eq!(
+        l.present_client_cert_for(None),
+        Some(PresentClientCert::Always)
+    );
     assert!(c.admin.is_none(), "admin is on by default: {:?}", c.admin);
     assert!(c.tls.enabled && !c.tls.skip_verify);
     assert_eq!(c.master.port, 8443);

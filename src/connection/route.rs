@@ -17,8 +17,8 @@ use crate::untrusted::Untrusted;
 use crate::upstream::{version_name, Dialed, MasterTls, UpstreamError};
 use crate::outcome::Outcome;
 
-/// The master's end of a connection, as `route` made it. Matched at once and moved into
-/// the relay, so the variants' sizes cost nothing while the connection lives.
+/// The master's end of a connection, as `route` made it. Kept in `stages` and lent to
+/// the relay, which never holds a second copy.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Master {
     Tls(MasterTls),
