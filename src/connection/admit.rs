@@ -41,7 +41,6 @@ impl Accepted {
                 policy,
             });
         }
-        drop(client);
         let name = policy.config.name.as_str();
         // One key per listener, not per address: a flood from many addresses stays one line a
         // minute (the access lines name the clients).
@@ -55,6 +54,8 @@ impl Accepted {
             client: &peer,
         };
         finish::finish(account, &Record::default(), Duration::ZERO, Outcome::Denied);
+        // Closed once counted and logged: a client that sees the close sees its refusal counted.
+        drop(client);
         None
     }
 

@@ -68,13 +68,15 @@ pub(super) fn finish(a: Account<'_>, rec: &Record, took: Duration, outcome: Outc
         policy,
         client,
     } = a;
-    let metrics = &policy.metrics;
-    metrics.finished(outcome);
-    metrics.up.inc_by(rec.up);
-    metrics.down.inc_by(rec.down);
+    // The connection's outcome last: a scrape that sees it counted sees its bytes and its
+    // upstream error too.
     if let Some(kind) = rec.upstream_error {
         shared.metrics.upstream_error(kind);
     }
+    let metrics = &policy.metrics;
+    metrics.up.inc_by(rec.up);
+    metrics.down.inc_by(rec.down);
+    metrics.finished(outcome);
     if !shared.access_log_on() {
         return;
     }
