@@ -48,6 +48,11 @@ fn folder(parent: &Path, name: &str) -> PathBuf {
     dir
 }
 
+/// Where an egress proxy's own complaints go, to be quoted if it exits early.
+fn stderr_file(dir: &Path) -> std::fs::File {
+    std::fs::File::create(dir.join("stderr.log")).expect("create stderr.log")
+}
+
 impl EgressProxy {
     /// squid, asking for `auth` (user, password) when given and refusing CONNECT to
     /// `forbidden_port` (403) when given.
@@ -80,12 +85,13 @@ impl EgressProxy {
         }
         conf += "http_access deny all\n";
         std::fs::write(dir.join("squid.conf"), conf).unwrap();
+        // A service name of its own: two squids never share a shared-memory segment name.
         let child = Command::new("/usr/sbin/squid")
-            .args(["-N", "-f"])
+            .args(["-N", "-n", &format!("det{port}"), "-f"])
             .arg(dir.join("squid.conf"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr_file(&dir))
             .spawn()
             .expect("start squid (apt-get install squid)");
         EgressProxy::ready(child, port, dir.join("access.log"), dir)
@@ -115,7 +121,7 @@ impl EgressProxy {
             .args(["--mount", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr_file(&dir))
             .spawn()
             .expect("start tinyproxy (apt-get install tinyproxy)");
         EgressProxy::ready(child, port, dir.join("tinyproxy.log"), dir)
@@ -126,7 +132,13 @@ impl EgressProxy {
         let what = format!("the egress proxy in {} to listen on {port}", dir.display());
         wait_until(&what, Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("the egress proxy in {} exited: {status}", dir.display());
+                let said = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                panic!(
+                    "the egress proxy in {} exited: {status}\nits stderr:\n{}\nits cache.log:\n{}",
+                    dir.display(),
+                    said("stderr.log"),
+                    said("cache.log")
+                );
             }
             TcpStream::connect_timeout(&addr, Duration::from_millis(200))
                 .map(drop)
