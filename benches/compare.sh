@@ -481,10 +481,18 @@ lg() { # ROW REP VARIANT LIMIT_SECONDS workload args...: run loadgen, record its
   log "$row #$rep $variant $(printf '%s' "$out" | cut -c1-150)"
 }
 
-throughput() { # ROW REP
-  lg "$1" "$2" "" 900 up --bytes "$BYTES" || true
-  lg "$1" "$2" "" 900 down --bytes "$BYTES" || true
-  lg "$1" "$2" "" 900 multi --conns "$MULTI_CONNS" --bytes "$BYTES" || true
+machine_busy() { # non-idle CPU ticks of the whole machine so far (every process, every core)
+  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+throughput() { # ROW REP: each workload also records the whole machine's CPU (load generator, sink, proxy)
+  local w m0 args
+  for w in up down multi; do
+    args=("$w" --bytes "$BYTES")
+    [ "$w" = multi ] && args+=(--conns "$MULTI_CONNS")
+    m0=$(machine_busy)
+    lg "$1" "$2" "" 900 "${args[@]}" || true
+    record "$1" "$2" "" "{\"workload\":\"machine_cpu\",\"of\":\"$w\",\"ticks\":$(($(machine_busy) - m0)),\"clk_tck\":$CLK_TCK,\"bytes\":$BYTES}"
+  done
 }
 
 connrate() { # ROW REP VARIANT
