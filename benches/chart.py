@@ -204,6 +204,9 @@ def budget(table):
             cells.append(f"{c['median']:.2f} → {fmt(bound, 0)} ({fmt(t['median'], 0) if t else '–'})")
         L.append(f"| **{name}** | " + " | ".join(cells) + " |")
     L.append("")
+    L.append("Where the proxy's own share goes (profiles, system calls, what was tried): "
+             "[docs/performance.md](../docs/performance.md#the-data-path-near-the-limit).")
+    L.append("")
     return L
 
 
