@@ -272,7 +272,7 @@ def markdown(meta, table, stats, errors, loadavg):
             continue
         L.append(f"| **{name}** | " + " | ".join(ratio(table[key].get(k), ref.get(k)) for k in cols) + " |")
     L.append("")
-    L.append("## Goals (det-tls-proxy against the best peer on each figure)")
+    L.append("## Goals, figure by figure (det-tls-proxy against the best peer and against direct TLS)")
     L.append("")
     L.append("| | goal | measured |")
     L.append("|---|---|---|")
