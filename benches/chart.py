@@ -10,7 +10,6 @@ with min-max beside it; ratios are "this row / det-tls-proxy".
 import argparse
 import html
 import json
-import os
 import statistics
 from collections import defaultdict
 
@@ -65,14 +64,10 @@ def collect(records):
             values[row]["p999"].append(d["p999_us"])
         elif w == "memory":
             values[row]["mem"].append(d["kib_per_conn"])
-        elif w == "cpu":
-            gib = d["bytes"] / 2**30
-            if gib > 0:
-                values[row]["cpu"].append(d["ticks"] / d["clk_tck"] / gib)
-        elif w == "machine_cpu":
-            gib = d["bytes"] / 2**30
-            if gib > 0:
-                values[row]["machine_" + d["of"]].append(d["ticks"] / d["clk_tck"] / gib)
+        elif w in ("cpu", "machine_cpu") and d["bytes"] > 0:
+            # CPU seconds per GiB: the proxy's own ("cpu") or the whole machine's, per workload.
+            key = "cpu" if w == "cpu" else "machine_" + d["of"]
+            values[row][key].append(d["ticks"] / d["clk_tck"] / (d["bytes"] / 2**30))
         elif w == "speed":
             for k in ("up", "down", "multi"):
                 values[row][k].append(d["mb_per_s"])
@@ -177,7 +172,7 @@ def goals(table):
     return out
 
 
-def budget(table):
+def budget(table, cores):
     """The whole machine's CPU per GiB moved (load generator, sink and proxy together), and the
     throughput that CPU allows on this machine's cores: what a proxy can reach relative to direct
     TLS when the three share the same cores."""
@@ -185,7 +180,6 @@ def budget(table):
     rows = [(k, n) for k, n in ROWS if any(table.get(k, {}).get(m) for _, m in keys)]
     if not rows:
         return []
-    cores = os.cpu_count() or 1
     L = ["## CPU budget: the whole machine's CPU per GiB moved", "",
          "Every process on the machine (load generator, sink, proxy) in CPU seconds per GiB, and "
          f"what that allows on {cores} cores: ({cores} s ÷ CPU s per GiB) GiB/s, in MB/s. A proxy adds a "
@@ -278,7 +272,8 @@ def markdown(meta, table, stats, errors, loadavg):
     L.append("|---|---|---|")
     L.extend(goals(table))
     L.append("")
-    L.extend(budget(table))
+    # The run's own core count: a re-render elsewhere must not use the renderer's.
+    L.extend(budget(table, meta.get("cpus") or 1))
     L.append("## What the sink saw during the new-connection workloads")
     L.append("")
     L.append("\"FIN without close_notify\": the proxy half-closed towards the master with a bare TCP FIN, "
